@@ -1,0 +1,102 @@
+"""Functional networks shared by the algorithms: parameters are a dict of
+tensors, the forward pass a plain function of (params, inputs).
+
+Batch norm always uses the statistics of the current batch (the course's
+transductive setting, no running statistics). With `num_tasks = B`, the
+leading dimension holds B tasks of equal size and every task is normalised
+with its own statistics, exactly as if each task went through alone.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+BN_EPS = 1e-5
+
+
+def init_conv_params(num_blocks=4, in_channels=1, hidden_channels=64, num_outputs=None, dtype=torch.float32):
+    """Parameters of [conv3x3 -> BN -> ReLU -> maxpool2] x num_blocks (+ linear head).
+
+    Conv and linear weights use PyTorch's default (Kaiming-uniform) init,
+    biases 0; BN weight 1, bias 0. Keys: conv{i}, conv{i}_bias, bn{i}_weight,
+    bn{i}_bias, and head, head_bias when num_outputs is given.
+    """
+    params = {}
+    channels = in_channels
+    for i in range(num_blocks):
+        weight = torch.empty(hidden_channels, channels, 3, 3, dtype=dtype)
+        torch.nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        params[f'conv{i}'] = weight
+        params[f'conv{i}_bias'] = torch.zeros(hidden_channels, dtype=dtype)
+        params[f'bn{i}_weight'] = torch.ones(hidden_channels, dtype=dtype)
+        params[f'bn{i}_bias'] = torch.zeros(hidden_channels, dtype=dtype)
+        channels = hidden_channels
+    if num_outputs is not None:
+        params.update(init_linear_params('head', channels, num_outputs, dtype))
+    return params
+
+
+def init_linear_params(name, fan_in, fan_out, dtype=torch.float32):
+    """{name: (fan_out, fan_in) weight, name_bias: zeros} with PyTorch's default init."""
+    weight = torch.empty(fan_out, fan_in, dtype=dtype)
+    torch.nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    return {name: weight, f'{name}_bias': torch.zeros(fan_out, dtype=dtype)}
+
+
+def task_batch_norm(x, weight, bias, num_tasks):
+    """Batch norm with separate batch statistics for each of num_tasks equal groups.
+
+    Args:
+        x: (num_tasks * M, C, ...) activations, tasks contiguous along dim 0.
+        weight, bias: (C,) affine parameters.
+    Returns:
+        tensor like x.
+    """
+    if num_tasks == 1:
+        return F.batch_norm(x, None, None, weight, bias, training=True, eps=BN_EPS)
+    grouped = x.unflatten(0, (num_tasks, -1))  # (T, M, C, ...)
+    dims = [1] + list(range(3, grouped.dim()))
+    var, mean = torch.var_mean(grouped, dim=dims, keepdim=True, correction=0)
+    scale = weight.view(-1, *[1] * (x.dim() - 2)) * torch.rsqrt(var + BN_EPS)  # (T, 1, C, 1, ...)
+    shift = bias.view(-1, *[1] * (x.dim() - 2)) - mean * scale
+    return (grouped * scale + shift).flatten(0, 1)
+
+
+def conv_features(params, images, num_tasks=1, num_blocks=4):
+    """The conv body: (T*M, C_in, H, W) images -> (T*M, hidden) features (flattened).
+
+    Max-pool comes before ReLU: the two commute (ReLU is monotone), and pooling
+    first leaves ReLU a quarter of the work.
+    """
+    x = images
+    for i in range(num_blocks):
+        x = F.conv2d(x, params[f'conv{i}'], params[f'conv{i}_bias'], padding=1)
+        x = task_batch_norm(x, params[f'bn{i}_weight'], params[f'bn{i}_bias'], num_tasks)
+        x = F.relu(F.max_pool2d(x, 2))
+    return x.flatten(1)
+
+
+def per_task_calls(network, inputs, tasks_per_call):
+    """Run network over a meta-batch in groups of tasks, each task with its own BN statistics.
+
+    Args:
+        network: f(x of shape (T*M, ...), num_tasks=T) -> (T*M, D).
+        inputs: (B, M, ...) the examples of B tasks.
+        tasks_per_call: tasks per call; B makes one batched call, 1 a per-task loop.
+    Returns:
+        (B, M, D) outputs.
+    """
+    outputs = [network(chunk.flatten(0, 1), num_tasks=len(chunk)).unflatten(0, (len(chunk), -1))
+               for chunk in inputs.split(tasks_per_call)]
+    return torch.cat(outputs)
+
+
+def default_tasks_per_call(device, num_tasks):
+    """Measured (bench.py): on a CPU a per-task loop is faster (its activations stay
+    in cache); on a GPU one batched call keeps the device busy."""
+    return 1 if torch.device(device).type == 'cpu' else num_tasks
+
+
+def conv_net(params, images, num_tasks=1, num_blocks=4):
+    """Conv body then the linear head: (T*M, C_in, H, W) -> (T*M, num_outputs) logits."""
+    return F.linear(conv_features(params, images, num_tasks, num_blocks), params['head'], params['head_bias'])

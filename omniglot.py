@@ -1,0 +1,355 @@
+"""Omniglot: find or download the data, decode it once into a cached uint8
+array, split the characters, and sample batches of N-way K-shot tasks as
+tensors on the device.
+
+Data path: source files -> cache (1623, 20, 28, 28) uint8 -> TaskSampler -> TaskBatch.
+"""
+import dataclasses
+import hashlib
+import io
+import os
+import tempfile
+import urllib.request
+import zipfile
+
+import numpy as np
+import torch
+from PIL import Image
+
+from util import UserError
+
+NUM_DRAWINGS = 20
+IMAGE_SIZE = 28
+NUM_CHARACTERS = 1623
+NUM_TRAIN_CLASSES, NUM_VAL_CLASSES, NUM_TEST_CLASSES = 1100, 100, 423
+SPLIT_SEED = 0  # the class split is fixed, independent of --seed
+CACHE_VERSION = 1
+OFFICIAL_ZIPS = {  # file name -> md5 of the official file
+    'images_background.zip': '68d2efa1b9178cc56df9314c21c6e718',
+    'images_evaluation.zip': '6b91aef0f799c5bb55b94e3f2daec811',
+}
+OFFICIAL_URL = 'https://github.com/brendenlake/omniglot/raw/master/python/{}'
+
+
+# ---------------------------------------------------------------- sources
+
+def find_source(data_dir):
+    """The first Omniglot source present in data_dir, as (kind, paths).
+
+    kind is 'resized_dir' (omniglot_resized/ folder, 28x28), 'resized_zip'
+    (omniglot_resized.zip) or 'official_zips' (105x105 zips); None if none.
+    """
+    folder = os.path.join(data_dir, 'omniglot_resized')
+    if os.path.isdir(folder):
+        return 'resized_dir', [folder]
+    resized_zip = os.path.join(data_dir, 'omniglot_resized.zip')
+    if os.path.isfile(resized_zip):
+        return 'resized_zip', [resized_zip]
+    zips = [os.path.join(data_dir, name) for name in OFFICIAL_ZIPS]
+    if all(os.path.isfile(path) for path in zips):
+        return 'official_zips', zips
+    return None
+
+
+def _file_digest(path, algorithm='sha256'):
+    digest = hashlib.new(algorithm)
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_key(kind, paths):
+    """A string that changes whenever the source's contents may have changed."""
+    digest = hashlib.sha256(f'v{CACHE_VERSION}:{kind}'.encode())
+    if kind == 'resized_dir':  # hashing 32k files' bytes is slow: use names, sizes, times
+        for root, dirs, files in sorted(os.walk(paths[0])):
+            dirs.sort()
+            for name in sorted(files):
+                stat = os.stat(os.path.join(root, name))
+                rel = os.path.relpath(os.path.join(root, name), paths[0])
+                digest.update(f'{rel}:{stat.st_size}:{stat.st_mtime_ns};'.encode())
+    else:
+        for path in paths:
+            digest.update(_file_digest(path).encode())
+    return digest.hexdigest()
+
+
+def _png_to_ink(data, resize):
+    """PNG bytes -> (28, 28) uint8 with ink = 1 (Omniglot stores ink as black)."""
+    image = Image.open(io.BytesIO(data))
+    if resize:  # PIL resizes a 1-bit image by nearest neighbour, as the course data was made
+        image = image.resize((IMAGE_SIZE, IMAGE_SIZE))
+    pixels = np.asarray(image.convert('L'))
+    if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(f'image of shape {pixels.shape}, expected 28x28')
+    return (pixels < 128).astype(np.uint8)
+
+
+def _iter_pngs(kind, paths):
+    """Yield (alphabet/character, file name, png bytes, needs_resize)."""
+    if kind == 'resized_dir':
+        for root, _, files in os.walk(paths[0]):
+            for name in files:
+                if name.endswith('.png'):
+                    character = os.path.relpath(root, paths[0]).replace(os.sep, '/')
+                    with open(os.path.join(root, name), 'rb') as f:
+                        yield character, name, f.read(), False
+        return
+    for path in paths:
+        with zipfile.ZipFile(path) as archive:
+            for entry in archive.namelist():
+                parts = entry.split('/')
+                if entry.endswith('.png') and len(parts) == 4:  # top/alphabet/character/file
+                    yield f'{parts[1]}/{parts[2]}', parts[3], archive.read(entry), kind == 'official_zips'
+
+
+def decode_source(kind, paths):
+    """Decode every image of a source.
+
+    Returns:
+        images: (1623, 20, 28, 28) uint8, ink = 1, characters sorted by
+            'alphabet/character' and drawings by file name.
+        names: list of the 1623 'alphabet/character' names.
+    """
+    characters = {}
+    try:
+        for character, name, data, resize in _iter_pngs(kind, paths):
+            characters.setdefault(character, {})[name] = _png_to_ink(data, resize)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise UserError(f'Omniglot source {", ".join(paths)} is unreadable ({error}); '
+                        'replace it with a complete copy or delete it to download again') from None
+    names = sorted(characters)
+    bad = [n for n in names if len(characters[n]) != NUM_DRAWINGS]
+    if len(names) != NUM_CHARACTERS or bad:
+        raise UserError(f'Omniglot source {", ".join(paths)} is incomplete: {len(names)} characters '
+                        f'(expected {NUM_CHARACTERS}), {len(bad)} without {NUM_DRAWINGS} drawings; '
+                        'replace it with a complete copy')
+    images = np.stack([np.stack([characters[n][f] for f in sorted(characters[n])]) for n in names])
+    return images, names
+
+
+def download_official(data_dir):
+    """Download the two official zips with a progress bar; verify md5; rename when complete."""
+    from tqdm import tqdm
+    os.makedirs(data_dir, exist_ok=True)
+    for name, md5 in OFFICIAL_ZIPS.items():
+        target = os.path.join(data_dir, name)
+        if os.path.isfile(target):
+            continue
+        partial = target + '.part'
+        try:
+            with urllib.request.urlopen(OFFICIAL_URL.format(name), timeout=30) as response, \
+                    open(partial, 'wb') as f, \
+                    tqdm(total=int(response.headers.get('Content-Length') or 0), unit='B',
+                         unit_scale=True, desc=f'downloading {name}') as bar:
+                for block in iter(lambda: response.read(1 << 16), b''):
+                    f.write(block)
+                    bar.update(len(block))
+            if _file_digest(partial, 'md5') != md5:
+                raise ValueError(f'md5 mismatch for {name}')
+            os.replace(partial, target)
+        except (OSError, ValueError) as error:
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise UserError(f'could not download Omniglot ({error}); put omniglot_resized/ or '
+                            f'{" and ".join(OFFICIAL_ZIPS)} in {data_dir} (or point --data_dir at them)') from None
+
+
+# ---------------------------------------------------------------- cache
+
+def _is_writable(folder):
+    """True if folder is meant to be written: write bits set and a file can be created.
+
+    The mode bits are checked first because root may create files even in a
+    folder marked read-only, and such a folder is someone else's to keep clean.
+    """
+    try:
+        if not os.stat(folder).st_mode & 0o222:
+            return False
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def cache_path(data_dir):
+    """Where the decoded array lives: data_dir if writable, else the user's cache folder."""
+    if _is_writable(data_dir):
+        return os.path.join(data_dir, 'omniglot28.cache.npz')
+    root = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    tag = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:16]
+    return os.path.join(root, 'few-shot-meta', f'omniglot28.{tag}.cache.npz')
+
+
+def _read_cache(path, key):
+    """The cached images and names if the file is intact and built from this source, else None."""
+    try:
+        with np.load(path, allow_pickle=False) as cache:
+            if str(cache['key']) != key:
+                return None
+            images, names = cache['images'], [str(n) for n in cache['names']]
+            if str(cache['digest']) != hashlib.sha256(images.tobytes()).hexdigest():
+                return None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+    if images.shape != (NUM_CHARACTERS, NUM_DRAWINGS, IMAGE_SIZE, IMAGE_SIZE):
+        return None
+    return images, names
+
+
+def _write_cache(path, key, images, names):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    partial = f'{path}.{os.getpid()}.part.npz'
+    np.savez(partial, key=key, images=images, names=np.array(names),
+             digest=hashlib.sha256(images.tobytes()).hexdigest())
+    os.replace(partial, path)
+
+
+def load_omniglot(data_dir='./data', download=True):
+    """All of Omniglot at 28x28.
+
+    Returns:
+        images: (1623, 20, 28, 28) uint8 numpy array, ink = 1.
+        names: the 1623 'alphabet/character' names, sorted.
+    """
+    source = find_source(data_dir)
+    if source is None:
+        if not download:
+            raise UserError(f'no Omniglot data in {data_dir}: put omniglot_resized/, omniglot_resized.zip '
+                            f'or {" and ".join(OFFICIAL_ZIPS)} there, or point --data_dir at them')
+        download_official(data_dir)
+        source = find_source(data_dir)
+    kind, paths = source
+    key = source_key(kind, paths)
+    path = cache_path(data_dir)
+    cached = _read_cache(path, key) if os.path.exists(path) else None
+    if cached is not None:
+        return cached
+    print(f'decoding Omniglot from {", ".join(paths)} (once; cached at {path})')
+    images, names = decode_source(kind, paths)
+    _write_cache(path, key, images, names)
+    return images, names
+
+
+def split_indices(num_classes=NUM_CHARACTERS):
+    """Character indices of the train / val / test splits (1100 / 100 / 423), fixed seed."""
+    order = np.random.default_rng(SPLIT_SEED).permutation(num_classes)
+    train_end = NUM_TRAIN_CLASSES
+    val_end = train_end + NUM_VAL_CLASSES
+    return {'train': order[:train_end], 'val': order[train_end:val_end], 'test': order[val_end:]}
+
+
+# ---------------------------------------------------------------- tasks
+
+@dataclasses.dataclass
+class TaskBatch:
+    """B tasks of N-way classification with K support and Q query examples per class.
+
+    images_support: (B, N*K, *example_shape) float32, class-major (N blocks of K)
+    labels_support: (B, N*K) int64 in 0..N-1
+    images_query:   (B, N*Q, *example_shape) float32
+    labels_query:   (B, N*Q) int64
+    Iterating yields one (images_support, labels_support, images_query,
+    labels_query) tuple per task, as course-style code expects.
+    """
+    images_support: torch.Tensor
+    labels_support: torch.Tensor
+    images_query: torch.Tensor
+    labels_query: torch.Tensor
+
+    def __len__(self):
+        return self.labels_support.shape[0]
+
+    def __iter__(self):
+        return iter(zip(self.images_support, self.labels_support, self.images_query, self.labels_query))
+
+    def to(self, device):
+        return TaskBatch(*(t.to(device) for t in dataclasses.astuple(self)))
+
+    def select(self, index):
+        """The tasks picked by a slice or index tensor along B."""
+        return TaskBatch(*(t[index] for t in dataclasses.astuple(self)))
+
+
+def check_task_shape(num_way, num_support, num_query, num_classes, num_examples, where):
+    """Raise a UserError naming the flag when a task cannot be drawn."""
+    if min(num_way, num_support, num_query) < 1:
+        raise UserError('--num_way, --num_support and --num_query must be at least 1')
+    if num_support + num_query > num_examples:
+        raise UserError(f'--num_support {num_support} + --num_query {num_query} = {num_support + num_query} '
+                        f'exceeds the {num_examples} examples per class in {where}; lower them')
+    if num_way > num_classes:
+        raise UserError(f'--num_way {num_way} exceeds the {num_classes} classes of {where}; lower it')
+
+
+class TaskSampler:
+    """Draws batches of tasks from a (C, D, ...) tensor of C classes with D examples each.
+
+    Classes are taken in random order and labelled 0..N-1; support and query
+    are disjoint draws without replacement from a class's D examples. All
+    randomness comes from one CPU generator, so a seed gives the same tasks on
+    any device and its state can be checkpointed.
+    """
+
+    def __init__(self, examples, num_way, num_support, num_query, seed=0, device='cpu', where='the split'):
+        check_task_shape(num_way, num_support, num_query, examples.shape[0], examples.shape[1], where)
+        self.examples = examples.to(device)
+        self.num_way, self.num_support, self.num_query = num_way, num_support, num_query
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self, batch_size):
+        """A TaskBatch of batch_size tasks on the sampler's device."""
+        num_classes, num_examples = self.examples.shape[:2]
+        n, k, q = self.num_way, self.num_support, self.num_query
+        g = self.generator
+        classes = torch.rand(batch_size, num_classes, generator=g).argsort(dim=1)[:, :n]
+        draws = torch.rand(batch_size, n, num_examples, generator=g).argsort(dim=2)[..., :k + q]
+        device = self.examples.device
+        picked = self.examples[classes.unsqueeze(-1).to(device), draws.to(device)]  # (B, N, K+Q, ...)
+        picked = picked.float()
+        shape = picked.shape[3:]
+        labels = torch.arange(n, device=device)
+        return TaskBatch(
+            picked[:, :, :k].reshape(batch_size, n * k, *shape),
+            labels.repeat_interleave(k).expand(batch_size, -1).contiguous(),
+            picked[:, :, k:].reshape(batch_size, n * q, *shape),
+            labels.repeat_interleave(q).expand(batch_size, -1).contiguous())
+
+
+def omniglot_split(images, split, augment_rotations=False):
+    """(C, 20, 1, 28, 28) uint8 tensor of one split's classes; with rotations, 4C classes."""
+    chosen = torch.from_numpy(images[split_indices()[split]]).unsqueeze(2)
+    if augment_rotations:  # class 4c + r is character c rotated by r * 90 degrees
+        chosen = torch.stack([torch.rot90(chosen, r, dims=(-2, -1)) for r in range(4)], dim=1)
+        chosen = chosen.flatten(0, 1)
+    return chosen
+
+
+def omniglot_sampler(split, num_way, num_support, num_query, data_dir='./data', seed=0,
+                     device='cpu', augment_rotations=False):
+    """A TaskSampler over one Omniglot split ('train', 'val' or 'test')."""
+    images, _ = load_omniglot(data_dir)
+    examples = omniglot_split(images, split, augment_rotations)
+    return TaskSampler(examples, num_way, num_support, num_query, seed, device, f'the Omniglot {split} split')
+
+
+class TaskLoader:
+    """Yields ceil(num_tasks / batch_size) TaskBatches from a sampler, like a DataLoader."""
+
+    def __init__(self, sampler, batch_size, num_tasks):
+        self.sampler, self.batch_size, self.num_tasks = sampler, batch_size, num_tasks
+
+    def __len__(self):
+        return -(-self.num_tasks // self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, self.num_tasks, self.batch_size):
+            yield self.sampler.sample(min(self.batch_size, self.num_tasks - start))
+
+
+def get_omniglot_dataloader(split, batch_size, num_way, num_support, num_query, num_tasks_per_epoch,
+                            num_workers=None, data_dir='./data', seed=0, device='cpu', augment_rotations=False):
+    """The course's entry point: an iterable of task batches (num_workers is ignored)."""
+    sampler = omniglot_sampler(split, num_way, num_support, num_query, data_dir, seed, device, augment_rotations)
+    return TaskLoader(sampler, batch_size, num_tasks_per_epoch)

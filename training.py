@@ -1,0 +1,181 @@
+"""The loop every algorithm shares: command-line flags, training with
+TensorBoard logging, validation and atomic checkpoints, exact resume, and
+testing with a 95% confidence interval.
+
+An algorithm plugs in as a *learner* with:
+    train_step(task_batch, step) -> dict of floats (one meta-update; has 'loss')
+    evaluate(task_batch) -> dict of (B,) tensors, one value per task (no update)
+    state() / load_state(state) -> everything to checkpoint (model, optimizer, ...)
+    key_metric: the validation metric that picks the best checkpoint (higher is better)
+    metric_kind: 'accuracy' or 'loss', the word in the TensorBoard tags
+"""
+import argparse
+import glob
+import os
+import re
+
+import numpy as np
+import torch
+
+import util
+
+LOG_INTERVAL = 10
+VAL_INTERVAL = 50
+SAVE_INTERVAL = 100
+VAL_SEED = 1  # validation tasks are the same at every validation, in every run
+# flags that may change between a run and its resumption
+RESUME_MAY_CHANGE = {'checkpoint_step', 'test', 'device', 'num_workers', 'log_dir', 'data_dir',
+                     'datadir', 'num_train_iterations', 'num_test_tasks'}
+
+
+def add_common_args(parser, num_train_iterations, batch_size=16, num_way=5, num_support=1, num_query=15):
+    """The course's flags shared by every algorithm, with this script's defaults."""
+    parser.add_argument('--log_dir', type=str, default=None, help='directory for logs and checkpoints')
+    parser.add_argument('--num_way', type=int, default=num_way, help='classes per task (N)')
+    parser.add_argument('--num_support', type=int, default=num_support, help='support examples per class (K)')
+    parser.add_argument('--num_query', type=int, default=num_query, help='query examples per class (Q)')
+    parser.add_argument('--batch_size', type=int, default=batch_size, help='tasks per meta-batch (B)')
+    parser.add_argument('--num_train_iterations', type=int, default=num_train_iterations,
+                        help='meta-updates in the whole run')
+    parser.add_argument('--test', default=False, action='store_true', help='test a checkpoint instead of training')
+    parser.add_argument('--checkpoint_step', type=int, default=-1,
+                        help='checkpoint to resume from or test; -1: train from scratch, or test the best')
+    parser.add_argument('--num_test_tasks', type=int, default=600, help='tasks evaluated by --test')
+    parser.add_argument('--num_val_tasks', type=int, default=64, help='tasks at each validation')
+    parser.add_argument('--device', type=str, default='cpu', help='cpu, gpu (CUDA, else MPS), cuda, mps or auto')
+    parser.add_argument('--num_workers', type=int, default=2, help='accepted for compatibility; unused')
+    parser.add_argument('--seed', type=int, default=0, help='seeds initialisation and task sampling')
+
+
+def check_common_args(args):
+    for flag in ('num_way', 'num_support', 'num_query', 'batch_size', 'num_test_tasks', 'num_val_tasks'):
+        if getattr(args, flag) < 1:
+            raise util.UserError(f'--{flag} must be at least 1')
+    if args.num_train_iterations < 1:
+        raise util.UserError('--num_train_iterations must be at least 1')
+
+
+def checkpoint_path(log_dir, step):
+    return os.path.join(log_dir, f'state{step}.pt')
+
+
+def saved_steps(log_dir):
+    """Steps of the checkpoints in log_dir, ascending."""
+    steps = [re.fullmatch(r'state(\d+)\.pt', os.path.basename(p)) for p in glob.glob(os.path.join(log_dir, 'state*.pt'))]
+    return sorted(int(m.group(1)) for m in steps if m)
+
+
+def best_checkpoint_step(log_dir):
+    """The saved step with the highest validation key metric (latest among ties)."""
+    steps = saved_steps(log_dir)
+    if not steps:
+        raise util.UserError(f'no checkpoints (state*.pt) in {log_dir}; train first or pass the right --log_dir')
+    scores = [(util.load_checkpoint(checkpoint_path(log_dir, s)).get('val_score', -np.inf), s) for s in steps]
+    return max(scores)[1]
+
+
+def save_checkpoint(log_dir, step, learner, generator, args, val_score):
+    util.atomic_save({'step': step, 'learner': learner.state(), 'rng': util.rng_state(generator),
+                      'args': vars(args), 'val_score': val_score}, checkpoint_path(log_dir, step))
+
+
+def resume(log_dir, step, learner, generator, args):
+    """Load state{step}.pt into learner and generator; return the next step to run."""
+    checkpoint = util.load_checkpoint(checkpoint_path(log_dir, step))
+    changed = sorted(k for k, v in checkpoint['args'].items()
+                     if k not in RESUME_MAY_CHANGE and getattr(args, k, v) != v)
+    if changed:
+        flags = ', '.join(f'--{k} {checkpoint["args"][k]} (now {getattr(args, k)})' for k in changed)
+        raise util.UserError(f'resuming {checkpoint_path(log_dir, step)} with other settings: {flags}; '
+                             'pass the values it was trained with')
+    learner.load_state(checkpoint['learner'])
+    util.set_rng_state(checkpoint['rng'], generator)
+    return step + 1
+
+
+def evaluate_tasks(learner, sampler, num_tasks, batch_size):
+    """Per-task metrics over num_tasks tasks: dict name -> (num_tasks,) numpy array."""
+    results = {}
+    for start in range(0, num_tasks, batch_size):
+        metrics = learner.evaluate(sampler.sample(min(batch_size, num_tasks - start)))
+        for name, values in metrics.items():
+            results.setdefault(name, []).append(values.detach().cpu().numpy())
+    return {name: np.concatenate(chunks) for name, chunks in results.items()}
+
+
+def validate(learner, sampler, args):
+    """Mean metrics over the fixed validation tasks."""
+    sampler.generator.manual_seed(VAL_SEED)
+    return {name: float(values.mean())
+            for name, values in evaluate_tasks(learner, sampler, args.num_val_tasks, args.batch_size).items()}
+
+
+def log_scalars(writer, split, metrics, kind, step):
+    for name, value in metrics.items():
+        tag = f'loss/{split}' if name == 'loss' else f'{split}_{kind}/{name}'
+        writer.add_scalar(tag, value, step)
+
+
+def train(learner, train_sampler, val_sampler, args, log_dir, start_step=0):
+    """Meta-train from start_step to args.num_train_iterations - 1, logging and checkpointing."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+    writer = SummaryWriter(log_dir=log_dir)
+    last = args.num_train_iterations - 1
+    val_metrics = {}
+    progress = tqdm(range(start_step, args.num_train_iterations), initial=start_step,
+                    total=args.num_train_iterations, dynamic_ncols=True)
+    for step in progress:
+        metrics = learner.train_step(train_sampler.sample(args.batch_size), step)
+        if step % LOG_INTERVAL == 0:
+            log_scalars(writer, 'train', metrics, learner.metric_kind, step)
+        if step % VAL_INTERVAL == 0 or step == last:
+            val_metrics = validate(learner, val_sampler, args)
+            log_scalars(writer, 'val', val_metrics, learner.metric_kind, step)
+            writer.flush()
+        if step % SAVE_INTERVAL == 0 or step == last:
+            save_checkpoint(log_dir, step, learner, train_sampler.generator, args, val_metrics[learner.key_metric])
+        progress.set_postfix(loss=f'{metrics["loss"]:.3f}', **{
+            f'val_{learner.key_metric}': f'{val_metrics[learner.key_metric]:.3f}'})
+    writer.close()
+
+
+def test(learner, test_sampler, args):
+    """Evaluate args.num_test_tasks test tasks and print the key metric's mean and 95% CI."""
+    metrics = evaluate_tasks(learner, test_sampler, args.num_test_tasks, args.batch_size)
+    mean, ci95 = util.mean_ci95(metrics[learner.key_metric])
+    word = learner.metric_kind.capitalize()
+    print(f'{word} over {args.num_test_tasks} test tasks: mean {mean:.3f}, 95% confidence interval {ci95:.3f}')
+    return mean, ci95
+
+
+def run(args, log_dir, build_learner, build_sampler):
+    """Train or test as the flags say.
+
+    build_learner(train_args, device) -> learner; build_sampler(split, args,
+    seed, device) -> a sampler with .sample(batch_size) and .generator.
+    At test time the learner is rebuilt from the flags it was trained with.
+    """
+    check_common_args(args)
+    device = util.resolve_device(args.device)
+    if device.type == 'cpu':
+        util.tune_cpu_allocator()
+    if args.test:
+        step = args.checkpoint_step if args.checkpoint_step >= 0 else best_checkpoint_step(log_dir)
+        checkpoint = util.load_checkpoint(checkpoint_path(log_dir, step))
+        learner = build_learner(argparse.Namespace(**checkpoint['args']), device)
+        learner.load_state(checkpoint['learner'])
+        if args.checkpoint_step < 0:
+            print(f'testing checkpoint step {step}, the best validation {learner.key_metric} '
+                  f'({checkpoint["val_score"]:.4f}) in {log_dir}')
+        util.seed_everything(args.seed)
+        return test(learner, build_sampler('test', args, args.seed, device), args)
+    util.seed_everything(args.seed)
+    learner = build_learner(args, device)
+    train_sampler = build_sampler('train', args, args.seed, device)
+    val_sampler = build_sampler('val', args, VAL_SEED, device)
+    start = 0
+    if args.checkpoint_step >= 0:
+        start = resume(log_dir, args.checkpoint_step, learner, train_sampler.generator, args)
+    print(f'logging to {log_dir}')
+    train(learner, train_sampler, val_sampler, args, log_dir, start)

@@ -307,7 +307,8 @@ class TaskSampler:
         draws = torch.rand(batch_size, n, num_examples, generator=g).argsort(dim=2)[..., :k + q]
         device = self.examples.device
         picked = self.examples[classes.unsqueeze(-1).to(device), draws.to(device)]  # (B, N, K+Q, ...)
-        picked = picked.float()
+        if not picked.is_floating_point():
+            picked = picked.float()
         shape = picked.shape[3:]
         labels = torch.arange(n, device=device)
         return TaskBatch(

@@ -135,8 +135,8 @@ def train(learner, train_sampler, val_sampler, args, log_dir, start_step=0):
             writer.flush()
         if step % SAVE_INTERVAL == 0 or step == last:
             save_checkpoint(log_dir, step, learner, train_sampler.generator, args, val_metrics[learner.key_metric])
-        progress.set_postfix(loss=f'{metrics["loss"]:.3f}', **{
-            f'val_{learner.key_metric}': f'{val_metrics[learner.key_metric]:.3f}'})
+        progress.set_postfix({'loss': f'{metrics["loss"]:.3f}',
+                              **{f'val_{k}': f'{v:.3f}' for k, v in val_metrics.items() if k == learner.key_metric}})
     writer.close()
 
 

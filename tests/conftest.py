@@ -1,0 +1,30 @@
+"""Shared fixtures. Integration tests read the real data under $FEWSHOT_DATA
+(default: ../shared/data beside the checkout). Outside CI they skip, saying so,
+when it is missing; under CI (CI=true) a missing data folder is a failure."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+DATA_ROOT = os.environ.get('FEWSHOT_DATA', os.path.join(ROOT, '..', 'shared', 'data'))
+
+
+def real_data(name):
+    path = os.path.join(DATA_ROOT, name)
+    if not os.path.isdir(path):
+        if os.environ.get('CI'):
+            pytest.fail(f'real data missing at {path}: CI must run the integration tests')
+        pytest.skip(f'real data missing at {path} (set FEWSHOT_DATA); integration test skipped outside CI')
+    return path
+
+
+@pytest.fixture
+def omniglot_dir():
+    return real_data('omniglot')
+
+
+@pytest.fixture
+def metabolism_dir():
+    return real_data('metabolism')

@@ -1,0 +1,189 @@
+"""The Omniglot source, cache, split and task sampler."""
+import os
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+import omniglot
+from util import UserError
+
+
+def id_examples(num_classes, num_drawings):
+    """(C, D, 1, 2, 2) examples whose every pixel is class * D + drawing."""
+    ids = torch.arange(num_classes * num_drawings, dtype=torch.int32).view(num_classes, num_drawings)
+    return ids.view(num_classes, num_drawings, 1, 1, 1).expand(-1, -1, 1, 2, 2).contiguous()
+
+
+def example_ids(images):
+    return images[..., 0, 0, 0].long()  # (B, M)
+
+
+def test_task_shapes_and_label_layout():
+    sampler = omniglot.TaskSampler(id_examples(30, 20), num_way=5, num_support=3, num_query=4, seed=0)
+    batch = sampler.sample(6)
+    assert batch.images_support.shape == (6, 15, 1, 2, 2)
+    assert batch.images_query.shape == (6, 20, 1, 2, 2)
+    assert batch.images_support.dtype == torch.float32
+    assert torch.equal(batch.labels_support[2], torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]))
+    assert torch.equal(batch.labels_query[5], torch.arange(5).repeat_interleave(4))
+    assert len(batch) == 6 and len(list(batch)) == 6  # course-style iteration over tasks
+
+
+def test_classes_distinct_and_support_query_disjoint():
+    num_drawings = 20
+    sampler = omniglot.TaskSampler(id_examples(12, num_drawings), num_way=5, num_support=5, num_query=15, seed=3)
+    batch = sampler.sample(32)
+    support, query = example_ids(batch.images_support), example_ids(batch.images_query)
+    for task in range(32):
+        support_class = support[task] // num_drawings
+        query_class = query[task] // num_drawings
+        # each label is one class, the same in support and query, and classes differ between labels
+        for label in range(5):
+            assert support_class[batch.labels_support[task] == label].unique().numel() == 1
+            assert torch.equal(query_class[batch.labels_query[task] == label].unique(),
+                               support_class[batch.labels_support[task] == label].unique())
+        assert support_class.unique().numel() == 5
+        drawn = torch.cat([support[task], query[task]])
+        assert drawn.unique().numel() == drawn.numel()  # no drawing twice: support and query disjoint
+
+
+def test_classes_come_in_random_order():
+    sampler = omniglot.TaskSampler(id_examples(5, 20), num_way=5, num_support=1, num_query=1, seed=0)
+    first = example_ids(sampler.sample(50).images_support) // 20  # (50, 5) class of label 0..4
+    assert len({tuple(row.tolist()) for row in first}) > 10
+
+
+def test_same_seed_same_tasks():
+    examples = id_examples(40, 20)
+    a = omniglot.TaskSampler(examples, 5, 2, 3, seed=7).sample(8)
+    b = omniglot.TaskSampler(examples, 5, 2, 3, seed=7).sample(8)
+    c = omniglot.TaskSampler(examples, 5, 2, 3, seed=8).sample(8)
+    assert torch.equal(a.images_support, b.images_support) and torch.equal(a.images_query, b.images_query)
+    assert not torch.equal(a.images_support, c.images_support)
+
+
+@pytest.mark.parametrize('way,support,query,message', [
+    (5, 10, 11, r'--num_support 10 \+ --num_query 11 = 21 exceeds the 20'),
+    (31, 1, 1, '--num_way 31 exceeds the 30 classes'),
+    (5, 0, 1, 'at least 1'),
+])
+def test_bad_task_shapes_are_clear_errors(way, support, query, message):
+    with pytest.raises(UserError, match=message):
+        omniglot.TaskSampler(id_examples(30, 20), way, support, query)
+
+
+def test_split_is_fixed_disjoint_and_complete():
+    splits = omniglot.split_indices()
+    assert [len(splits[s]) for s in ('train', 'val', 'test')] == [1100, 100, 423]
+    together = np.concatenate(list(splits.values()))
+    assert np.array_equal(np.sort(together), np.arange(1623))
+    assert np.array_equal(omniglot.split_indices()['val'], splits['val'])
+
+
+def test_rotation_augmentation_makes_four_classes_per_character():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 2, size=(1623, 20, 28, 28), dtype=np.uint8)
+    plain = omniglot.omniglot_split(images, 'val')
+    rotated = omniglot.omniglot_split(images, 'val', augment_rotations=True)
+    assert plain.shape == (100, 20, 1, 28, 28) and rotated.shape == (400, 20, 1, 28, 28)
+    character = omniglot.split_indices()['val'][7]
+    for r in range(4):
+        expected = torch.rot90(torch.from_numpy(images[character]), r, dims=(-2, -1))
+        assert torch.equal(rotated[4 * 7 + r, :, 0], expected)
+
+
+def test_dataloader_yields_the_asked_number_of_tasks():
+    loader = omniglot.TaskLoader(omniglot.TaskSampler(id_examples(10, 20), 3, 1, 1), batch_size=4, num_tasks=10)
+    assert [len(b) for b in loader] == [4, 4, 2] and len(loader) == 3
+
+
+def test_cache_is_rebuilt_when_stale_or_corrupt(tmp_path):
+    images = np.zeros((1623, 20, 28, 28), np.uint8)
+    images[5, 3, 4, 4] = 1
+    names = [f'a/c{i:04d}' for i in range(1623)]
+    path = str(tmp_path / 'cache.npz')
+    omniglot._write_cache(path, 'key1', images, names)
+    got, got_names = omniglot._read_cache(path, 'key1')
+    assert np.array_equal(got, images) and got_names == names
+    assert omniglot._read_cache(path, 'other-source') is None
+    data = bytearray(open(path, 'rb').read())
+    data[len(data) // 2] ^= 0xFF  # flip a byte inside the images
+    open(path, 'wb').write(bytes(data))
+    assert omniglot._read_cache(path, 'key1') is None
+
+
+def test_read_only_data_dir_puts_cache_in_user_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+    read_only = tmp_path / 'ro'
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    assert omniglot.cache_path(str(read_only)).startswith(str(tmp_path / 'xdg'))
+    assert omniglot.cache_path(str(tmp_path)) == str(tmp_path / 'omniglot28.cache.npz')
+
+
+def test_missing_data_without_download_says_where_to_put_it(tmp_path):
+    with pytest.raises(UserError, match=f'no Omniglot data in {tmp_path}'):
+        omniglot.load_omniglot(str(tmp_path), download=False)
+
+
+def test_offline_download_is_a_clear_error_and_leaves_no_file(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError('no network')
+    monkeypatch.setattr(urllib.request, 'urlopen', offline)
+    with pytest.raises(UserError, match='could not download Omniglot.*put omniglot_resized/'):
+        omniglot.load_omniglot(str(tmp_path))
+    assert os.listdir(tmp_path) == []
+
+
+def test_download_with_wrong_md5_is_rejected_and_removed(tmp_path, monkeypatch):
+    class FakeResponse:
+        headers = {'Content-Length': '11'}
+
+        def __init__(self):
+            self.chunks = [b'not the zip', b'']
+
+        def read(self, size):
+            return self.chunks.pop(0)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(urllib.request, 'urlopen', lambda *a, **k: FakeResponse())
+    with pytest.raises(UserError, match='md5 mismatch'):
+        omniglot.download_official(str(tmp_path))
+    assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------ real data
+
+def test_real_omniglot_loads_with_course_values(omniglot_dir):
+    images, names = omniglot.load_omniglot(omniglot_dir)
+    assert images.shape == (1623, 20, 28, 28) and images.dtype == np.uint8
+    assert set(np.unique(images)) == {0, 1}
+    ink = images.mean()
+    assert 0.03 < ink < 0.2  # strokes are the minority: ink = 1, background = 0
+    assert names[0] == 'Alphabet_of_the_Magi/character01' and len(set(names)) == 1623
+    batch = omniglot.omniglot_sampler('train', 5, 5, 15, omniglot_dir, seed=0).sample(2)
+    assert batch.images_support.min() == 0 and batch.images_support.max() == 1
+
+
+def test_official_zips_resize_to_the_course_images(omniglot_dir):
+    zips = [os.path.join(omniglot_dir, name) for name in omniglot.OFFICIAL_ZIPS]
+    if not all(os.path.isfile(z) for z in zips):
+        pytest.skip('the official zips are not in the data folder')
+    resized, names = omniglot.load_omniglot(omniglot_dir)
+    official, official_names = omniglot.decode_source('official_zips', zips)
+    assert official_names == names
+    assert np.array_equal(official, resized)
+
+
+def test_corrupt_source_is_a_clear_error(tmp_path):
+    (tmp_path / 'omniglot_resized.zip').write_bytes(b'PK\x03\x04 this is not a zip')
+    with pytest.raises(UserError, match='omniglot_resized.zip is unreadable'):
+        omniglot.load_omniglot(str(tmp_path))

@@ -1,0 +1,234 @@
+"""ProtoNet's step against an independent per-task computation, checkpoints,
+exact resume, the command line's errors, and a short real training run."""
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import networks
+import omniglot
+import protonet
+import training
+import util
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_encoder(hidden=6, dtype=torch.float64):
+    torch.manual_seed(0)
+    params = networks.init_conv_params(4, 1, hidden, dtype=dtype)
+    for name, value in params.items():  # non-trivial BN affine parameters
+        if name.startswith('bn'):
+            value.uniform_(0.5, 1.5) if name.endswith('weight') else value.uniform_(-0.3, 0.3)
+    return protonet.FunctionalNet(networks.conv_features, params)
+
+
+def random_batch(num_tasks=3, way=3, support=2, query=4, dtype=torch.float64, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    examples = torch.rand(10, 20, 1, 28, 28, generator=generator, dtype=dtype)
+    return omniglot.TaskSampler(examples, way, support, query, seed=seed).sample(num_tasks)
+
+
+def reference_task(encoder, images_support, labels_support, images_query, labels_query):
+    """One task the textbook way: nn layers (ReLU before pooling), a loop over
+    classes for the prototypes, torch.cdist for the distances."""
+    layers = []
+    for i in range(4):
+        conv = nn.Conv2d(1 if i == 0 else encoder.params['conv0'].shape[0], encoder.params[f'conv{i}'].shape[0], 3,
+                         padding=1)
+        bn = nn.BatchNorm2d(conv.out_channels, track_running_stats=False)
+        conv.weight.data, conv.bias.data = encoder.params[f'conv{i}'].data, encoder.params[f'conv{i}_bias'].data
+        bn.weight.data, bn.bias.data = encoder.params[f'bn{i}_weight'].data, encoder.params[f'bn{i}_bias'].data
+        layers += [conv, bn, nn.ReLU(), nn.MaxPool2d(2)]
+    net = nn.Sequential(*layers, nn.Flatten()).to(images_support.dtype)
+    embeddings = net(torch.cat([images_support, images_query]))
+    support, query = embeddings[:len(images_support)], embeddings[len(images_support):]
+    num_way = int(labels_support.max()) + 1
+    prototypes = torch.stack([support[labels_support == c].mean(0) for c in range(num_way)])
+    query_logits = -torch.cdist(query, prototypes) ** 2
+    support_logits = -torch.cdist(support, prototypes) ** 2
+    loss = F.nll_loss(F.log_softmax(query_logits, dim=1), labels_query)
+    return (loss, (support_logits.argmax(1) == labels_support).double().mean(),
+            (query_logits.argmax(1) == labels_query).double().mean())
+
+
+def test_step_matches_independent_per_task_computation():
+    encoder = tiny_encoder()
+    batch = random_batch()
+    learner = protonet.ProtoNet(encoder, 1e-3)
+    loss, support_accuracy, query_accuracy = learner._step(batch)
+    reference = [reference_task(encoder, *task) for task in batch]
+    assert loss.item() == pytest.approx(torch.stack([r[0] for r in reference]).mean().item(), abs=1e-10)
+    assert support_accuracy == pytest.approx(torch.stack([r[1] for r in reference]).mean().item(), abs=1e-6)
+    assert query_accuracy == pytest.approx(torch.stack([r[2] for r in reference]).mean().item(), abs=1e-6)
+    assert 0 < query_accuracy < 1  # not a degenerate example
+
+
+def test_batched_encoder_call_equals_per_task_loop_with_gradients():
+    encoder = tiny_encoder()
+    batch = random_batch(num_tasks=4)
+    results = []
+    for per_call in (1, 2, 4):
+        learner = protonet.ProtoNet(encoder, 1e-3, tasks_per_call=per_call)
+        encoder.zero_grad()
+        loss, accuracy = learner._task_metrics(batch)
+        loss.backward()
+        results.append((loss.detach(), accuracy['query'], [p.grad.clone() for p in encoder.parameters()]))
+    for loss, accuracy, grads in results[1:]:
+        assert torch.allclose(loss, results[0][0], rtol=0, atol=1e-12)
+        assert torch.equal(accuracy, results[0][1])
+        for g, g0 in zip(grads, results[0][2]):
+            assert torch.allclose(g, g0, rtol=1e-9, atol=1e-12)
+
+
+def test_per_task_batch_norm_differs_from_one_shared_group():
+    """The batched path must not pool BN statistics across tasks."""
+    encoder = tiny_encoder()
+    batch = random_batch(num_tasks=2)
+    x = torch.cat([batch.images_support, batch.images_query], 1).flatten(0, 1)
+    per_task = networks.conv_features(dict(encoder.params), x, num_tasks=2)
+    pooled = networks.conv_features(dict(encoder.params), x, num_tasks=1)
+    assert not torch.allclose(per_task, pooled)
+
+
+def synthetic_args(**overrides):
+    args = dict(num_way=3, num_support=2, num_query=3, batch_size=2, num_train_iterations=6, test=False,
+                checkpoint_step=-1, num_test_tasks=8, num_val_tasks=4, device='cpu', num_workers=2, seed=0,
+                learning_rate=1e-2)
+    args.update(overrides)
+    return argparse.Namespace(**args)
+
+
+def synthetic_sampler(split, args, seed, device):
+    examples = torch.rand(8, 20, 1, 28, 28, generator=torch.Generator().manual_seed({'train': 0, 'val': 1,
+                                                                                      'test': 2}[split]))
+    return omniglot.TaskSampler(examples, args.num_way, args.num_support, args.num_query, seed, device)
+
+
+def small_learner(args, device):
+    return protonet.ProtoNet(tiny_encoder(hidden=4, dtype=torch.float32), args.learning_rate, device)
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight, interrupted = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')
+    training.run(synthetic_args(num_train_iterations=6), straight, small_learner, synthetic_sampler)
+    training.run(synthetic_args(num_train_iterations=3), interrupted, small_learner, synthetic_sampler)
+    training.run(synthetic_args(num_train_iterations=6, checkpoint_step=2), interrupted, small_learner,
+                 synthetic_sampler)
+    a = util.load_checkpoint(os.path.join(straight, 'state5.pt'))['learner']
+    b = util.load_checkpoint(os.path.join(interrupted, 'state5.pt'))['learner']
+    first = util.load_checkpoint(os.path.join(straight, 'state0.pt'))['learner']
+    for key in a['network']:
+        assert torch.equal(a['network'][key], b['network'][key]), key
+    assert any(not torch.equal(a['network'][k], first['network'][k]) for k in a['network'])  # it did train
+    assert torch.equal(a['optimizer']['state'][0]['exp_avg'], b['optimizer']['state'][0]['exp_avg'])
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    training.run(synthetic_args(num_train_iterations=2), str(tmp_path), small_learner, synthetic_sampler)
+    with pytest.raises(util.UserError, match='--learning_rate 0.01 \\(now 0.5\\)'):
+        training.run(synthetic_args(num_train_iterations=4, checkpoint_step=1, learning_rate=0.5), str(tmp_path),
+                     small_learner, synthetic_sampler)
+
+
+def test_checkpoint_round_trip_and_best_step(tmp_path):
+    args = synthetic_args()
+    learner = small_learner(args, 'cpu')
+    generator = torch.Generator().manual_seed(3)
+    training.save_checkpoint(str(tmp_path), 7, learner, generator, args, val_score=0.9)
+    training.save_checkpoint(str(tmp_path), 9, learner, generator, args, val_score=0.8)
+    assert sorted(os.listdir(tmp_path)) == ['state7.pt', 'state9.pt']  # no temporary files left
+    assert training.best_checkpoint_step(str(tmp_path)) == 7
+    other = small_learner(args, 'cpu')
+    with torch.no_grad():
+        for p in other._network.parameters():
+            p.add_(1)
+    other.load_state(util.load_checkpoint(str(tmp_path / 'state7.pt'))['learner'])
+    for p, q in zip(learner._network.parameters(), other._network.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / 'state0.pt')
+    util.atomic_save({'version': 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b'half a file')
+        raise OSError('disk full')
+    monkeypatch.setattr(torch, 'save', broken_save)
+    with pytest.raises(OSError):
+        util.atomic_save({'version': 2}, path)
+    monkeypatch.undo()
+    assert util.load_checkpoint(path) == {'version': 1}
+    assert os.listdir(tmp_path) == ['state0.pt']
+
+
+def test_test_mode_prints_the_confidence_line(tmp_path, capsys):
+    training.run(synthetic_args(num_train_iterations=2), str(tmp_path), small_learner, synthetic_sampler)
+    mean, ci95 = training.run(synthetic_args(test=True, num_support=1, num_test_tasks=10), str(tmp_path),
+                              small_learner, synthetic_sampler)
+    out = capsys.readouterr().out
+    assert 'testing checkpoint step' in out
+    assert f'Accuracy over 10 test tasks: mean {mean:.3f}, 95% confidence interval {ci95:.3f}' in out
+    assert 0 <= mean <= 1 and ci95 > 0
+
+
+# ------------------------------------------------------------ command line
+
+def run_cli(*flags):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'protonet.py'), *flags], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode != 0
+    assert 'Traceback' not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_cli_missing_checkpoint(tmp_path):
+    assert_one_line_error(run_cli('--test', '--log_dir', str(tmp_path), '--checkpoint_step', '5'),
+                          f'no checkpoint at {tmp_path}/state5.pt')
+    assert_one_line_error(run_cli('--test', '--log_dir', str(tmp_path)), 'no checkpoints')
+
+
+def test_cli_bad_device(tmp_path):
+    assert_one_line_error(run_cli('--device', 'tpu', '--log_dir', str(tmp_path)), '--device tpu')
+    if not torch.cuda.is_available():
+        assert_one_line_error(run_cli('--device', 'gpu', '--log_dir', str(tmp_path)), '--device gpu', 'cpu')
+
+
+def test_cli_corrupt_checkpoint(tmp_path):
+    (tmp_path / 'state3.pt').write_bytes(b'garbage')
+    assert_one_line_error(run_cli('--test', '--log_dir', str(tmp_path), '--checkpoint_step', '3'), 'cannot be read')
+
+
+def test_cli_corrupt_data_source(tmp_path):
+    (tmp_path / 'omniglot_resized.zip').write_bytes(b'not a zip')
+    assert_one_line_error(run_cli('--data_dir', str(tmp_path), '--log_dir', str(tmp_path / 'logs')),
+                          'omniglot_resized.zip')
+
+
+def test_cli_support_plus_query_over_20(omniglot_dir, tmp_path):
+    assert_one_line_error(run_cli('--data_dir', omniglot_dir, '--num_support', '10', '--num_query', '15',
+                                  '--log_dir', str(tmp_path)), '--num_support 10 + --num_query 15')
+
+
+# ------------------------------------------------------------ real data
+
+def test_short_real_training_is_clearly_above_chance(omniglot_dir, tmp_path):
+    """25 meta-updates of 5-way 5-shot ProtoNet on real Omniglot. Chance is 0.2;
+    such runs reach about 0.95 on validation, so the bar of 0.85 is robust."""
+    args = protonet.parse_args(['--num_support', '5', '--num_train_iterations', '25', '--data_dir', omniglot_dir,
+                                '--num_val_tasks', '48', '--log_dir', str(tmp_path)])
+    training.run(args, str(tmp_path), protonet.build_learner, protonet.build_sampler)
+    score = util.load_checkpoint(str(tmp_path / 'state24.pt'))['val_score']
+    assert score > 0.85

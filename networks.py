@@ -43,16 +43,20 @@ def init_linear_params(name, fan_in, fan_out, dtype=torch.float32):
     return {name: weight, f'{name}_bias': torch.zeros(fan_out, dtype=dtype)}
 
 
-def task_batch_norm(x, weight, bias, num_tasks):
+def task_batch_norm(x, weight, bias, num_tasks, fused=True):
     """Batch norm with separate batch statistics for each of num_tasks equal groups.
 
     Args:
         x: (num_tasks * M, C, ...) activations, tasks contiguous along dim 0.
         weight, bias: (C,) affine parameters.
+        fused: use F.batch_norm when there is one group. Pass False under
+            torch.func transforms: there F.batch_norm's second derivative came
+            out wrong (torch 2.13, tests/test_maml.py), while this composition
+            of elementary ops is exact.
     Returns:
         tensor like x.
     """
-    if num_tasks == 1:
+    if num_tasks == 1 and fused:
         return F.batch_norm(x, None, None, weight, bias, training=True, eps=BN_EPS)
     grouped = x.unflatten(0, (num_tasks, -1))  # (T, M, C, ...)
     dims = [1] + list(range(3, grouped.dim()))
@@ -62,7 +66,7 @@ def task_batch_norm(x, weight, bias, num_tasks):
     return (grouped * scale + shift).flatten(0, 1)
 
 
-def conv_features(params, images, num_tasks=1, num_blocks=4):
+def conv_features(params, images, num_tasks=1, num_blocks=4, fused_bn=True):
     """The conv body: (T*M, C_in, H, W) images -> (T*M, hidden) features (flattened).
 
     Max-pool comes before ReLU: the two commute (ReLU is monotone), and pooling
@@ -71,7 +75,7 @@ def conv_features(params, images, num_tasks=1, num_blocks=4):
     x = images
     for i in range(num_blocks):
         x = F.conv2d(x, params[f'conv{i}'], params[f'conv{i}_bias'], padding=1)
-        x = task_batch_norm(x, params[f'bn{i}_weight'], params[f'bn{i}_bias'], num_tasks)
+        x = task_batch_norm(x, params[f'bn{i}_weight'], params[f'bn{i}_bias'], num_tasks, fused_bn)
         x = F.relu(F.max_pool2d(x, 2))
     return x.flatten(1)
 
@@ -97,6 +101,7 @@ def default_tasks_per_call(device, num_tasks):
     return 1 if torch.device(device).type == 'cpu' else num_tasks
 
 
-def conv_net(params, images, num_tasks=1, num_blocks=4):
+def conv_net(params, images, num_tasks=1, num_blocks=4, fused_bn=True):
     """Conv body then the linear head: (T*M, C_in, H, W) -> (T*M, num_outputs) logits."""
-    return F.linear(conv_features(params, images, num_tasks, num_blocks), params['head'], params['head_bias'])
+    features = conv_features(params, images, num_tasks, num_blocks, fused_bn)
+    return F.linear(features, params['head'], params['head_bias'])

@@ -97,6 +97,9 @@ class ProtoNet:
         loss, accuracy = self._task_metrics(task_batch)
         return {'loss': loss.expand(len(task_batch)), **accuracy}
 
+    def extra_scalars(self):
+        return {}
+
     def state(self):
         return {'network': self._network.state_dict(), 'optimizer': self.optimizer.state_dict()}
 

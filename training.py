@@ -6,6 +6,7 @@ An algorithm plugs in as a *learner* with:
     train_step(task_batch, step) -> dict of floats (one meta-update; has 'loss')
     evaluate(task_batch) -> dict of (B,) tensors, one value per task (no update)
     state() / load_state(state) -> everything to checkpoint (model, optimizer, ...)
+    extra_scalars() -> dict tag -> float, logged with the training metrics
     key_metric: the validation metric that picks the best checkpoint (higher is better)
     metric_kind: 'accuracy' or 'loss', the word in the TensorBoard tags
 """
@@ -25,7 +26,9 @@ SAVE_INTERVAL = 100
 VAL_SEED = 1  # validation tasks are the same at every validation, in every run
 # flags that may change between a run and its resumption
 RESUME_MAY_CHANGE = {'checkpoint_step', 'test', 'device', 'num_workers', 'log_dir', 'data_dir',
-                     'datadir', 'num_train_iterations', 'num_test_tasks'}
+                     'datadir', 'num_train_iterations', 'num_test_tasks', 'vmap_tasks'}
+# flags whose command-line value, when given, replaces the trained one at --test
+TEST_TIME_FLAGS = ('num_inner_steps', 'vmap_tasks')
 
 
 def add_common_args(parser, num_train_iterations, batch_size=16, num_way=5, num_support=1, num_query=15):
@@ -129,6 +132,8 @@ def train(learner, train_sampler, val_sampler, args, log_dir, start_step=0):
         metrics = learner.train_step(train_sampler.sample(args.batch_size), step)
         if step % LOG_INTERVAL == 0:
             log_scalars(writer, 'train', metrics, learner.metric_kind, step)
+            for tag, value in learner.extra_scalars().items():
+                writer.add_scalar(tag, value, step)
         if step % VAL_INTERVAL == 0 or step == last:
             val_metrics = validate(learner, val_sampler, args)
             log_scalars(writer, 'val', val_metrics, learner.metric_kind, step)
@@ -163,7 +168,11 @@ def run(args, log_dir, build_learner, build_sampler):
     if args.test:
         step = args.checkpoint_step if args.checkpoint_step >= 0 else best_checkpoint_step(log_dir)
         checkpoint = util.load_checkpoint(checkpoint_path(log_dir, step))
-        learner = build_learner(argparse.Namespace(**checkpoint['args']), device)
+        trained_args = argparse.Namespace(**checkpoint['args'])
+        for flag in TEST_TIME_FLAGS:
+            if getattr(args, flag, None) is not None:
+                setattr(trained_args, flag, getattr(args, flag))
+        learner = build_learner(trained_args, device)
         learner.load_state(checkpoint['learner'])
         if args.checkpoint_step < 0:
             print(f'testing checkpoint step {step}, the best validation {learner.key_metric} '

@@ -198,7 +198,7 @@ def build_sampler(split, args, seed, device):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser('Train or test MAML on Omniglot.')
+    parser = argparse.ArgumentParser(description='Train or test MAML on Omniglot.')
     training.add_common_args(parser, num_train_iterations=15000)
     parser.add_argument('--num_inner_steps', type=int, default=None,
                         help='inner-loop steps (default 1; at --test: as trained)')

@@ -123,7 +123,7 @@ def build_sampler(split, args, seed, device):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser('Train or test a ProtoNet on Omniglot.')
+    parser = argparse.ArgumentParser(description='Train or test a ProtoNet on Omniglot.')
     training.add_common_args(parser, num_train_iterations=5000)
     parser.add_argument('--learning_rate', type=float, default=0.001, help='Adam learning rate')
     parser.add_argument('--data_dir', type=str, default='./data', help='folder with the Omniglot data')

@@ -1,0 +1,197 @@
+"""Speed and memory of the training steps, against the naive way, in one run.
+
+    python bench.py --data_dir ./data            # everything, prints markdown tables
+    python bench.py --data_dir ./data --only protonet
+
+Each configuration runs in its own process (the allocator setting is
+process-wide, and peak memory is read per process). Timings are medians.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+
+import torch
+
+PROTONET_GFLOP = 94.0  # one 16-task 5w5s (Q=15) step: forward + backward of the conv encoder
+
+
+def matmul_gflops():
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    return 2 * 2048 ** 3 * 10 / (time.perf_counter() - start) / 1e9
+
+
+def timed(step, repeats):
+    step()  # warm-up
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ------------------------------------------------------------ naive course pipeline
+
+class PngTaskDataset(torch.utils.data.Dataset):
+    """The course's way: every task reads its PNG files again."""
+
+    def __init__(self, folder, num_way, num_support, num_query):
+        self.characters = sorted(os.path.join(folder, a, c) for a in os.listdir(folder)
+                                 for c in os.listdir(os.path.join(folder, a)))
+        self.num_way, self.num_support, self.num_query = num_way, num_support, num_query
+
+    def __len__(self):
+        return 10 ** 6
+
+    def __getitem__(self, index):
+        import numpy as np
+        from PIL import Image
+        rng = np.random.default_rng(index)
+        support, query = [], []
+        for label, c in enumerate(rng.choice(len(self.characters), self.num_way, replace=False)):
+            files = sorted(os.listdir(self.characters[c]))
+            picked = rng.choice(files, self.num_support + self.num_query, replace=False)
+            images = [1 - torch.tensor(np.asarray(Image.open(os.path.join(self.characters[c], f)).convert('L')),
+                                       dtype=torch.float32).view(1, 28, 28) / 255 for f in picked]
+            support += [(x, label) for x in images[:self.num_support]]
+            query += [(x, label) for x in images[self.num_support:]]
+        stack = lambda pairs: (torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs]))
+        return (*stack(support), *stack(query))
+
+
+def naive_network():
+    layers = []
+    for i in range(4):
+        layers += [torch.nn.Conv2d(1 if i == 0 else 64, 64, 3, padding=1), torch.nn.BatchNorm2d(64),
+                   torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+    return torch.nn.Sequential(*layers, torch.nn.Flatten())
+
+
+def child_protonet_naive(args):
+    folder = tempfile.mkdtemp()
+    with zipfile.ZipFile(os.path.join(args.data_dir, 'omniglot_resized.zip')) as archive:
+        archive.extractall(folder)
+    dataset = PngTaskDataset(os.path.join(folder, 'omniglot_resized'), 5, 5, 15)
+    loader = iter(torch.utils.data.DataLoader(dataset, batch_size=16, num_workers=2, collate_fn=lambda b: b))
+    network = naive_network()
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+
+    def step():
+        losses = []
+        for xs, ys, xq, yq in next(loader):  # per-task loop, support and query encoded separately
+            support, query = network(xs), network(xq)
+            prototypes = torch.stack([support[ys == c].mean(0) for c in range(5)])
+            losses.append(torch.nn.functional.cross_entropy(-torch.cdist(query, prototypes) ** 2, yq))
+        optimizer.zero_grad()
+        torch.stack(losses).mean().backward()
+        optimizer.step()
+    return {'seconds': timed(step, args.repeats)}
+
+
+def child_protonet(args):
+    import protonet
+    import omniglot
+    import util
+    if args.allocator == 'tuned':
+        util.tune_cpu_allocator()
+    sampler = omniglot.omniglot_sampler('train', 5, 5, 15, args.data_dir, seed=0)
+    learner = protonet.ProtoNet(protonet.omniglot_encoder(), 1e-3, tasks_per_call=args.tasks_per_call)
+    return {'seconds': timed(lambda: learner.train_step(sampler.sample(16), 0), args.repeats)}
+
+
+def child_maml(args):
+    import maml
+    import omniglot
+    import util
+    util.tune_cpu_allocator()
+    sampler = omniglot.omniglot_sampler('train', 5, 1, 15, args.data_dir, seed=0)
+    learner = maml.MAML(5, args.inner_steps, 0.4, args.learn_inner_lrs, 0.001, args.first_order,
+                        vmap_tasks=args.vmap == 'yes')
+    return {'seconds': timed(lambda: learner.train_step(sampler.sample(16), 0), args.repeats)}
+
+
+CHILDREN = {'protonet_naive': child_protonet_naive, 'protonet': child_protonet, 'maml': child_maml}
+
+
+def run_child(kind, data_dir, repeats, **options):
+    command = [sys.executable, __file__, '--child', kind, '--data_dir', data_dir, '--repeats', str(repeats)]
+    for key, value in options.items():
+        command += [f'--{key}', str(value)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def bench_protonet(data_dir, repeats, peak):
+    print('\n## ProtoNet, 5-way 5-shot, 15 queries, 16 tasks per step (train step incl. sampling)\n')
+    print('| pipeline | ms / step | tasks / s | fraction of fp32 matmul rate | vs naive |')
+    print('|---|---|---|---|---|')
+    rows = [('naive: PNG DataLoader (2 workers) + per-task loop', run_child('protonet_naive', data_dir, repeats)),
+            ('ours: per-task encoder calls, default allocator',
+             run_child('protonet', data_dir, repeats, allocator='default', tasks_per_call=1)),
+            ('ours: per-task encoder calls, tuned allocator (default on CPU)',
+             run_child('protonet', data_dir, repeats, allocator='tuned', tasks_per_call=1)),
+            ('ours: one batched call of 16 tasks, tuned allocator',
+             run_child('protonet', data_dir, repeats, allocator='tuned', tasks_per_call=16))]
+    naive = rows[0][1]['seconds']
+    for name, result in rows:
+        s = result['seconds']
+        print(f'| {name} | {1000 * s:.0f} | {16 / s:.1f} | {PROTONET_GFLOP / s / peak:.2f} | {naive / s:.2f}x |')
+
+
+def bench_maml(data_dir, repeats):
+    print('\n## MAML, 5-way 1-shot, 15 queries, 16 tasks per step (train step incl. sampling)\n')
+    print('| configuration | loop: ms / step | vmap: ms / step | loop: peak RSS MB | vmap: peak RSS MB |')
+    print('|---|---|---|---|---|')
+    configs = [('second-order, 1 step', dict(inner_steps=1)),
+               ('second-order, 5 steps', dict(inner_steps=5)),
+               ('first-order, 1 step', dict(inner_steps=1, first_order=1)),
+               ('second-order, 1 step, learned inner LRs', dict(inner_steps=1, learn_inner_lrs=1))]
+    for name, options in configs:
+        loop = run_child('maml', data_dir, repeats, vmap='no', **options)
+        vmap = run_child('maml', data_dir, repeats, vmap='yes', **options)
+        print(f'| {name} | {1000 * loop["seconds"]:.0f} | {1000 * vmap["seconds"]:.0f} '
+              f'| {loop["peak_rss_mb"]:.0f} | {vmap["peak_rss_mb"]:.0f} |')
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--data_dir', default='./data')
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--only', choices=['protonet', 'maml'])
+    parser.add_argument('--child', choices=list(CHILDREN), help=argparse.SUPPRESS)
+    parser.add_argument('--allocator', default='tuned', help=argparse.SUPPRESS)
+    parser.add_argument('--tasks_per_call', type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument('--inner_steps', type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument('--first_order', type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument('--learn_inner_lrs', type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument('--vmap', default='no', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        result = CHILDREN[args.child](args)
+        result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+    peak = matmul_gflops()
+    print(f'# bench.py on {os.cpu_count()} CPU cores, torch {torch.__version__}, '
+          f'{torch.get_num_threads()} threads; fp32 2048x2048 matmul: {peak:.0f} GFLOP/s')
+    if args.only in (None, 'protonet'):
+        bench_protonet(args.data_dir, args.repeats, peak)
+    if args.only in (None, 'maml'):
+        bench_maml(args.data_dir, args.repeats)
+
+
+if __name__ == '__main__':
+    main()

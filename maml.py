@@ -192,11 +192,6 @@ def build_learner(args, device):
                 args.first_order, args.num_hidden_channels, device, vmap)
 
 
-def build_sampler(split, args, seed, device):
-    return omniglot.omniglot_sampler(split, args.num_way, args.num_support, args.num_query, args.data_dir,
-                                     seed, device, args.augment_rotations)
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train or test MAML on Omniglot.')
     training.add_common_args(parser, num_train_iterations=15000)
@@ -210,9 +205,7 @@ def parse_args(argv=None):
     parser.add_argument('--num_hidden_channels', type=int, default=64, help='channels of each conv block')
     parser.add_argument('--vmap_tasks', choices=['auto', 'yes', 'no'], default='auto',
                         help='adapt the tasks of a meta-batch with torch.vmap; auto: no on CPU, yes on GPU')
-    parser.add_argument('--data_dir', type=str, default='./data', help='folder with the Omniglot data')
-    parser.add_argument('--augment_rotations', default=False, action='store_true',
-                        help='rotations by 90/180/270 degrees become new classes')
+    omniglot.add_args(parser)
     return parser.parse_args(argv)
 
 
@@ -225,7 +218,7 @@ def main(argv=None):
     for flag in ('inner_lr', 'outer_lr'):
         if getattr(args, flag) <= 0:
             raise util.UserError(f'--{flag} must be positive')
-    return training.run(args, args.log_dir or default_log_dir(args), build_learner, build_sampler)
+    return training.run(args, args.log_dir or default_log_dir(args), build_learner, omniglot.build_sampler)
 
 
 if __name__ == '__main__':

@@ -335,6 +335,19 @@ def omniglot_sampler(split, num_way, num_support, num_query, data_dir='./data', 
     return TaskSampler(examples, num_way, num_support, num_query, seed, device, f'the Omniglot {split} split')
 
 
+def add_args(parser):
+    """The Omniglot flags of every script."""
+    parser.add_argument('--data_dir', type=str, default='./data', help='folder with the Omniglot data')
+    parser.add_argument('--augment_rotations', default=False, action='store_true',
+                        help='rotations by 90/180/270 degrees become new classes')
+
+
+def build_sampler(split, args, seed, device):
+    """The sampler of one split for a script's flags (training.run's build_sampler)."""
+    return omniglot_sampler(split, args.num_way, args.num_support, args.num_query, args.data_dir, seed, device,
+                            args.augment_rotations)
+
+
 class TaskLoader:
     """Yields ceil(num_tasks / batch_size) TaskBatches from a sampler, like a DataLoader."""
 

@@ -117,18 +117,11 @@ def build_learner(args, device):
     return ProtoNet(omniglot_encoder(), args.learning_rate, device)
 
 
-def build_sampler(split, args, seed, device):
-    return omniglot.omniglot_sampler(split, args.num_way, args.num_support, args.num_query, args.data_dir,
-                                     seed, device, args.augment_rotations)
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train or test a ProtoNet on Omniglot.')
     training.add_common_args(parser, num_train_iterations=5000)
     parser.add_argument('--learning_rate', type=float, default=0.001, help='Adam learning rate')
-    parser.add_argument('--data_dir', type=str, default='./data', help='folder with the Omniglot data')
-    parser.add_argument('--augment_rotations', default=False, action='store_true',
-                        help='rotations by 90/180/270 degrees become new classes')
+    omniglot.add_args(parser)
     return parser.parse_args(argv)
 
 
@@ -136,7 +129,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.learning_rate <= 0:
         raise util.UserError('--learning_rate must be positive')
-    return training.run(args, args.log_dir or default_log_dir(args), build_learner, build_sampler)
+    return training.run(args, args.log_dir or default_log_dir(args), build_learner, omniglot.build_sampler)
 
 
 if __name__ == '__main__':

@@ -244,5 +244,5 @@ def test_short_real_run_is_clearly_above_chance(omniglot_dir, tmp_path):
     args = maml.parse_args(['--num_train_iterations', '80', '--batch_size', '8', '--data_dir', omniglot_dir,
                             '--num_val_tasks', '64', '--log_dir', str(tmp_path)])
     args.num_inner_steps = 1
-    training.run(args, str(tmp_path), maml.build_learner, maml.build_sampler)
+    training.run(args, str(tmp_path), maml.build_learner, omniglot.build_sampler)
     assert util.load_checkpoint(str(tmp_path / 'state79.pt'))['val_score'] > 0.35

@@ -229,6 +229,6 @@ def test_short_real_training_is_clearly_above_chance(omniglot_dir, tmp_path):
     such runs reach about 0.95 on validation, so the bar of 0.85 is robust."""
     args = protonet.parse_args(['--num_support', '5', '--num_train_iterations', '25', '--data_dir', omniglot_dir,
                                 '--num_val_tasks', '48', '--log_dir', str(tmp_path)])
-    training.run(args, str(tmp_path), protonet.build_learner, protonet.build_sampler)
+    training.run(args, str(tmp_path), protonet.build_learner, omniglot.build_sampler)
     score = util.load_checkpoint(str(tmp_path / 'state24.pt'))['val_score']
     assert score > 0.85

@@ -118,7 +118,7 @@ def child_maml(args):
     import util
     util.tune_cpu_allocator()
     sampler = omniglot.omniglot_sampler('train', 5, 1, 15, args.data_dir, seed=0)
-    learner = maml.MAML(5, args.inner_steps, 0.4, args.learn_inner_lrs, 0.001, args.first_order,
+    learner = maml.MAML(5, args.inner_steps, 0.4, bool(args.learn_inner_lrs), 0.001, bool(args.first_order),
                         vmap_tasks=args.vmap == 'yes')
     return {'seconds': timed(lambda: learner.train_step(sampler.sample(16), 0), args.repeats)}
 

@@ -239,10 +239,10 @@ def test_log_dir_names_hyperparameters_and_new_flags():
 
 def test_short_real_run_is_clearly_above_chance(omniglot_dir, tmp_path):
     """80 meta-updates of 5-way 1-shot second-order MAML (inner lr 0.4) on real
-    Omniglot, batches of 8 tasks. Chance is 0.2; such runs reach about 0.5 on the
-    validation tasks, so the bar is 0.35."""
+    Omniglot, batches of 8 tasks. Chance is 0.2; such a run reached 0.72 on the
+    64 validation tasks, so the bar of 0.5 leaves room for other seeds and CPUs."""
     args = maml.parse_args(['--num_train_iterations', '80', '--batch_size', '8', '--data_dir', omniglot_dir,
                             '--num_val_tasks', '64', '--log_dir', str(tmp_path)])
     args.num_inner_steps = 1
     training.run(args, str(tmp_path), maml.build_learner, omniglot.build_sampler)
-    assert util.load_checkpoint(str(tmp_path / 'state79.pt'))['val_score'] > 0.35
+    assert util.load_checkpoint(str(tmp_path / 'state79.pt'))['val_score'] > 0.5

@@ -17,11 +17,6 @@ import training
 import util
 
 
-def task_accuracy(logits, labels):
-    """(..., M, N) logits, (..., M) labels -> (...) fraction correct."""
-    return (logits.argmax(-1) == labels).float().mean(-1)
-
-
 class MAML:
     """A MAML learner: meta-parameters, inner learning rates, and the outer Adam."""
 
@@ -101,9 +96,9 @@ class MAML:
                 grads, logits = torch.func.grad(support_loss, has_aux=True)(parameters, x, y)
                 if not create_graph:
                     grads = {k: g.detach() for k, g in grads.items()}
-                accuracies.append(task_accuracy(logits, y))
+                accuracies.append(util.task_accuracy(logits, y))
                 parameters = {k: parameters[k] - lrs[k] * grads[k] for k in parameters}
-            accuracies.append(task_accuracy(self._forward(x, parameters), y))
+            accuracies.append(util.task_accuracy(self._forward(x, parameters), y))
             return parameters, torch.stack(accuracies)
 
         with torch.set_grad_enabled(train):
@@ -121,7 +116,7 @@ class MAML:
                 query_logits = torch.vmap(self._forward)(task_batch.images_query, adapted)
             losses = F.cross_entropy(query_logits.flatten(0, 1), task_batch.labels_query.flatten(), reduction='none')
             loss = losses.mean()
-            query_accuracy = task_accuracy(query_logits, task_batch.labels_query)
+            query_accuracy = util.task_accuracy(query_logits, task_batch.labels_query)
         else:
             support_accuracies, losses, query_accuracy = [], [], []
             for images_support, labels_support, images_query, labels_query in task_batch:
@@ -130,7 +125,7 @@ class MAML:
                     logits = self._forward(images_query, adapted)
                     losses.append(F.cross_entropy(logits, labels_query))
                 support_accuracies.append(torch.tensor(accuracies))
-                query_accuracy.append(task_accuracy(logits, labels_query))
+                query_accuracy.append(util.task_accuracy(logits, labels_query))
             loss = torch.stack(losses).mean()
             support_accuracies = torch.stack(support_accuracies)
             query_accuracy = torch.stack(query_accuracy)

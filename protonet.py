@@ -75,8 +75,8 @@ class ProtoNet:
         support_logits, query_logits = self._logits(task_batch)
         loss = F.cross_entropy(query_logits.flatten(0, 1), task_batch.labels_query.flatten())
         accuracy = {
-            'support': (support_logits.argmax(-1) == task_batch.labels_support).float().mean(1),
-            'query': (query_logits.argmax(-1) == task_batch.labels_query).float().mean(1)}
+            'support': util.task_accuracy(support_logits, task_batch.labels_support),
+            'query': util.task_accuracy(query_logits, task_batch.labels_query)}
         return loss, accuracy
 
     def _step(self, task_batch):

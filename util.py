@@ -35,6 +35,11 @@ def score(logits, labels):
     return (logits.argmax(dim=-1) == labels).float().mean().item()
 
 
+def task_accuracy(logits, labels):
+    """(..., M, N) logits, (..., M) labels -> (...) fraction correct per task."""
+    return (logits.argmax(-1) == labels).float().mean(-1)
+
+
 def mean_ci95(values):
     """Mean and half-width of the normal 95% confidence interval.
 

@@ -24,16 +24,21 @@ class MAML:
     metric_kind = 'accuracy'
 
     def __init__(self, num_way, num_inner_steps=1, inner_lr=0.4, learn_inner_lrs=False, outer_lr=0.001,
-                 first_order=False, num_hidden_channels=64, device='cpu', vmap_tasks=None, dtype=torch.float32):
+                 first_order=False, num_hidden_channels=64, device='cpu', vmap_tasks=None, dtype=torch.float32,
+                 params=None, forward=networks.conv_net):
         """vmap_tasks: adapt the tasks of a meta-batch with torch.vmap (True) or in a
-        loop (False); None picks the measured faster one for the device."""
+        loop (False); None picks the measured faster one for the device.
+        params, forward: another network, forward(params, x, fused_bn=...) -> (M, num_way)
+        logits, with its initial params; by default the 4-block conv net on 28x28 images."""
         self.device = torch.device(device)
         self.num_way = num_way
         self.num_inner_steps = num_inner_steps
         self.first_order = first_order
         self.learn_inner_lrs = learn_inner_lrs
         self.vmap_tasks = self.device.type != 'cpu' if vmap_tasks is None else vmap_tasks
-        params = networks.init_conv_params(4, 1, num_hidden_channels, num_outputs=num_way, dtype=dtype)
+        if params is None:
+            params = networks.init_conv_params(4, 1, num_hidden_channels, num_outputs=num_way, dtype=dtype)
+        self._network = forward
         self._meta_parameters = {k: v.to(self.device).requires_grad_() for k, v in params.items()}
         self._inner_lrs = {k: torch.tensor(inner_lr, dtype=dtype, device=self.device, requires_grad=learn_inner_lrs)
                            for k in self._meta_parameters}
@@ -43,8 +48,8 @@ class MAML:
         self.optimizer = torch.optim.Adam(trained, lr=outer_lr)
 
     def _forward(self, images, parameters):
-        """(M, 1, 28, 28) images -> (M, num_way) logits under the given parameters."""
-        return networks.conv_net(parameters, images, fused_bn=not self.vmap_tasks)
+        """(M, ...) examples of one task -> (M, num_way) logits under the given parameters."""
+        return self._network(parameters, images, fused_bn=not self.vmap_tasks)
 
     def _inner_loop(self, images, labels, train):
         """Adapt the meta-parameters to one task's support set.
@@ -181,38 +186,53 @@ def default_log_dir(args):
     return name + ''.join(f'.{k}_{getattr(args, k)}' for k, v in NEW_FLAG_DEFAULTS.items() if getattr(args, k) != v)
 
 
+def add_inner_loop_args(parser, inner_lr=0.4):
+    """The inner-loop flags shared by maml.py and run_metabolism.py."""
+    parser.add_argument('--num_inner_steps', type=int, default=None,
+                        help='inner-loop steps (default 1; at --test: as trained)')
+    parser.add_argument('--inner_lr', type=float, default=inner_lr, help='inner-loop learning rate (initial if learned)')
+    parser.add_argument('--learn_inner_lrs', default=False, action='store_true',
+                        help='learn one inner learning rate per parameter tensor')
+    parser.add_argument('--first_order', default=False, action='store_true', help='first-order MAML (FOMAML)')
+    parser.add_argument('--vmap_tasks', choices=['auto', 'yes', 'no'], default='auto',
+                        help='adapt the tasks of a meta-batch with torch.vmap; auto: no on CPU, yes on GPU')
+
+
+def check_inner_loop_args(args):
+    """Validate the inner-loop flags; default --num_inner_steps to 1 for training."""
+    if args.num_inner_steps is not None and args.num_inner_steps < 1:
+        raise util.UserError('--num_inner_steps must be at least 1')
+    if not args.test and args.num_inner_steps is None:
+        args.num_inner_steps = 1
+    if args.inner_lr <= 0:
+        raise util.UserError('--inner_lr must be positive')
+
+
+def vmap_choice(args):
+    """--vmap_tasks as MAML's vmap_tasks argument."""
+    return {'auto': None, 'yes': True, 'no': False}[getattr(args, 'vmap_tasks', 'auto')]
+
+
 def build_learner(args, device):
-    vmap = {'auto': None, 'yes': True, 'no': False}[getattr(args, 'vmap_tasks', 'auto')]
     return MAML(args.num_way, args.num_inner_steps, args.inner_lr, args.learn_inner_lrs, args.outer_lr,
-                args.first_order, args.num_hidden_channels, device, vmap)
+                args.first_order, args.num_hidden_channels, device, vmap_choice(args))
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train or test MAML on Omniglot.')
     training.add_common_args(parser, num_train_iterations=15000)
-    parser.add_argument('--num_inner_steps', type=int, default=None,
-                        help='inner-loop steps (default 1; at --test: as trained)')
-    parser.add_argument('--inner_lr', type=float, default=0.4, help='inner-loop learning rate (initial if learned)')
-    parser.add_argument('--learn_inner_lrs', default=False, action='store_true',
-                        help='learn one inner learning rate per parameter tensor')
+    add_inner_loop_args(parser)
     parser.add_argument('--outer_lr', type=float, default=0.001, help='outer-loop Adam learning rate')
-    parser.add_argument('--first_order', default=False, action='store_true', help='first-order MAML (FOMAML)')
     parser.add_argument('--num_hidden_channels', type=int, default=64, help='channels of each conv block')
-    parser.add_argument('--vmap_tasks', choices=['auto', 'yes', 'no'], default='auto',
-                        help='adapt the tasks of a meta-batch with torch.vmap; auto: no on CPU, yes on GPU')
     omniglot.add_args(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.num_inner_steps is not None and args.num_inner_steps < 1:
-        raise util.UserError('--num_inner_steps must be at least 1')
-    if not args.test and args.num_inner_steps is None:
-        args.num_inner_steps = 1
-    for flag in ('inner_lr', 'outer_lr'):
-        if getattr(args, flag) <= 0:
-            raise util.UserError(f'--{flag} must be positive')
+    check_inner_loop_args(args)
+    if args.outer_lr <= 0:
+        raise util.UserError('--outer_lr must be positive')
     return training.run(args, args.log_dir or default_log_dir(args), build_learner, omniglot.build_sampler)
 
 

@@ -105,3 +105,35 @@ def conv_net(params, images, num_tasks=1, num_blocks=4, fused_bn=True):
     """Conv body then the linear head: (T*M, C_in, H, W) -> (T*M, num_outputs) logits."""
     features = conv_features(params, images, num_tasks, num_blocks, fused_bn)
     return F.linear(features, params['head'], params['head_bias'])
+
+
+def init_mlp_params(sizes=(1024, 500, 500), num_outputs=None, dtype=torch.float32):
+    """Parameters of [linear -> BN -> LeakyReLU] per consecutive pair of sizes (+ linear head).
+
+    Keys: fc{i}, fc{i}_bias, bn{i}_weight, bn{i}_bias, and head, head_bias
+    when num_outputs is given.
+    """
+    params = {}
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        params.update(init_linear_params(f'fc{i}', fan_in, fan_out, dtype))
+        params[f'bn{i}_weight'] = torch.ones(fan_out, dtype=dtype)
+        params[f'bn{i}_bias'] = torch.zeros(fan_out, dtype=dtype)
+    if num_outputs is not None:
+        params.update(init_linear_params('head', sizes[-1], num_outputs, dtype))
+    return params
+
+
+def mlp_features(params, x, num_tasks=1, fused_bn=True):
+    """The MLP body of MLTI and the course's metabolism runs:
+    (T*M, 1024) fingerprints -> (T*M, 500) features."""
+    i = 0
+    while f'fc{i}' in params:
+        x = F.linear(x, params[f'fc{i}'], params[f'fc{i}_bias'])
+        x = F.leaky_relu(task_batch_norm(x, params[f'bn{i}_weight'], params[f'bn{i}_bias'], num_tasks, fused_bn))
+        i += 1
+    return x
+
+
+def mlp_net(params, x, num_tasks=1, fused_bn=True):
+    """MLP body then the linear head: (T*M, D_in) -> (T*M, num_outputs) logits."""
+    return F.linear(mlp_features(params, x, num_tasks, fused_bn), params['head'], params['head_bias'])

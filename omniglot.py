@@ -8,14 +8,13 @@ import dataclasses
 import hashlib
 import io
 import os
-import tempfile
-import urllib.request
 import zipfile
 
 import numpy as np
 import torch
 from PIL import Image
 
+import util
 from util import UserError
 
 NUM_DRAWINGS = 20
@@ -51,14 +50,6 @@ def find_source(data_dir):
     return None
 
 
-def _file_digest(path, algorithm='sha256'):
-    digest = hashlib.new(algorithm)
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def source_key(kind, paths):
     """A string that changes whenever the source's contents may have changed."""
     digest = hashlib.sha256(f'v{CACHE_VERSION}:{kind}'.encode())
@@ -71,7 +62,7 @@ def source_key(kind, paths):
                 digest.update(f'{rel}:{stat.st_size}:{stat.st_mtime_ns};'.encode())
     else:
         for path in paths:
-            digest.update(_file_digest(path).encode())
+            digest.update(util.file_digest(path).encode())
     return digest.hexdigest()
 
 
@@ -131,55 +122,26 @@ def decode_source(kind, paths):
 
 def download_official(data_dir):
     """Download the two official zips with a progress bar; verify md5; rename when complete."""
-    from tqdm import tqdm
-    os.makedirs(data_dir, exist_ok=True)
     for name, md5 in OFFICIAL_ZIPS.items():
         target = os.path.join(data_dir, name)
         if os.path.isfile(target):
             continue
-        partial = target + '.part'
-        try:
-            with urllib.request.urlopen(OFFICIAL_URL.format(name), timeout=30) as response, \
-                    open(partial, 'wb') as f, \
-                    tqdm(total=int(response.headers.get('Content-Length') or 0), unit='B',
-                         unit_scale=True, desc=f'downloading {name}') as bar:
-                for block in iter(lambda: response.read(1 << 16), b''):
-                    f.write(block)
-                    bar.update(len(block))
-            if _file_digest(partial, 'md5') != md5:
+
+        def check(partial, name=name, md5=md5):
+            if util.file_digest(partial, 'md5') != md5:
                 raise ValueError(f'md5 mismatch for {name}')
-            os.replace(partial, target)
+        try:
+            util.download_file(OFFICIAL_URL.format(name), target, check)
         except (OSError, ValueError) as error:
-            if os.path.exists(partial):
-                os.remove(partial)
             raise UserError(f'could not download Omniglot ({error}); put omniglot_resized/ or '
                             f'{" and ".join(OFFICIAL_ZIPS)} in {data_dir} (or point --data_dir at them)') from None
 
 
 # ---------------------------------------------------------------- cache
 
-def _is_writable(folder):
-    """True if folder is meant to be written: write bits set and a file can be created.
-
-    The mode bits are checked first because root may create files even in a
-    folder marked read-only, and such a folder is someone else's to keep clean.
-    """
-    try:
-        if not os.stat(folder).st_mode & 0o222:
-            return False
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
-
-
 def cache_path(data_dir):
     """Where the decoded array lives: data_dir if writable, else the user's cache folder."""
-    if _is_writable(data_dir):
-        return os.path.join(data_dir, 'omniglot28.cache.npz')
-    root = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    tag = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:16]
-    return os.path.join(root, 'few-shot-meta', f'omniglot28.{tag}.cache.npz')
+    return util.cache_file(data_dir, 'omniglot28.cache.npz')
 
 
 def _read_cache(path, key):
@@ -307,15 +269,23 @@ class TaskSampler:
         draws = torch.rand(batch_size, n, num_examples, generator=g).argsort(dim=2)[..., :k + q]
         device = self.examples.device
         picked = self.examples[classes.unsqueeze(-1).to(device), draws.to(device)]  # (B, N, K+Q, ...)
-        if not picked.is_floating_point():
-            picked = picked.float()
-        shape = picked.shape[3:]
-        labels = torch.arange(n, device=device)
-        return TaskBatch(
-            picked[:, :, :k].reshape(batch_size, n * k, *shape),
-            labels.repeat_interleave(k).expand(batch_size, -1).contiguous(),
-            picked[:, :, k:].reshape(batch_size, n * q, *shape),
-            labels.repeat_interleave(q).expand(batch_size, -1).contiguous())
+        return task_batch_from_draws(picked, k)
+
+
+def task_batch_from_draws(picked, num_support):
+    """(B, N, K+Q, ...) examples, class n of each task labelled n -> a float TaskBatch
+    with the first K of each class as support and the rest as query."""
+    batch_size, n, k = picked.shape[0], picked.shape[1], num_support
+    q = picked.shape[2] - k
+    if not picked.is_floating_point():
+        picked = picked.float()
+    shape = picked.shape[3:]
+    labels = torch.arange(n, device=picked.device)
+    return TaskBatch(
+        picked[:, :, :k].reshape(batch_size, n * k, *shape),
+        labels.repeat_interleave(k).expand(batch_size, -1).contiguous(),
+        picked[:, :, k:].reshape(batch_size, n * q, *shape),
+        labels.repeat_interleave(q).expand(batch_size, -1).contiguous())
 
 
 def omniglot_split(images, split, augment_rotations=False):

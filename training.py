@@ -31,7 +31,8 @@ RESUME_MAY_CHANGE = {'checkpoint_step', 'test', 'device', 'num_workers', 'log_di
 TEST_TIME_FLAGS = ('num_inner_steps', 'vmap_tasks')
 
 
-def add_common_args(parser, num_train_iterations, batch_size=16, num_way=5, num_support=1, num_query=15):
+def add_common_args(parser, num_train_iterations, batch_size=16, num_way=5, num_support=1, num_query=15,
+                    num_val_tasks=64):
     """The course's flags shared by every algorithm, with this script's defaults."""
     parser.add_argument('--log_dir', type=str, default=None, help='directory for logs and checkpoints')
     parser.add_argument('--num_way', type=int, default=num_way, help='classes per task (N)')
@@ -44,7 +45,7 @@ def add_common_args(parser, num_train_iterations, batch_size=16, num_way=5, num_
     parser.add_argument('--checkpoint_step', type=int, default=-1,
                         help='checkpoint to resume from or test; -1: train from scratch, or test the best')
     parser.add_argument('--num_test_tasks', type=int, default=600, help='tasks evaluated by --test')
-    parser.add_argument('--num_val_tasks', type=int, default=64, help='tasks at each validation')
+    parser.add_argument('--num_val_tasks', type=int, default=num_val_tasks, help='tasks at each validation')
     parser.add_argument('--device', type=str, default='cpu', help='cpu, gpu (CUDA, else MPS), cuda, mps or auto')
     parser.add_argument('--num_workers', type=int, default=2, help='accepted for compatibility; unused')
     parser.add_argument('--seed', type=int, default=0, help='seeds initialisation and task sampling')
@@ -107,10 +108,12 @@ def evaluate_tasks(learner, sampler, num_tasks, batch_size):
 
 
 def validate(learner, sampler, args):
-    """Mean metrics over the fixed validation tasks."""
+    """Mean metrics over the fixed validation tasks, and 'ci95': the 95% CI half-width of the key metric."""
     sampler.generator.manual_seed(VAL_SEED)
-    return {name: float(values.mean())
-            for name, values in evaluate_tasks(learner, sampler, args.num_val_tasks, args.batch_size).items()}
+    per_task = evaluate_tasks(learner, sampler, args.num_val_tasks, args.batch_size)
+    metrics = {name: float(values.mean()) for name, values in per_task.items()}
+    metrics['ci95'] = float(util.mean_ci95(per_task[learner.key_metric])[1])
+    return metrics
 
 
 def log_scalars(writer, split, metrics, kind, step):
@@ -143,6 +146,10 @@ def train(learner, train_sampler, val_sampler, args, log_dir, start_step=0):
         progress.set_postfix({'loss': f'{metrics["loss"]:.3f}',
                               **{f'val_{k}': f'{v:.3f}' for k, v in val_metrics.items() if k == learner.key_metric}})
     writer.close()
+    progress.close()
+    if val_metrics:
+        print(f'validation {learner.metric_kind} ({learner.key_metric}) at step {last} over {args.num_val_tasks} tasks: '
+              f'mean {val_metrics[learner.key_metric]:.3f}, 95% confidence interval {val_metrics["ci95"]:.3f}')
 
 
 def test(learner, test_sampler, args):

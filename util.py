@@ -1,10 +1,13 @@
 """Small helpers shared by every algorithm: accuracy, confidence intervals,
-atomic checkpoints, seeding, device resolution and one-line user errors."""
+atomic checkpoints, seeding, device resolution, one-line user errors, and
+the data files' digests, cache locations and downloads."""
 import ctypes
+import hashlib
 import os
 import random
 import sys
 import tempfile
+import urllib.request
 
 import numpy as np
 import torch
@@ -144,3 +147,65 @@ def set_rng_state(state, generator):
     generator.set_state(state['sampler'])
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
+
+
+# ---------------------------------------------------------------- data files
+
+def file_digest(path, algorithm='sha256'):
+    """Hex digest of a file's bytes."""
+    digest = hashlib.new(algorithm)
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_writable(folder):
+    """True if folder is meant to be written: write bits set and a file can be created.
+
+    The mode bits are checked first because root may create files even in a
+    folder marked read-only, and such a folder is someone else's to keep clean.
+    """
+    try:
+        if not os.stat(folder).st_mode & 0o222:
+            return False
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def cache_file(data_dir, name):
+    """Where a cache built from data_dir lives: data_dir/name if writable, else
+    the user's cache folder (XDG_CACHE_HOME or ~/.cache), tagged by data_dir."""
+    if is_writable(data_dir):
+        return os.path.join(data_dir, name)
+    root = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    tag = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:16]
+    stem, ext = name.split('.', 1)
+    return os.path.join(root, 'few-shot-meta', f'{stem}.{tag}.{ext}')
+
+
+def download_file(url, target, check):
+    """Download url to target with a progress bar, atomically.
+
+    The bytes go to target + '.part'; check(partial_path) raises ValueError if
+    they are wrong; only then is the file renamed to target. On any failure
+    the partial file is removed and the OSError or ValueError propagates.
+    """
+    from tqdm import tqdm
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    partial = target + '.part'
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(partial, 'wb') as f, \
+                tqdm(total=int(response.headers.get('Content-Length') or 0), unit='B', unit_scale=True,
+                     desc=f'downloading {os.path.basename(target)}') as bar:
+            for block in iter(lambda: response.read(1 << 16), b''):
+                f.write(block)
+                bar.update(len(block))
+        check(partial)
+        os.replace(partial, target)
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise

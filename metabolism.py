@@ -1,0 +1,329 @@
+"""TDC metabolism: eight CYP assays as 2-way few-shot tasks on 1024-bit Morgan
+fingerprints (the course's Part 4 and MLTI's "Metabolism" benchmark).
+
+Data path: pickle or .tab tables -> fingerprint cache (bits, uint8) ->
+per-assay, per-label pools of one split -> MoleculeTaskSampler -> TaskBatch.
+"""
+import hashlib
+import json
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import torch
+
+import util
+from omniglot import TaskBatch, task_batch_from_draws  # noqa: F401  (TaskBatch: the output type)
+from util import UserError
+
+ASSAYS = {  # TDC name -> (table file stem, Harvard Dataverse datafile id, from SOURCES.md)
+    'CYP1A2_Veith': ('cyp1a2_veith', 4259573),
+    'CYP2C19_Veith': ('cyp2c19_veith', 4259576),
+    'CYP2C9_Veith': ('cyp2c9_veith', 4259577),
+    'CYP2D6_Veith': ('cyp2d6_veith', 4259580),
+    'CYP3A4_Veith': ('cyp3a4_veith', 4259582),
+    'CYP2C9_Substrate_CarbonMangels': ('cyp2c9_substrate_carbonmangels', 4259584),
+    'CYP2D6_Substrate_CarbonMangels': ('cyp2d6_substrate_carbonmangels', 4259578),
+    'CYP3A4_Substrate_CarbonMangels': ('cyp3a4_substrate_carbonmangels', 4259581),
+}
+TRAIN_ASSAYS = ['CYP1A2_Veith', 'CYP3A4_Veith', 'CYP2D6_Veith',
+                'CYP2C9_Substrate_CarbonMangels', 'CYP2D6_Substrate_CarbonMangels']
+HELDOUT_ASSAYS = ['CYP3A4_Substrate_CarbonMangels', 'CYP2C19_Veith', 'CYP2C9_Veith']
+PICKLE_NAME = 'metabolism_data_new.pkl'
+DATAVERSE_URL = 'https://dataverse.harvard.edu/api/access/datafile/{}'
+TABLE_HEADER = ['Drug_ID', 'Drug', 'Y']
+FINGERPRINT_BITS, FINGERPRINT_RADIUS = 1024, 2
+SPLIT_SEED = 0  # the val/test halves of the held-out assays are fixed, independent of --seed
+CACHE_VERSION = 1
+NUM_LABELS = 2
+
+
+def table_path(datadir, assay):
+    return os.path.join(datadir, ASSAYS[assay][0] + '.tab')
+
+
+# ---------------------------------------------------------------- tables -> fingerprints
+
+def read_table(path):
+    """A TDC table as (SMILES list, (n,) int64 labels); UserError naming the file if malformed."""
+    smiles, labels = [], []
+    with open(path, encoding='utf-8') as f:
+        header = f.readline().rstrip('\r\n').split('\t')
+        if header != TABLE_HEADER:
+            raise UserError(f'{path}: header {header} is not {TABLE_HEADER}; replace it with the TDC table')
+        for number, line in enumerate(f, start=2):
+            fields = line.rstrip('\r\n').split('\t')
+            if len(fields) != 3 or fields[2] not in ('0', '1', '0.0', '1.0'):
+                raise UserError(f'{path}, line {number}: expected Drug_ID<TAB>SMILES<TAB>0/1; '
+                                'replace the file with the TDC table')
+            smiles.append(fields[1])
+            labels.append(int(float(fields[2])))
+    return smiles, np.array(labels, dtype=np.int64)
+
+
+def fingerprints(smiles):
+    """Morgan fingerprints (radius 2, ECFP4) of SMILES strings.
+
+    Returns:
+        bits: (n, 1024) uint8 in {0, 1}; rows of unparsable SMILES are zero.
+        canonical: n canonical SMILES, None where RDKit cannot parse the input.
+    """
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem import rdFingerprintGenerator
+    generator = rdFingerprintGenerator.GetMorganGenerator(radius=FINGERPRINT_RADIUS, fpSize=FINGERPRINT_BITS)
+    bits = np.zeros((len(smiles), FINGERPRINT_BITS), dtype=np.uint8)
+    canonical = []
+    RDLogger.DisableLog('rdApp.*')  # we count and report parse failures ourselves
+    try:
+        for i, text in enumerate(smiles):
+            molecule = Chem.MolFromSmiles(text)
+            canonical.append(None if molecule is None else Chem.MolToSmiles(molecule))
+            if molecule is not None:
+                bits[i] = generator.GetFingerprintAsNumPy(molecule)
+    finally:
+        RDLogger.EnableLog('rdApp.*')
+    return bits, canonical
+
+
+def clean_assay(smiles, labels):
+    """Featurise one assay, dropping unparsable SMILES and resolving duplicate molecules.
+
+    Duplicates (same canonical SMILES) with one label keep their first row;
+    with conflicting labels all their rows are dropped.
+    Returns:
+        bits (n', 1024) uint8, labels (n',) int64, and a report dict of counts.
+    """
+    bits, canonical = fingerprints(smiles)
+    rows_of = {}
+    for i, key in enumerate(canonical):
+        if key is not None:
+            rows_of.setdefault(key, []).append(i)
+    keep, merged, conflicting = [], 0, 0
+    for rows in rows_of.values():
+        if len(set(labels[rows].tolist())) > 1:
+            conflicting += len(rows)
+            continue
+        keep.append(rows[0])
+        merged += len(rows) - 1
+    keep = np.sort(np.array(keep, dtype=np.int64))
+    report = {'rows': len(smiles), 'invalid_smiles': canonical.count(None),
+              'duplicates_merged': merged, 'conflicting_dropped': conflicting, 'molecules': len(keep)}
+    return bits[keep], labels[keep], report
+
+
+def report_line(assay, report):
+    return (f'{assay}: {report["rows"]} rows, {report["invalid_smiles"]} unparsable SMILES dropped, '
+            f'{report["duplicates_merged"]} duplicate rows merged, {report["conflicting_dropped"]} rows with '
+            f'conflicting labels dropped -> {report["molecules"]} molecules')
+
+
+def featurize_tables(datadir):
+    """Every assay's table featurised: ({assay: (bits, labels)}, {assay: report})."""
+    data, reports = {}, {}
+    for assay in ASSAYS:
+        smiles, labels = read_table(table_path(datadir, assay))
+        *data[assay], reports[assay] = clean_assay(smiles, labels)
+    return data, reports
+
+
+# ---------------------------------------------------------------- cache
+
+def tables_key(datadir):
+    """Changes whenever a table's bytes or the featurisation change."""
+    digest = hashlib.sha256(f'v{CACHE_VERSION}:morgan{FINGERPRINT_RADIUS}:{FINGERPRINT_BITS}'.encode())
+    for assay in ASSAYS:
+        digest.update(util.file_digest(table_path(datadir, assay)).encode())
+    return digest.hexdigest()
+
+
+def cache_path(datadir):
+    return util.cache_file(datadir, f'metabolism_fp{FINGERPRINT_BITS}.cache.npz')
+
+
+def _content_digest(packed, labels):
+    return hashlib.sha256(packed.tobytes() + labels.tobytes()).hexdigest()
+
+
+def _write_cache(path, key, data, reports):
+    names = list(data)
+    packed = np.concatenate([np.packbits(data[a][0], axis=1) for a in names])
+    labels = np.concatenate([data[a][1] for a in names])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    partial = f'{path}.{os.getpid()}.part.npz'
+    np.savez(partial, key=key, assays=np.array(names), counts=np.array([len(data[a][1]) for a in names]),
+             packed=packed, labels=labels, reports=json.dumps(reports), digest=_content_digest(packed, labels))
+    os.replace(partial, path)
+
+
+def _read_cache(path, key):
+    """({assay: (bits, labels)}, reports) if the cache is intact and built from these tables, else None."""
+    try:
+        with np.load(path, allow_pickle=False) as cache:
+            if str(cache['key']) != key:
+                return None
+            packed, labels = cache['packed'], cache['labels']
+            if str(cache['digest']) != _content_digest(packed, labels):
+                return None
+            names, counts = [str(a) for a in cache['assays']], cache['counts']
+            reports = json.loads(str(cache['reports']))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+    bits = np.unpackbits(packed, axis=1, count=FINGERPRINT_BITS)
+    ends = np.cumsum(counts)
+    data = {a: (bits[end - n:end], labels[end - n:end]) for a, n, end in zip(names, counts, ends)}
+    return data, reports
+
+
+def load_tables(datadir):
+    """The featurised tables, from the cache when it matches them; prints the cleaning report on a build."""
+    key = tables_key(datadir)
+    path = cache_path(datadir)
+    cached = _read_cache(path, key) if os.path.exists(path) else None
+    if cached is not None:
+        return cached[0]
+    print(f'computing Morgan fingerprints for the TDC tables in {datadir} (once; cached at {path})')
+    data, reports = featurize_tables(datadir)
+    for assay, report in reports.items():
+        print('  ' + report_line(assay, report))
+    _write_cache(path, key, data, reports)
+    return data
+
+
+# ---------------------------------------------------------------- pickle, download, entry point
+
+def _assay_of_key(key):
+    """The TDC assay a pickle key names ('CYP2C9_Substrate', 'cyp2c9_veith', ...), or None."""
+    text = str(key).lower()
+    for assay, (stem, _) in ASSAYS.items():
+        if text in (assay.lower(), stem, assay.lower().replace('_carbonmangels', '')):
+            return assay
+    return None
+
+
+def load_pickle(path):
+    """The course/MLTI pickle: {assay: {'feature': (n, 1024), 'label': (n,)}} -> {assay: (features, labels)}."""
+    try:
+        with open(path, 'rb') as f:
+            raw = pickle.load(f)
+        data = {}
+        for key, entry in raw.items():
+            assay = _assay_of_key(key)
+            if assay is not None:
+                features = np.asarray(entry['feature'])
+                labels = np.asarray(entry['label']).reshape(-1).astype(np.int64)
+                if features.shape != (len(labels), FINGERPRINT_BITS):
+                    raise ValueError(f'{key}: features of shape {features.shape} for {len(labels)} labels')
+                binary = np.isin(features, (0, 1)).all()
+                data[assay] = (features.astype(np.uint8 if binary else np.float32), labels)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, KeyError, TypeError, ValueError) as error:
+        raise UserError(f'{path} is not the metabolism pickle ({error}); delete it to use the .tab tables') from None
+    missing = [a for a in ASSAYS if a not in data]
+    if missing:
+        raise UserError(f'{path} lacks the assays {", ".join(missing)}; delete it to use the .tab tables')
+    return data
+
+
+def download_tables(datadir):
+    """Fetch the missing TDC tables from Harvard Dataverse, each checked and renamed when complete."""
+    for assay, (stem, file_id) in ASSAYS.items():
+        target = table_path(datadir, assay)
+        if os.path.isfile(target):
+            continue
+        try:
+            util.download_file(DATAVERSE_URL.format(file_id), target, check=read_table)
+        except (OSError, ValueError, UserError) as error:
+            raise UserError(f'could not download {stem}.tab ({error}); put the eight TDC CYP tables '
+                            f'(<name>.tab) or {PICKLE_NAME} in {datadir}, or point --datadir at them') from None
+
+
+def load_metabolism(datadir='./data/metabolism', download=True):
+    """All eight assays: {assay: (features (n, 1024) uint8 bits, labels (n,) int64)}.
+
+    Sources in order: the course's pickle, the .tab tables, a download.
+    """
+    pickle_path = os.path.join(datadir, PICKLE_NAME)
+    if os.path.isfile(pickle_path):
+        return load_pickle(pickle_path)
+    if not all(os.path.isfile(table_path(datadir, a)) for a in ASSAYS):
+        if not download:
+            raise UserError(f'no metabolism data in {datadir}: put {PICKLE_NAME} or the eight TDC CYP tables '
+                            '(<name>.tab) there, or point --datadir at them')
+        download_tables(datadir)
+    return load_tables(datadir)
+
+
+# ---------------------------------------------------------------- splits and tasks
+
+def heldout_halves(labels, seed=SPLIT_SEED):
+    """Split one held-out assay's molecules, per label, into disjoint halves: (val rows, test rows)."""
+    rng = np.random.default_rng(seed)
+    val, test = [], []
+    for label in range(NUM_LABELS):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        val.append(rows[:len(rows) // 2])
+        test.append(rows[len(rows) // 2:])
+    return np.sort(np.concatenate(val)), np.sort(np.concatenate(test))
+
+
+def split_pools(data, split):
+    """{assay: [label-0 features, label-1 features]} of one split ('train', 'val' or 'test')."""
+    if split == 'train':
+        chosen = {a: np.arange(len(data[a][1])) for a in TRAIN_ASSAYS}
+    else:
+        chosen = {a: heldout_halves(data[a][1])[0 if split == 'val' else 1] for a in HELDOUT_ASSAYS}
+    pools = {}
+    for assay, rows in chosen.items():
+        features, labels = data[assay][0][rows], data[assay][1][rows]
+        pools[assay] = [features[labels == label] for label in range(NUM_LABELS)]
+    return pools
+
+
+class MoleculeTaskSampler:
+    """2-way tasks (label 0 vs label 1) within one assay chosen uniformly at random.
+
+    The two labels come in random order per task, as task labels 0 and 1;
+    K support and Q query molecules per label are disjoint draws without
+    replacement. All randomness comes from one CPU generator (checkpointed).
+    """
+
+    def __init__(self, pools, num_way, num_support, num_query, seed=0, device='cpu', where='the split'):
+        if num_way != NUM_LABELS:
+            raise UserError(f'--num_way {num_way}: metabolism tasks are 2-way (label 0 vs label 1); use --num_way 2')
+        if min(num_support, num_query) < 1:
+            raise UserError('--num_support and --num_query must be at least 1')
+        for assay, classes in pools.items():
+            smallest = min(len(c) for c in classes)
+            if num_support + num_query > smallest:
+                raise UserError(f'--num_support {num_support} + --num_query {num_query} exceeds the {smallest} '
+                                f'molecules of the smaller label of {assay} in {where}; lower them')
+        self.assays = list(pools)
+        sizes = [len(c) for a in self.assays for c in pools[a]]
+        self.sizes = torch.tensor(sizes).view(len(self.assays), NUM_LABELS)
+        self.offsets = (torch.tensor([0] + sizes[:-1]).cumsum(0)).view(len(self.assays), NUM_LABELS)
+        self.examples = torch.from_numpy(np.concatenate([c for a in self.assays for c in pools[a]])).to(device)
+        self.num_support, self.num_query = num_support, num_query
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self, batch_size):
+        """A TaskBatch: images_support (B, 2*K, 1024) float32 bits, labels_support (B, 2*K), ..."""
+        g, draw = self.generator, self.num_support + self.num_query
+        rows = torch.empty(batch_size, NUM_LABELS, draw, dtype=torch.int64)
+        assays = torch.randint(len(self.assays), (batch_size,), generator=g)
+        for task, assay in enumerate(assays.tolist()):
+            for way, label in enumerate(torch.randperm(NUM_LABELS, generator=g).tolist()):
+                picks = torch.randperm(int(self.sizes[assay, label]), generator=g)[:draw]
+                rows[task, way] = self.offsets[assay, label] + picks
+        return task_batch_from_draws(self.examples[rows.to(self.examples.device)], self.num_support)
+
+
+def add_args(parser):
+    parser.add_argument('--datadir', '--data_dir', dest='datadir', type=str, default='./data/metabolism',
+                        help=f'folder with {PICKLE_NAME} or the eight TDC CYP tables (<name>.tab)')
+
+
+def build_sampler(split, args, seed, device):
+    """The sampler of one split for the flags (training.run's build_sampler)."""
+    pools = split_pools(load_metabolism(args.datadir), split)
+    return MoleculeTaskSampler(pools, args.num_way, args.num_support, args.num_query, seed, device,
+                               f'the metabolism {split} split')

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The course's Part 4 run: ProtoNet on the TDC metabolism assays, 2-way 5-shot,
+# 10 query molecules per label, 4 tasks per meta-batch, 8000 iterations, lr 5e-4.
+#
+#   bash run_bio.sh                          # data in ./data/metabolism
+#   bash run_bio.sh DIR [more flags]         # data in DIR; e.g. --algorithm maml, --device gpu
+#   METABOLISM_DATA=DIR bash run_bio.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+datadir="${1:-${METABOLISM_DATA:-./data/metabolism}}"
+if [ $# -gt 0 ]; then shift; fi
+exec python run_metabolism.py --datadir "$datadir" --num_way 2 --num_support 5 --num_query 10 \
+    --batch_size 4 --num_train_iterations 8000 --learning_rate 0.0005 "$@"

@@ -152,7 +152,7 @@ def test_first_order_is_the_query_gradient_at_the_adapted_parameters():
     assert any(not torch.allclose(grads_first[k], grads_second[k], rtol=1e-3) for k in expected)
 
 
-def test_evaluation_builds_no_graph():
+def test_inner_loop_graph_only_when_training():
     learner = tiny_maml(num_inner_steps=2, learn_inner_lrs=True)
     batch = random_batch()
     images_support, labels_support, _, _ = next(iter(batch))
@@ -161,6 +161,9 @@ def test_evaluation_builds_no_graph():
     assert not any(v.requires_grad for v in adapted.values())
     assert not any(g.requires_grad for step in gradients for g in step.values())
     trained, _, trained_gradients = learner._inner_loop(images_support, labels_support, train=True)
+    for name, meta in learner._meta_parameters.items():
+        assert adapted[name].shape == trained[name].shape == meta.shape
+        assert gradients[1][name].shape == meta.shape
     assert all(v.requires_grad for v in trained.values())
     assert all(g.requires_grad for g in trained_gradients[0].values())  # second order: graph through grads
     for vmap_tasks in (False, True):
@@ -179,6 +182,14 @@ def test_learned_lrs_at_initial_value_take_the_same_first_step():
         assert torch.equal(a[k], b[k])
     assert all(lr.requires_grad for lr in learned._inner_lrs.values())
     assert not any(lr.requires_grad for lr in fixed._inner_lrs.values())
+
+
+def test_learned_inner_lrs_receive_gradients():
+    learner = tiny_maml(num_inner_steps=2, learn_inner_lrs=True)
+    _, _, grads = meta_gradients(learner, random_batch())
+    lr_grads = [grads[f'lr/{k}'] for k in learner._inner_lrs]
+    assert len(lr_grads) == len(learner._meta_parameters)
+    assert all(torch.isfinite(g) and g != 0 for g in lr_grads)
 
 
 def test_outer_step_returns_scalar_loss_and_accuracies():

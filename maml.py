@@ -225,7 +225,7 @@ def parse_args(argv=None):
     parser.add_argument('--outer_lr', type=float, default=0.001, help='outer-loop Adam learning rate')
     parser.add_argument('--num_hidden_channels', type=int, default=64, help='channels of each conv block')
     omniglot.add_args(parser)
-    return parser.parse_args(argv)
+    return training.parse_checked(parser, argv)
 
 
 def main(argv=None):

@@ -122,7 +122,7 @@ def parse_args(argv=None):
     training.add_common_args(parser, num_train_iterations=5000)
     parser.add_argument('--learning_rate', type=float, default=0.001, help='Adam learning rate')
     omniglot.add_args(parser)
-    return parser.parse_args(argv)
+    return training.parse_checked(parser, argv)
 
 
 def main(argv=None):

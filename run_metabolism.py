@@ -49,7 +49,7 @@ def parse_args(argv=None):
     parser.add_argument('--algorithm', choices=['protonet', 'maml'], default='protonet')
     maml.add_inner_loop_args(parser, inner_lr=0.1)
     metabolism.add_args(parser)
-    return parser.parse_args(argv)
+    return training.parse_checked(parser, argv)
 
 
 def main(argv=None):

@@ -26,7 +26,7 @@ SAVE_INTERVAL = 100
 VAL_SEED = 1  # validation tasks are the same at every validation, in every run
 # flags that may change between a run and its resumption
 RESUME_MAY_CHANGE = {'checkpoint_step', 'test', 'device', 'num_workers', 'log_dir', 'data_dir',
-                     'datadir', 'num_train_iterations', 'num_test_tasks', 'vmap_tasks'}
+                     'datadir', 'num_train_iterations', 'num_test_tasks', 'vmap_tasks', 'csv'}
 # flags whose command-line value, when given, replaces the trained one at --test
 TEST_TIME_FLAGS = ('num_inner_steps', 'vmap_tasks')
 
@@ -36,7 +36,8 @@ def add_common_args(parser, num_train_iterations, batch_size=16, num_way=5, num_
     """The course's flags shared by every algorithm, with this script's defaults."""
     parser.add_argument('--log_dir', type=str, default=None, help='directory for logs and checkpoints')
     parser.add_argument('--num_way', type=int, default=num_way, help='classes per task (N)')
-    parser.add_argument('--num_support', type=int, default=num_support, help='support examples per class (K)')
+    parser.add_argument('--num_support', type=int, nargs='+', default=[num_support],
+                        help='support examples per class (K); with --test, several values sweep K')
     parser.add_argument('--num_query', type=int, default=num_query, help='query examples per class (Q)')
     parser.add_argument('--batch_size', type=int, default=batch_size, help='tasks per meta-batch (B)')
     parser.add_argument('--num_train_iterations', type=int, default=num_train_iterations,
@@ -45,13 +46,29 @@ def add_common_args(parser, num_train_iterations, batch_size=16, num_way=5, num_
     parser.add_argument('--checkpoint_step', type=int, default=-1,
                         help='checkpoint to resume from or test; -1: train from scratch, or test the best')
     parser.add_argument('--num_test_tasks', type=int, default=600, help='tasks evaluated by --test')
+    parser.add_argument('--csv', type=str, default=None, help='with --test: also append the results to this CSV file')
     parser.add_argument('--num_val_tasks', type=int, default=num_val_tasks, help='tasks at each validation')
     parser.add_argument('--device', type=str, default='cpu', help='cpu, gpu (CUDA, else MPS), cuda, mps or auto')
     parser.add_argument('--num_workers', type=int, default=2, help='accepted for compatibility; unused')
     parser.add_argument('--seed', type=int, default=0, help='seeds initialisation and task sampling')
 
 
+def parse_checked(parser, argv=None):
+    """parser.parse_args, then check_common_args."""
+    args = parser.parse_args(argv)
+    check_common_args(args)
+    return args
+
+
 def check_common_args(args):
+    """Validate the shared flags; --num_support becomes one int, its values (a K sweep) args.support_sweep."""
+    sweep = args.num_support if isinstance(args.num_support, list) else [args.num_support]
+    sweep = getattr(args, 'support_sweep', None) or sweep  # already checked
+    if len(sweep) > 1 and not args.test:
+        raise util.UserError('--num_support takes several values only with --test (a sweep over K); give one to train')
+    args.num_support, args.support_sweep = sweep[0], sweep
+    if min(sweep) < 1:
+        raise util.UserError('--num_support must be at least 1')
     for flag in ('num_way', 'num_support', 'num_query', 'batch_size', 'num_test_tasks', 'num_val_tasks'):
         if getattr(args, flag) < 1:
             raise util.UserError(f'--{flag} must be at least 1')
@@ -161,6 +178,40 @@ def test(learner, test_sampler, args):
     return mean, ci95
 
 
+CSV_COLUMNS = ['log_dir', 'checkpoint_step', 'num_way', 'num_support', 'num_query', 'num_test_tasks', 'metric',
+               'mean', 'ci95']
+
+
+def append_csv(path, row):
+    """Append one result row (a dict over CSV_COLUMNS), writing the header to a new file."""
+    import csv
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, 'a', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def evaluate_support_sweep(learner, build_sampler, args, device):
+    """test() once per K in args.support_sweep (one line each; prefixed by K for a sweep).
+    Returns (mean, ci95) of the last K, or a list of them for a sweep."""
+    results = []
+    for num_support in args.support_sweep:
+        args.num_support = num_support
+        if len(args.support_sweep) > 1:
+            print(f'num_support {num_support}: ', end='')
+        util.seed_everything(args.seed)
+        mean, ci95 = test(learner, build_sampler('test', args, args.seed, device), args)
+        results.append((mean, ci95))
+        if getattr(args, 'csv', None):
+            append_csv(args.csv, {'log_dir': args.log_dir, 'checkpoint_step': args.tested_step,
+                                  'num_way': args.num_way, 'num_support': num_support, 'num_query': args.num_query,
+                                  'num_test_tasks': args.num_test_tasks, 'metric': learner.key_metric,
+                                  'mean': f'{mean:.6f}', 'ci95': f'{ci95:.6f}'})
+    return results if len(results) > 1 else results[0]
+
+
 def run(args, log_dir, build_learner, build_sampler):
     """Train or test as the flags say.
 
@@ -174,6 +225,7 @@ def run(args, log_dir, build_learner, build_sampler):
         util.tune_cpu_allocator()
     if args.test:
         step = args.checkpoint_step if args.checkpoint_step >= 0 else best_checkpoint_step(log_dir)
+        args.log_dir, args.tested_step = log_dir, step
         checkpoint = util.load_checkpoint(checkpoint_path(log_dir, step))
         trained_args = argparse.Namespace(**checkpoint['args'])
         for flag in TEST_TIME_FLAGS:
@@ -184,8 +236,7 @@ def run(args, log_dir, build_learner, build_sampler):
         if args.checkpoint_step < 0:
             print(f'testing checkpoint step {step}, the best validation {learner.key_metric} '
                   f'({checkpoint["val_score"]:.4f}) in {log_dir}')
-        util.seed_everything(args.seed)
-        return test(learner, build_sampler('test', args, args.seed, device), args)
+        return evaluate_support_sweep(learner, build_sampler, args, device)
     util.seed_everything(args.seed)
     learner = build_learner(args, device)
     train_sampler = build_sampler('train', args, args.seed, device)

@@ -178,6 +178,30 @@ def test_test_mode_prints_the_confidence_line(tmp_path, capsys):
     assert 0 <= mean <= 1 and ci95 > 0
 
 
+def test_support_sweep_prints_a_line_per_k_and_writes_csv(tmp_path, capsys):
+    import csv
+    training.run(synthetic_args(num_train_iterations=2), str(tmp_path), small_learner, synthetic_sampler)
+    table = str(tmp_path / 'sweep.csv')
+    sweep = training.run(synthetic_args(test=True, num_support=[1, 2, 4], num_query=10, num_test_tasks=6, csv=table),
+                         str(tmp_path), small_learner, synthetic_sampler)
+    single = training.run(synthetic_args(test=True, num_support=4, num_query=10, num_test_tasks=6),
+                          str(tmp_path), small_learner, synthetic_sampler)
+    assert len(sweep) == 3 and sweep[2] == single  # each K tested as a run of its own would be
+    out = capsys.readouterr().out
+    for k, (mean, ci95) in zip([1, 2, 4], sweep):
+        assert f'num_support {k}: Accuracy over 6 test tasks: mean {mean:.3f}, 95% confidence interval {ci95:.3f}' in out
+    with open(table) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r['num_support']) for r in rows] == [1, 2, 4]
+    assert all(r['num_query'] == '10' and r['checkpoint_step'] == '1' and r['metric'] == 'query' for r in rows)
+    assert [float(r['mean']) for r in rows] == pytest.approx([m for m, _ in sweep], abs=1e-6)
+
+
+def test_support_sweep_only_at_test(tmp_path):
+    with pytest.raises(util.UserError, match='several values only with --test'):
+        training.run(synthetic_args(num_support=[1, 2]), str(tmp_path), small_learner, synthetic_sampler)
+
+
 # ------------------------------------------------------------ command line
 
 def run_cli(*flags):

@@ -1,0 +1,231 @@
+"""Reproduce the homework report: run its experiments with the same command
+lines a user would type, then draw the validation curves, the ProtoNet test
+table, the test-time K sweep and the metabolism result into one folder with
+an index.md.
+
+    python report.py --quick --data_dir DIR --datadir DIR/metabolism   # about an hour on 2 CPU cores
+    python report.py --device gpu --data_dir ...                       # the full protocol
+
+Runs whose last checkpoint exists are skipped; an interrupted run is resumed
+from its latest checkpoint. Delete a run's folder under OUT/runs to redo it.
+"""
+import argparse
+import csv
+import glob
+import os
+import subprocess
+import sys
+
+import training
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+K_SWEEP = [1, 2, 4, 6, 8, 10]
+
+# name -> (script, flags, training steps in the quick protocol, in the full protocol)
+EXPERIMENTS = {
+    'protonet_5w5s': ('protonet.py', ['--num_support', '5'], 300, 5000),
+    'protonet_5w1s': ('protonet.py', ['--num_support', '1'], 300, 5000),
+    'maml_inner_lr_0.4': ('maml.py', ['--inner_lr', '0.4'], 200, 15000),
+    'maml_inner_lr_0.04': ('maml.py', ['--inner_lr', '0.04'], 200, 15000),
+    'maml_inner_lr_0.04_5_steps': ('maml.py', ['--inner_lr', '0.04', '--num_inner_steps', '5'], 200, 15000),
+    'maml_learned_inner_lrs_0.4': ('maml.py', ['--inner_lr', '0.4', '--learn_inner_lrs'], 200, 15000),
+    'metabolism_protonet': ('run_metabolism.py', [], 2000, 8000),
+    'metabolism_maml': ('run_metabolism.py', ['--algorithm', 'maml'], 2000, 8000),
+}
+# figure file -> (title, caption, [(experiment, label)])
+COMPARISONS = {
+    'protonet_val.png': ('ProtoNet, 5-way, validation query accuracy',
+                         'ProtoNet trained 5-way 5-shot vs 5-way 1-shot (15 queries, 16 tasks per step).',
+                         [('protonet_5w5s', '5-shot'), ('protonet_5w1s', '1-shot')]),
+    'maml_inner_lr.png': ('MAML 5w1s: inner learning rate',
+                          'MAML 5-way 1-shot, one inner step, inner LR 0.4 vs 0.04.',
+                          [('maml_inner_lr_0.4', 'inner LR 0.4'), ('maml_inner_lr_0.04', 'inner LR 0.04')]),
+    'maml_inner_steps.png': ('MAML 5w1s: inner steps at LR 0.04',
+                             'MAML 5-way 1-shot, inner LR 0.04, 1 vs 5 inner steps.',
+                             [('maml_inner_lr_0.04', '1 step'), ('maml_inner_lr_0.04_5_steps', '5 steps')]),
+    'maml_learned_lrs.png': ('MAML 5w1s: learned vs fixed inner LRs',
+                             'MAML 5-way 1-shot, one inner step; fixed inner LR 0.4 vs learned per-tensor LRs '
+                             'starting at 0.4.',
+                             [('maml_inner_lr_0.4', 'fixed 0.4'), ('maml_learned_inner_lrs_0.4', 'learned')]),
+    'metabolism_val.png': ('TDC metabolism, 2-way 5-shot, validation query accuracy',
+                           'ProtoNet vs MAML (one inner step, LR 0.1) on the MLP encoder; held-out assays\' '
+                           'validation halves.',
+                           [('metabolism_protonet', 'ProtoNet'), ('metabolism_maml', 'MAML')]),
+}
+KEY_TAGS = ['val_accuracy/query', 'val_accuracy/post_adapt_query']
+
+
+# ---------------------------------------------------------------- running
+
+def data_flags(script, args):
+    return ['--datadir', args.datadir] if script == 'run_metabolism.py' else ['--data_dir', args.data_dir]
+
+
+def run_command(command):
+    """Run `python script ...` from the project folder with this interpreter, echoing it."""
+    print('$ ' + ' '.join(command), flush=True)
+    result = subprocess.run([sys.executable, *command[1:]], cwd=ROOT)
+    if result.returncode != 0:
+        raise SystemExit(f'error: `{" ".join(command)}` failed (exit {result.returncode}), see above; '
+                         'fix it and run report.py again: finished runs are kept')
+
+
+def train_experiment(name, args):
+    """Train one experiment unless its last checkpoint exists; resume it if interrupted."""
+    script, flags, quick_steps, full_steps = EXPERIMENTS[name]
+    steps = quick_steps if args.quick else full_steps
+    log_dir = os.path.join(args.out, 'runs', name)
+    saved = training.saved_steps(log_dir) if os.path.isdir(log_dir) else []
+    if saved and saved[-1] == steps - 1:
+        print(f'{name}: done ({log_dir}/state{steps - 1}.pt), skipped')
+        return log_dir
+    command = ['python', script, *flags, '--num_train_iterations', str(steps), '--log_dir', log_dir,
+               '--device', args.device, *data_flags(script, args)]
+    if saved:
+        command += ['--checkpoint_step', str(saved[-1])]
+    run_command(command)
+    return log_dir
+
+
+def test_experiment(name, args, csv_name, extra_flags):
+    """Test the best checkpoint of an experiment; the CSV is reused while newer than the checkpoints."""
+    script = EXPERIMENTS[name][0]
+    log_dir = os.path.join(args.out, 'runs', name)
+    table = os.path.join(args.out, 'tests', csv_name)
+    newest = max(os.path.getmtime(p) for p in glob.glob(os.path.join(log_dir, 'state*.pt')))
+    if os.path.exists(table) and os.path.getmtime(table) > newest:
+        return read_csv(table)
+    os.makedirs(os.path.dirname(table), exist_ok=True)
+    if os.path.exists(table):
+        os.remove(table)
+    run_command(['python', script, '--test', '--log_dir', log_dir, '--device', args.device, '--csv', table,
+                 '--num_test_tasks', str(args.num_test_tasks), *data_flags(script, args), *extra_flags])
+    return read_csv(table)
+
+
+# ---------------------------------------------------------------- reading and drawing
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def read_curve(log_dir, tags=KEY_TAGS):
+    """(steps, values) of the first of tags found in a run's event files; a resumed run's
+    re-logged steps keep their latest value."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    points = {}
+    for path in sorted(glob.glob(os.path.join(log_dir, 'events.out.tfevents.*')), key=os.path.getmtime):
+        events = EventAccumulator(path, size_guidance={'scalars': 0})
+        events.Reload()
+        tag = next((t for t in tags if t in events.Tags()['scalars']), None)
+        if tag is not None:
+            points.update({e.step: e.value for e in events.Scalars(tag)})
+    steps = sorted(points)
+    return steps, [points[s] for s in steps]
+
+
+def quick_note(quick):
+    return ' [quick protocol: shortened runs]' if quick else ''
+
+
+def plot_curves(curves, title, path, quick):
+    """curves: {label: (steps, values)} -> a PNG of validation accuracy against step."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    for label, (steps, values) in curves.items():
+        axes.plot(steps, values, label=label, marker='.' if len(steps) < 30 else None)
+    axes.set_xlabel('training step')
+    axes.set_ylabel('validation query accuracy')
+    axes.set_title(title + quick_note(quick), fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_k_sweep(sweeps, path, quick):
+    """sweeps: {label: CSV rows of a K sweep} -> a PNG of test accuracy against K with 95% CI bars."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    for label, rows in sweeps.items():
+        axes.errorbar([int(r['num_support']) for r in rows], [float(r['mean']) for r in rows],
+                      yerr=[float(r['ci95']) for r in rows], capsize=3, marker='o', label=label)
+    axes.set_xlabel('K (support examples per class at test), Q = 10')
+    axes.set_ylabel('5-way test accuracy')
+    axes.set_title('Test-time K sweep' + quick_note(quick), fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def results_table(rows_by_label):
+    """Markdown table: label, K, Q, tasks, mean ± 95% CI, from CSV rows."""
+    lines = ['| model | test K | test Q | tasks | accuracy (mean ± 95% CI) |', '|---|---|---|---|---|']
+    for label, rows in rows_by_label.items():
+        for r in rows:
+            lines.append(f'| {label} | {r["num_support"]} | {r["num_query"]} | {r["num_test_tasks"]} | '
+                         f'{float(r["mean"]):.3f} ± {float(r["ci95"]):.3f} |')
+    return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------- the report
+
+def write_report(args):
+    out = args.out
+    for name in EXPERIMENTS:
+        train_experiment(name, args)
+    sections = [f'# Homework report{quick_note(args.quick)}', '',
+                'Made by `python report.py ' + ' '.join(sys.argv[1:]) + '`. Steps per run: '
+                + ', '.join(f'{n} {EXPERIMENTS[n][2 if args.quick else 3]}' for n in EXPERIMENTS) + '.', '']
+    for figure, (title, caption, lines) in COMPARISONS.items():
+        curves = {label: read_curve(os.path.join(out, 'runs', name)) for name, label in lines}
+        plot_curves(curves, title, os.path.join(out, figure), args.quick)
+        sections += [f'## {title}', '', f'![{title}]({figure})', '', caption + quick_note(args.quick), '']
+    protonet_test = {f'ProtoNet trained {name[-4:]}': test_experiment(name, args, f'{name}_5w1s.csv',
+                                                                        ['--num_support', '1'])
+                     for name in ('protonet_5w5s', 'protonet_5w1s')}
+    sections += ['## ProtoNet test accuracy, 5-way 1-shot', '', results_table(protonet_test), '']
+    sweep_flags = ['--num_support', *map(str, K_SWEEP), '--num_query', '10']
+    sweeps = {'ProtoNet (trained 5w1s)': test_experiment('protonet_5w1s', args, 'protonet_5w1s_k_sweep.csv',
+                                                         sweep_flags),
+              'MAML, learned inner LRs': test_experiment('maml_learned_inner_lrs_0.4', args,
+                                                         'maml_learned_k_sweep.csv', sweep_flags)}
+    plot_k_sweep(sweeps, os.path.join(out, 'k_sweep.png'), args.quick)
+    sections += ['## Test-time K sweep', '', '![K sweep](k_sweep.png)', '',
+                 'Models trained 5-way 1-shot, tested with K support examples per class and 10 queries; '
+                 f'bars are 95% confidence intervals over {args.num_test_tasks} tasks.' + quick_note(args.quick), '',
+                 results_table(sweeps), '']
+    metabolism = {label: test_experiment(name, args, f'{name}.csv', [])
+                  for name, label in (('metabolism_protonet', 'ProtoNet'), ('metabolism_maml', 'MAML'))}
+    sections += ['## TDC metabolism, 2-way 5-shot, held-out assays\' test halves', '', results_table(metabolism), '']
+    with open(os.path.join(out, 'index.md'), 'w') as f:
+        f.write('\n'.join(sections))
+    print(f'report written to {os.path.join(out, "index.md")}')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Run the report\'s experiments and draw its figures and tables.')
+    parser.add_argument('--quick', action='store_true', help='shortened runs (about an hour on 2 CPU cores)')
+    parser.add_argument('--out', default=None, help='output folder (default reports/quick or reports/full)')
+    parser.add_argument('--device', default=None, help='default: cpu with --quick, else gpu')
+    parser.add_argument('--data_dir', default='./data', help='Omniglot data folder')
+    parser.add_argument('--datadir', default='./data/metabolism', help='metabolism data folder')
+    parser.add_argument('--num_test_tasks', type=int, default=600, help='tasks per test evaluation')
+    args = parser.parse_args(argv)
+    args.out = args.out or os.path.join('reports', 'quick' if args.quick else 'full')
+    args.device = args.device or ('cpu' if args.quick else 'gpu')
+    args.data_dir, args.datadir = os.path.abspath(args.data_dir), os.path.abspath(args.datadir)
+    args.out = os.path.abspath(args.out)
+    return args
+
+
+if __name__ == '__main__':
+    write_report(parse_args())

@@ -1,0 +1,74 @@
+"""report.py's reading, plotting, tables and run scheduling, on small fake event files."""
+import os
+
+import pytest
+
+import report
+
+
+def write_events(log_dir, tag, points, mtime=None):
+    from torch.utils.tensorboard import SummaryWriter
+    count = len(os.listdir(log_dir)) if os.path.isdir(log_dir) else 0
+    writer = SummaryWriter(log_dir=log_dir, filename_suffix=f'.{count}')
+    for step, value in points:
+        writer.add_scalar(tag, value, step)
+    writer.close()
+    if mtime is not None:
+        newest = max((os.path.join(log_dir, f) for f in os.listdir(log_dir)), key=os.path.getmtime)
+        os.utime(newest, (mtime, mtime))
+
+
+def test_read_curve_merges_a_resumed_run(tmp_path):
+    log_dir = str(tmp_path / 'run')
+    write_events(log_dir, 'val_accuracy/query', [(0, 0.2), (50, 0.5), (100, 0.6)], mtime=1_000_000)
+    write_events(log_dir, 'val_accuracy/query', [(100, 0.65), (150, 0.7)], mtime=2_000_000)  # after a resume
+    steps, values = report.read_curve(log_dir)
+    assert steps == [0, 50, 100, 150] and values == pytest.approx([0.2, 0.5, 0.65, 0.7])
+
+
+def test_read_curve_finds_the_maml_tag(tmp_path):
+    log_dir = str(tmp_path / 'run')
+    write_events(log_dir, 'val_accuracy/post_adapt_query', [(0, 0.3), (50, 0.4)])
+    steps, values = report.read_curve(log_dir)
+    assert steps == [0, 50] and values == pytest.approx([0.3, 0.4])
+
+
+def is_png(path):
+    with open(path, 'rb') as f:
+        return f.read(8) == b'\x89PNG\r\n\x1a\n' and os.path.getsize(path) > 5000
+
+
+def test_plots_are_written(tmp_path):
+    curves = {'a': ([0, 50, 100], [0.2, 0.5, 0.6]), 'b': ([0, 50], [0.3, 0.4])}
+    report.plot_curves(curves, 'title', str(tmp_path / 'curves.png'), quick=True)
+    rows = [{'num_support': str(k), 'mean': str(0.5 + k / 50), 'ci95': '0.01'} for k in report.K_SWEEP]
+    report.plot_k_sweep({'ProtoNet': rows}, str(tmp_path / 'sweep.png'), quick=False)
+    assert is_png(tmp_path / 'curves.png') and is_png(tmp_path / 'sweep.png')
+
+
+def test_results_table_rows():
+    rows = [{'num_support': '1', 'num_query': '15', 'num_test_tasks': '600', 'mean': '0.95812', 'ci95': '0.00431'}]
+    table = report.results_table({'ProtoNet trained 5w5s': rows}).splitlines()
+    assert table[0].startswith('| model | test K')
+    assert table[2] == '| ProtoNet trained 5w5s | 1 | 15 | 600 | 0.958 ± 0.004 |'
+
+
+def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(report, 'run_command', commands.append)
+    args = report.parse_args(['--quick', '--out', str(tmp_path), '--data_dir', 'D'])
+    steps = report.EXPERIMENTS['protonet_5w5s'][2]
+    runs = tmp_path / 'runs'
+    os.makedirs(runs / 'protonet_5w5s')
+    (runs / 'protonet_5w5s' / f'state{steps - 1}.pt').write_bytes(b'')
+    report.train_experiment('protonet_5w5s', args)
+    assert commands == []
+    os.makedirs(runs / 'protonet_5w1s')
+    for step in (0, 100):
+        (runs / 'protonet_5w1s' / f'state{step}.pt').write_bytes(b'')
+    report.train_experiment('protonet_5w1s', args)
+    report.train_experiment('maml_inner_lr_0.4', args)
+    resumed, fresh = commands
+    assert resumed[:2] == ['python', 'protonet.py'] and resumed[-2:] == ['--checkpoint_step', '100']
+    assert '--checkpoint_step' not in fresh and fresh[fresh.index('--inner_lr') + 1] == '0.4'
+    assert fresh[fresh.index('--data_dir') + 1] == os.path.abspath('D')

@@ -87,17 +87,23 @@ def saved_steps(log_dir):
 
 
 def best_checkpoint_step(log_dir):
-    """The saved step with the highest validation key metric (latest among ties)."""
+    """The saved step with the best validation key metric, highest accuracy or lowest
+    loss (latest among ties)."""
     steps = saved_steps(log_dir)
     if not steps:
         raise util.UserError(f'no checkpoints (state*.pt) in {log_dir}; train first or pass the right --log_dir')
-    scores = [(util.load_checkpoint(checkpoint_path(log_dir, s)).get('val_score', -np.inf), s) for s in steps]
+    scores = []
+    for step in steps:
+        checkpoint = util.load_checkpoint(checkpoint_path(log_dir, step))
+        sign = -1 if checkpoint.get('metric_kind') == 'loss' else 1
+        scores.append((sign * checkpoint.get('val_score', sign * -np.inf), step))
     return max(scores)[1]
 
 
 def save_checkpoint(log_dir, step, learner, generator, args, val_score):
     util.atomic_save({'step': step, 'learner': learner.state(), 'rng': util.rng_state(generator),
-                      'args': vars(args), 'val_score': val_score}, checkpoint_path(log_dir, step))
+                      'args': vars(args), 'val_score': val_score, 'metric_kind': learner.metric_kind},
+                     checkpoint_path(log_dir, step))
 
 
 def resume(log_dir, step, learner, generator, args):
@@ -212,11 +218,12 @@ def evaluate_support_sweep(learner, build_sampler, args, device):
     return results if len(results) > 1 else results[0]
 
 
-def run(args, log_dir, build_learner, build_sampler):
+def run(args, log_dir, build_learner, build_sampler, after_test=None):
     """Train or test as the flags say.
 
     build_learner(train_args, device) -> learner; build_sampler(split, args,
-    seed, device) -> a sampler with .sample(batch_size) and .generator.
+    seed, device) -> a sampler with .sample(batch_size) and .generator;
+    after_test(learner, args, log_dir), if given, runs after --test (e.g. a figure).
     At test time the learner is rebuilt from the flags it was trained with.
     """
     check_common_args(args)
@@ -236,7 +243,10 @@ def run(args, log_dir, build_learner, build_sampler):
         if args.checkpoint_step < 0:
             print(f'testing checkpoint step {step}, the best validation {learner.key_metric} '
                   f'({checkpoint["val_score"]:.4f}) in {log_dir}')
-        return evaluate_support_sweep(learner, build_sampler, args, device)
+        results = evaluate_support_sweep(learner, build_sampler, args, device)
+        if after_test is not None:
+            after_test(learner, args, log_dir)
+        return results
     util.seed_everything(args.seed)
     learner = build_learner(args, device)
     train_sampler = build_sampler('train', args, args.seed, device)

@@ -39,6 +39,7 @@ class Variants:
     anneal_derivative_order: int = 0  # first-order for the first N outer steps, then second-order
     multi_step_loss: bool = False  # MSL: weighted query losses after every inner step
     cosine_outer_lr: bool = False  # cosine annealing of the outer LR to 0 over the run
+    per_step_bn: bool = False  # BNRS + BNWB: per-step batch-norm weights, biases and running statistics
     num_train_iterations: int = 1  # the run's length, for the MSL and cosine schedules
 
     @classmethod
@@ -71,8 +72,10 @@ class MAML:
         if params is None:
             params = networks.init_conv_params(4, 1, num_hidden_channels, num_outputs=num_way, dtype=dtype)
         self._network = forward
+        if self.variants.per_step_bn:
+            params = self._init_per_step_bn(params)
         self._meta_parameters = {k: v.to(self.device).requires_grad_() for k, v in params.items()}
-        self._adapted_keys = [k for k in params if k.startswith('head')] if self.variants.anil else list(params)
+        self._adapted_keys = [k for k in params if self._adapts(k)]
         per_step = self.variants.learn_inner_lrs_per_step
         self.learn_inner_lrs = learn_inner_lrs or per_step
         lr_shape = (num_inner_steps,) if per_step else ()
@@ -85,9 +88,40 @@ class MAML:
 
     # ------------------------------------------------------------ pieces
 
-    def _forward(self, images, parameters):
-        """(M, ...) examples of one task -> (M, outputs) under the given parameters."""
-        return self._network(parameters, images, fused_bn=not self.vmap_tasks)
+    def _adapts(self, key):
+        """Whether the inner loop updates this tensor: the head always; the body unless
+        ANIL; per-step batch-norm rows never (they are meta-learned only)."""
+        if key.startswith('head'):
+            return True
+        return not self.variants.anil and not (self.variants.per_step_bn and key.startswith('bn'))
+
+    def _init_per_step_bn(self, params):
+        """MAML++ BNWB + BNRS: each BN weight and bias becomes (L+1, C), one row per inner
+        step and one for the adapted pass, and each row has running statistics, updated
+        while meta-training and used instead of batch statistics when evaluating."""
+        blocks = sorted(k for k in params if k.startswith('bn') and k.endswith('_weight'))
+        if not blocks:
+            raise util.UserError('--per_step_bn needs a network with batch norm (not --dataset sinusoid)')
+        rows = self.num_inner_steps + 1
+        self.vmap_tasks = False  # running statistics are updated in place: per-task loop only
+        like = {'dtype': params[blocks[0]].dtype, 'device': self.device}
+        self._bn_running = [[(torch.zeros(params[k].shape[0], **like), torch.ones(params[k].shape[0], **like))
+                             for k in blocks] for _ in range(rows)]
+        return {k: v.expand(rows, *v.shape).clone() if k.startswith('bn') else v for k, v in params.items()}
+
+    def _forward(self, images, parameters, step=0, train=False):
+        """(M, ...) examples of one task -> (M, outputs) under the given parameters.
+        --per_step_bn: step picks the batch-norm row; train normalises with the batch's
+        statistics and updates the running ones, else the running ones are used."""
+        if not self.variants.per_step_bn:
+            return self._network(parameters, images, fused_bn=not self.vmap_tasks)
+        row = min(step, len(self._bn_running) - 1)
+
+        def norm(x, i):
+            mean, var = self._bn_running[row][i]
+            return F.batch_norm(x, mean, var, parameters[f'bn{i}_weight'][row], parameters[f'bn{i}_bias'][row],
+                                training=train, momentum=0.1, eps=networks.BN_EPS)
+        return self._network(parameters, images, norm=norm)
 
     def _loss(self, outputs, targets):
         """Mean loss over the leading dims: (..., M, C) outputs, (..., M) labels or (..., M, C) targets."""
@@ -147,7 +181,7 @@ class MAML:
             if not train:
                 parameters = {k: v.detach().requires_grad_(k in self._adapted_keys) for k, v in parameters.items()}
             with torch.enable_grad():
-                outputs = self._forward(images, parameters)
+                outputs = self._forward(images, parameters, step, train)
                 grads = torch.autograd.grad(self._loss(outputs, labels), [parameters[k] for k in self._adapted_keys],
                                             create_graph=create_graph)
             grads = dict(zip(self._adapted_keys, grads))
@@ -159,7 +193,7 @@ class MAML:
                 squares = {k: v.detach() for k, v in squares.items()}
             history.append(parameters)
         with torch.no_grad():
-            metrics.append(self._metric(self._forward(images, parameters), labels))
+            metrics.append(self._metric(self._forward(images, parameters, self.num_inner_steps, train), labels))
         return history, metrics, gradients
 
     def _inner_loop(self, images, labels, train):
@@ -231,7 +265,8 @@ class MAML:
             support = torch.stack([torch.stack(metrics) for _, metrics, _ in adapted])
 
             def query_outputs(step):
-                return torch.stack([self._forward(x, history[step]) for x, (history, _, _) in zip(images_query, adapted)])
+                return torch.stack([self._forward(x, history[step], step, train)
+                                    for x, (history, _, _) in zip(images_query, adapted)])
         last = self.num_inner_steps
         with torch.set_grad_enabled(train):
             final = query_outputs(last)
@@ -286,16 +321,27 @@ class MAML:
         return scalars
 
     def state(self):
-        return {'meta_parameters': {k: v.detach().cpu() for k, v in self._meta_parameters.items()},
-                'inner_lrs': {k: v.detach().cpu() for k, v in self._inner_lrs.items()},
-                'optimizer': self.optimizer.state_dict()}
+        state = {'meta_parameters': {k: v.detach().cpu() for k, v in self._meta_parameters.items()},
+                 'inner_lrs': {k: v.detach().cpu() for k, v in self._inner_lrs.items()},
+                 'optimizer': self.optimizer.state_dict()}
+        if self.variants.per_step_bn:
+            state['bn_running'] = [[(m.cpu(), v.cpu()) for m, v in row] for row in self._bn_running]
+        return state
 
     def load_state(self, state):
+        rows = [v.shape[0] for k, v in state['meta_parameters'].items() if self.variants.per_step_bn and k[:2] == 'bn']
+        if rows and rows[0] != len(self._bn_running):
+            raise util.UserError(f'this --per_step_bn model has batch-norm rows for {rows[0] - 1} inner steps; '
+                                 f'test it with --num_inner_steps {rows[0] - 1}')
         with torch.no_grad():
             for k, v in state['meta_parameters'].items():
                 self._meta_parameters[k].copy_(v)
             for k, v in state['inner_lrs'].items():
                 self._inner_lrs[k].copy_(v)
+            for row, saved in zip(getattr(self, '_bn_running', []), state.get('bn_running', [])):
+                for (mean, var), (saved_mean, saved_var) in zip(row, saved):
+                    mean.copy_(saved_mean)
+                    var.copy_(saved_var)
         self.optimizer.load_state_dict(state['optimizer'])
 
 
@@ -341,7 +387,8 @@ DATASET_DEFAULTS = {  # flags whose defaults depend on --dataset (Finn et al.'s 
 }
 NEW_FLAG_DEFAULTS = {'first_order': False, 'num_hidden_channels': 64, 'augment_rotations': False,
                      'inner_optimizer': 'sgd', 'learn_inner_lrs_per_step': False, 'anil': False,
-                     'anneal_derivative_order': 0, 'multi_step_loss': False, 'cosine_outer_lr': False}
+                     'anneal_derivative_order': 0, 'multi_step_loss': False, 'cosine_outer_lr': False,
+                     'per_step_bn': False}
 
 
 def default_log_dir(args):
@@ -380,6 +427,8 @@ def add_variant_args(parser):
                         help='MSL: query losses after every inner step, annealed towards the last')
     parser.add_argument('--cosine_outer_lr', default=False, action='store_true',
                         help='cosine annealing of the outer LR over the run')
+    parser.add_argument('--per_step_bn', default=False, action='store_true',
+                        help='per-step BN weights, biases and running statistics (used at evaluation)')
 
 
 def check_inner_loop_args(args):
@@ -440,9 +489,9 @@ def main(argv=None):
     if args.inner_adagrad_eps <= 0:
         raise util.UserError('--inner_adagrad_eps must be positive')
     if args.algorithm == 'reptile' and (args.learn_inner_lrs or args.learn_inner_lrs_per_step or args.first_order
-                                        or args.multi_step_loss or args.anneal_derivative_order):
+                                        or args.multi_step_loss or args.anneal_derivative_order or args.per_step_bn):
         raise util.UserError('--algorithm reptile takes no meta-gradient options (--learn_inner_lrs*, --first_order, '
-                             '--multi_step_loss, --anneal_derivative_order); drop them')
+                             '--multi_step_loss, --anneal_derivative_order, --per_step_bn); drop them')
     return training.run(args, args.log_dir or default_log_dir(args), build_learner, build_sampler,
                         after_test=plot_sinusoid_task if args.dataset == 'sinusoid' else None)
 

@@ -66,8 +66,10 @@ def task_batch_norm(x, weight, bias, num_tasks, fused=True):
     return (grouped * scale + shift).flatten(0, 1)
 
 
-def conv_features(params, images, num_tasks=1, num_blocks=4, fused_bn=True):
+def conv_features(params, images, num_tasks=1, num_blocks=4, fused_bn=True, norm=None):
     """The conv body: (T*M, C_in, H, W) images -> (T*M, hidden) features (flattened).
+
+    norm(x, i), if given, replaces block i's batch norm (e.g. MAML++'s per-step norm).
 
     Max-pool comes before ReLU: the two commute (ReLU is monotone), and pooling
     first leaves ReLU a quarter of the work.
@@ -75,7 +77,8 @@ def conv_features(params, images, num_tasks=1, num_blocks=4, fused_bn=True):
     x = images
     for i in range(num_blocks):
         x = F.conv2d(x, params[f'conv{i}'], params[f'conv{i}_bias'], padding=1)
-        x = task_batch_norm(x, params[f'bn{i}_weight'], params[f'bn{i}_bias'], num_tasks, fused_bn)
+        x = norm(x, i) if norm else task_batch_norm(x, params[f'bn{i}_weight'], params[f'bn{i}_bias'], num_tasks,
+                                                    fused_bn)
         x = F.relu(F.max_pool2d(x, 2))
     return x.flatten(1)
 
@@ -101,9 +104,9 @@ def default_tasks_per_call(device, num_tasks):
     return 1 if torch.device(device).type == 'cpu' else num_tasks
 
 
-def conv_net(params, images, num_tasks=1, num_blocks=4, fused_bn=True):
+def conv_net(params, images, num_tasks=1, num_blocks=4, fused_bn=True, norm=None):
     """Conv body then the linear head: (T*M, C_in, H, W) -> (T*M, num_outputs) logits."""
-    features = conv_features(params, images, num_tasks, num_blocks, fused_bn)
+    features = conv_features(params, images, num_tasks, num_blocks, fused_bn, norm)
     return F.linear(features, params['head'], params['head_bias'])
 
 
@@ -123,17 +126,19 @@ def init_mlp_params(sizes=(1024, 500, 500), num_outputs=None, dtype=torch.float3
     return params
 
 
-def mlp_features(params, x, num_tasks=1, fused_bn=True):
+def mlp_features(params, x, num_tasks=1, fused_bn=True, norm=None):
     """The MLP body of MLTI and the course's metabolism runs:
-    (T*M, 1024) fingerprints -> (T*M, 500) features."""
+    (T*M, 1024) fingerprints -> (T*M, 500) features. norm: as in conv_features."""
     i = 0
     while f'fc{i}' in params:
         x = F.linear(x, params[f'fc{i}'], params[f'fc{i}_bias'])
-        x = F.leaky_relu(task_batch_norm(x, params[f'bn{i}_weight'], params[f'bn{i}_bias'], num_tasks, fused_bn))
+        x = norm(x, i) if norm else task_batch_norm(x, params[f'bn{i}_weight'], params[f'bn{i}_bias'], num_tasks,
+                                                    fused_bn)
+        x = F.leaky_relu(x)
         i += 1
     return x
 
 
-def mlp_net(params, x, num_tasks=1, fused_bn=True):
+def mlp_net(params, x, num_tasks=1, fused_bn=True, norm=None):
     """MLP body then the linear head: (T*M, D_in) -> (T*M, num_outputs) logits."""
-    return F.linear(mlp_features(params, x, num_tasks, fused_bn), params['head'], params['head_bias'])
+    return F.linear(mlp_features(params, x, num_tasks, fused_bn, norm), params['head'], params['head_bias'])

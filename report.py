@@ -29,6 +29,10 @@ EXPERIMENTS = {
     'maml_inner_lr_0.04': ('maml.py', ['--inner_lr', '0.04'], 200, 15000),
     'maml_inner_lr_0.04_5_steps': ('maml.py', ['--inner_lr', '0.04', '--num_inner_steps', '5'], 200, 15000),
     'maml_learned_inner_lrs_0.4': ('maml.py', ['--inner_lr', '0.4', '--learn_inner_lrs'], 200, 15000),
+    'maml_first_order': ('maml.py', ['--inner_lr', '0.4', '--first_order'], 100, 15000),
+    'maml_adagrad_5_steps': ('maml.py', ['--inner_lr', '0.4', '--inner_optimizer', 'adagrad',
+                                         '--num_inner_steps', '5'], 60, 15000),
+    'maml_anneal_derivative_order': ('maml.py', ['--inner_lr', '0.4', '--anneal_derivative_order', '50'], 100, 15000),
     'metabolism_protonet': ('run_metabolism.py', [], 2000, 8000),
     'metabolism_maml': ('run_metabolism.py', ['--algorithm', 'maml'], 2000, 8000),
 }
@@ -47,6 +51,13 @@ COMPARISONS = {
                              'MAML 5-way 1-shot, one inner step; fixed inner LR 0.4 vs learned per-tensor LRs '
                              'starting at 0.4.',
                              [('maml_inner_lr_0.4', 'fixed 0.4'), ('maml_learned_inner_lrs_0.4', 'learned')]),
+    'maml_ntu_variants.png': ('MAML 5w1s: the NTU report\'s variants',
+                              'Second-order MAML (inner LR 0.4, 1 step) against first-order MAML, a 5-step '
+                              'Adagrad inner loop (eps 0.7) and derivative-order annealing (first-order for the '
+                              'first 50 steps in the quick protocol). The full protocol anneals for 50 steps too.',
+                              [('maml_inner_lr_0.4', 'MAML'), ('maml_first_order', 'first-order'),
+                               ('maml_adagrad_5_steps', 'Adagrad, 5 steps'),
+                               ('maml_anneal_derivative_order', 'annealed order')]),
     'metabolism_val.png': ('TDC metabolism, 2-way 5-shot, validation query accuracy',
                            'ProtoNet vs MAML (one inner step, LR 0.1) on the MLP encoder; held-out assays\' '
                            'validation halves.',

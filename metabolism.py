@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 import util
-from omniglot import TaskBatch, task_batch_from_draws  # noqa: F401  (TaskBatch: the output type)
+from omniglot import task_batch_from_draws
 from util import UserError
 
 ASSAYS = {  # TDC name -> (table file stem, Harvard Dataverse datafile id, from SOURCES.md)

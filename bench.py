@@ -2,6 +2,7 @@
 
     python bench.py --data_dir ./data            # everything, prints markdown tables
     python bench.py --data_dir ./data --only protonet
+    python bench.py --data_dir ./data --device gpu --repeats 30   # the same on a GPU
 
 Each configuration runs in its own process (the allocator setting is
 process-wide, and peak memory is read per process). Timings are medians.
@@ -22,25 +23,46 @@ import torch
 PROTONET_GFLOP = 94.0  # one 16-task 5w5s (Q=15) step: forward + backward of the conv encoder
 
 
-def matmul_gflops():
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+def synchronize(device):
+    """Wait for queued device work, so that host clocks time it."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    elif device.type == 'mps':
+        torch.mps.synchronize()
+
+
+def matmul_gflops(device, size):
+    """The device's fp32 matmul rate (TF32 off, as torch's default for matmul)."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     for _ in range(3):
         a @ b
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(10):
         a @ b
-    return 2 * 2048 ** 3 * 10 / (time.perf_counter() - start) / 1e9
+    synchronize(device)
+    return 2 * size ** 3 * 10 / (time.perf_counter() - start) / 1e9
 
 
-def timed(step, repeats):
-    step()  # warm-up
+def timed(step, repeats, device):
+    """Median seconds of step() after two warm-up calls, device work included."""
+    step()
     step()
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         step()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def peak_memory_mb(device):
+    """Peak device memory allocated by torch on a GPU, the process's peak RSS on a CPU."""
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ------------------------------------------------------------ naive course pipeline
@@ -80,97 +102,105 @@ def naive_network():
     return torch.nn.Sequential(*layers, torch.nn.Flatten())
 
 
-def child_protonet_naive(args):
+def child_protonet_naive(args, device):
     folder = tempfile.mkdtemp()
     with zipfile.ZipFile(os.path.join(args.data_dir, 'omniglot_resized.zip')) as archive:
         archive.extractall(folder)
     dataset = PngTaskDataset(os.path.join(folder, 'omniglot_resized'), 5, 5, 15)
     loader = iter(torch.utils.data.DataLoader(dataset, batch_size=16, num_workers=2, collate_fn=lambda b: b))
-    network = naive_network()
+    network = naive_network().to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
 
     def step():
         losses = []
-        for xs, ys, xq, yq in next(loader):  # per-task loop, support and query encoded separately
+        for task in next(loader):  # per-task loop, support and query encoded separately
+            xs, ys, xq, yq = (t.to(device) for t in task)
             support, query = network(xs), network(xq)
             prototypes = torch.stack([support[ys == c].mean(0) for c in range(5)])
             losses.append(torch.nn.functional.cross_entropy(-torch.cdist(query, prototypes) ** 2, yq))
         optimizer.zero_grad()
         torch.stack(losses).mean().backward()
         optimizer.step()
-    return {'seconds': timed(step, args.repeats)}
+    return {'seconds': timed(step, args.repeats, device)}
 
 
-def child_protonet(args):
+def child_protonet(args, device):
     import protonet
     import omniglot
     import util
-    if args.allocator == 'tuned':
+    if args.allocator == 'tuned' and device.type == 'cpu':
         util.tune_cpu_allocator()
-    sampler = omniglot.omniglot_sampler('train', 5, 5, 15, args.data_dir, seed=0)
-    learner = protonet.ProtoNet(protonet.omniglot_encoder(), 1e-3, tasks_per_call=args.tasks_per_call)
-    return {'seconds': timed(lambda: learner.train_step(sampler.sample(16), 0), args.repeats)}
+    sampler = omniglot.omniglot_sampler('train', 5, 5, 15, args.data_dir, seed=0, device=device)
+    learner = protonet.ProtoNet(protonet.omniglot_encoder(), 1e-3, device, tasks_per_call=args.tasks_per_call)
+    return {'seconds': timed(lambda: learner.train_step(sampler.sample(16), 0), args.repeats, device)}
 
 
-def child_maml(args):
+def child_maml(args, device):
     import maml
     import omniglot
     import util
-    util.tune_cpu_allocator()
-    sampler = omniglot.omniglot_sampler('train', 5, 1, 15, args.data_dir, seed=0)
+    if device.type == 'cpu':
+        util.tune_cpu_allocator()
+    sampler = omniglot.omniglot_sampler('train', 5, 1, 15, args.data_dir, seed=0, device=device)
     learner = maml.MAML(5, args.inner_steps, 0.4, bool(args.learn_inner_lrs), 0.001, bool(args.first_order),
-                        vmap_tasks=args.vmap == 'yes')
-    return {'seconds': timed(lambda: learner.train_step(sampler.sample(16), 0), args.repeats)}
+                        device=device, vmap_tasks=args.vmap == 'yes')
+    return {'seconds': timed(lambda: learner.train_step(sampler.sample(16), 0), args.repeats, device)}
 
 
 CHILDREN = {'protonet_naive': child_protonet_naive, 'protonet': child_protonet, 'maml': child_maml}
 
 
-def run_child(kind, data_dir, repeats, **options):
-    command = [sys.executable, __file__, '--child', kind, '--data_dir', data_dir, '--repeats', str(repeats)]
+def run_child(kind, data_dir, repeats, device, **options):
+    command = [sys.executable, __file__, '--child', kind, '--data_dir', data_dir, '--repeats', str(repeats),
+               '--device', device]
     for key, value in options.items():
         command += [f'--{key}', str(value)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
-def bench_protonet(data_dir, repeats, peak):
+def bench_protonet(data_dir, repeats, device, peak):
     print('\n## ProtoNet, 5-way 5-shot, 15 queries, 16 tasks per step (train step incl. sampling)\n')
     print('| pipeline | ms / step | tasks / s | fraction of fp32 matmul rate | vs naive |')
     print('|---|---|---|---|---|')
-    rows = [('naive: PNG DataLoader (2 workers) + per-task loop', run_child('protonet_naive', data_dir, repeats)),
-            ('ours: per-task encoder calls, default allocator',
-             run_child('protonet', data_dir, repeats, allocator='default', tasks_per_call=1)),
-            ('ours: per-task encoder calls, tuned allocator (default on CPU)',
-             run_child('protonet', data_dir, repeats, allocator='tuned', tasks_per_call=1)),
-            ('ours: one batched call of 16 tasks, tuned allocator',
-             run_child('protonet', data_dir, repeats, allocator='tuned', tasks_per_call=16))]
+    run = lambda kind, **options: run_child(kind, data_dir, repeats, device, **options)
+    rows = [('naive: PNG DataLoader (2 workers) + per-task loop', run('protonet_naive'))]
+    if device == 'cpu':
+        rows += [('ours: per-task encoder calls, default allocator',
+                  run('protonet', allocator='default', tasks_per_call=1)),
+                 ('ours: per-task encoder calls, tuned allocator (default on CPU)', run('protonet', tasks_per_call=1)),
+                 ('ours: one batched call of 16 tasks, tuned allocator', run('protonet', tasks_per_call=16))]
+    else:
+        rows += [('ours: per-task encoder calls', run('protonet', tasks_per_call=1)),
+                 ('ours: one batched call of 16 tasks (default on a GPU)', run('protonet', tasks_per_call=16))]
     naive = rows[0][1]['seconds']
     for name, result in rows:
         s = result['seconds']
-        print(f'| {name} | {1000 * s:.0f} | {16 / s:.1f} | {PROTONET_GFLOP / s / peak:.2f} | {naive / s:.2f}x |')
+        print(f'| {name} | {1000 * s:.1f} | {16 / s:.1f} | {PROTONET_GFLOP / s / peak:.2f} | {naive / s:.2f}x |')
 
 
-def bench_maml(data_dir, repeats):
+def bench_maml(data_dir, repeats, device):
     print('\n## MAML, 5-way 1-shot, 15 queries, 16 tasks per step (train step incl. sampling)\n')
-    print('| configuration | loop: ms / step | vmap: ms / step | loop: peak RSS MB | vmap: peak RSS MB |')
-    print('|---|---|---|---|---|')
+    memory = 'peak RSS MB' if device == 'cpu' else 'peak GPU MB'
+    print(f'| configuration | loop: ms / step | vmap: ms / step | vmap speed-up | loop: {memory} | vmap: {memory} |')
+    print('|---|---|---|---|---|---|')
     configs = [('second-order, 1 step', dict(inner_steps=1)),
                ('second-order, 5 steps', dict(inner_steps=5)),
                ('first-order, 1 step', dict(inner_steps=1, first_order=1)),
                ('second-order, 1 step, learned inner LRs', dict(inner_steps=1, learn_inner_lrs=1))]
     for name, options in configs:
-        loop = run_child('maml', data_dir, repeats, vmap='no', **options)
-        vmap = run_child('maml', data_dir, repeats, vmap='yes', **options)
-        print(f'| {name} | {1000 * loop["seconds"]:.0f} | {1000 * vmap["seconds"]:.0f} '
-              f'| {loop["peak_rss_mb"]:.0f} | {vmap["peak_rss_mb"]:.0f} |')
+        loop = run_child('maml', data_dir, repeats, device, vmap='no', **options)
+        vmap = run_child('maml', data_dir, repeats, device, vmap='yes', **options)
+        print(f'| {name} | {1000 * loop["seconds"]:.1f} | {1000 * vmap["seconds"]:.1f} '
+              f'| {loop["seconds"] / vmap["seconds"]:.2f}x | {loop["peak_mb"]:.0f} | {vmap["peak_mb"]:.0f} |')
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--data_dir', default='./data')
+    parser.add_argument('--data_dir', default='./data', help='holds omniglot_resized.zip (the naive pipeline reads it)')
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--only', choices=['protonet', 'maml'])
+    parser.add_argument('--device', default='cpu', help='cpu, gpu, cuda, mps or auto, as in training')
     parser.add_argument('--child', choices=list(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument('--allocator', default='tuned', help=argparse.SUPPRESS)
     parser.add_argument('--tasks_per_call', type=int, default=1, help=argparse.SUPPRESS)
@@ -179,18 +209,24 @@ def main():
     parser.add_argument('--learn_inner_lrs', type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument('--vmap', default='no', help=argparse.SUPPRESS)
     args = parser.parse_args()
+    import util
+    device = util.resolve_device(args.device)
     if args.child:
-        result = CHILDREN[args.child](args)
-        result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result = CHILDREN[args.child](args, device)
+        result['peak_mb'] = peak_memory_mb(device)
         print(json.dumps(result))
         return
-    peak = matmul_gflops()
-    print(f'# bench.py on {os.cpu_count()} CPU cores, torch {torch.__version__}, '
-          f'{torch.get_num_threads()} threads; fp32 2048x2048 matmul: {peak:.0f} GFLOP/s')
+    if device.type == 'cpu':
+        peak = matmul_gflops(device, 2048)
+        where = f'{os.cpu_count()} CPU cores, {torch.get_num_threads()} threads'
+    else:
+        peak = matmul_gflops(device, 8192)
+        where = f'{torch.cuda.get_device_name(device)}'
+    print(f'# bench.py on {where}, torch {torch.__version__}; fp32 matmul: {peak:.0f} GFLOP/s')
     if args.only in (None, 'protonet'):
-        bench_protonet(args.data_dir, args.repeats, peak)
+        bench_protonet(args.data_dir, args.repeats, device.type, peak)
     if args.only in (None, 'maml'):
-        bench_maml(args.data_dir, args.repeats)
+        bench_maml(args.data_dir, args.repeats, device.type)
 
 
 if __name__ == '__main__':

@@ -20,7 +20,8 @@ CHECKS = {
     '1a-1-basic': ('sampler: one class per label, support and query disjoint', 1,
                    ['tests/test_omniglot.py::test_classes_distinct_and_support_query_disjoint']),
     '2a-0-basic': ('ProtoNet _step: loss and accuracies against an independent computation', 3,
-                   ['tests/test_protonet.py::test_step_matches_independent_per_task_computation']),
+                   [f'tests/test_protonet.py::test_step_matches_independent_per_task_computation[{joint}]'
+                    for joint in (False, True)]),
     '3a-0-basic': ('MAML _inner_loop: graph exactly when train=True, shapes, L+1 accuracies', 2,
                    ['tests/test_maml.py::test_inner_loop_graph_only_when_training']),
     '3a-1-basic': ('MAML _outer_step: scalar loss and accuracies', 1,

@@ -51,21 +51,31 @@ class ProtoNet:
     key_metric = 'query'
     metric_kind = 'accuracy'
 
-    def __init__(self, network, learning_rate, device='cpu', tasks_per_call=None):
+    def __init__(self, network, learning_rate, device='cpu', tasks_per_call=None, joint_batch_norm=False):
         """network: maps (T*M, ...) examples of T tasks (num_tasks=T) to (T*M, D) embeddings.
-        tasks_per_call: tasks per encoder call (default: measured best for the device)."""
+        tasks_per_call: tasks per encoder call (default: measured best for the device).
+        joint_batch_norm: a task's support and query examples share batch-norm statistics.
+            By default each set has its own, as in the course, whose step encodes
+            support and query in two calls."""
         self.device = torch.device(device)
         self._network = network.to(self.device)
         self.optimizer = torch.optim.Adam(self._network.parameters(), lr=learning_rate)
         self.tasks_per_call = tasks_per_call
+        self.joint_batch_norm = joint_batch_norm
+
+    def _embed(self, examples):
+        """(B, M, ...) examples of B tasks -> (B, M, D) embeddings, batch-norm statistics per task."""
+        per_call = self.tasks_per_call or networks.default_tasks_per_call(self.device, len(examples))
+        return networks.per_task_calls(self._network, examples, per_call)
 
     def _logits(self, task_batch):
         """(B, N*K, N) support logits and (B, N*Q, N) query logits of a TaskBatch."""
-        num_support = task_batch.labels_support.shape[1]
-        images = torch.cat([task_batch.images_support, task_batch.images_query], dim=1)  # (B, N*(K+Q), ...)
-        per_call = self.tasks_per_call or networks.default_tasks_per_call(self.device, len(task_batch))
-        embeddings = networks.per_task_calls(self._network, images, per_call)
-        support, query = embeddings[:, :num_support], embeddings[:, num_support:]
+        if self.joint_batch_norm:
+            num_support = task_batch.labels_support.shape[1]
+            embeddings = self._embed(torch.cat([task_batch.images_support, task_batch.images_query], dim=1))
+            support, query = embeddings[:, :num_support], embeddings[:, num_support:]
+        else:
+            support, query = self._embed(task_batch.images_support), self._embed(task_batch.images_query)
         num_way = int(task_batch.labels_support.max()) + 1
         labels = task_batch.labels_support
         return prototype_logits(support, labels, support, num_way), prototype_logits(support, labels, query, num_way)
@@ -110,17 +120,25 @@ class ProtoNet:
 
 def default_log_dir(args):
     return (f'./logs/protonet/omniglot.way_{args.num_way}.support_{args.num_support}.query_{args.num_query}'
-            f'.lr_{args.learning_rate}.batch_size_{args.batch_size}')
+            f'.lr_{args.learning_rate}.batch_size_{args.batch_size}' + ('.joint_bn' if args.joint_batch_norm else ''))
 
 
 def build_learner(args, device):
-    return ProtoNet(omniglot_encoder(), args.learning_rate, device)
+    return ProtoNet(omniglot_encoder(), args.learning_rate, device, joint_batch_norm=args.joint_batch_norm)
+
+
+def add_batch_norm_arg(parser):
+    """ProtoNet's --joint_batch_norm (shared with run_metabolism.py)."""
+    parser.add_argument('--joint_batch_norm', default=False, action='store_true',
+                        help="normalise a task's support and query images together "
+                             '(default: separately, as the course does)')
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train or test a ProtoNet on Omniglot.')
     training.add_common_args(parser, num_train_iterations=5000)
     parser.add_argument('--learning_rate', type=float, default=0.001, help='Adam learning rate')
+    add_batch_norm_arg(parser)
     omniglot.add_args(parser)
     return training.parse_checked(parser, argv)
 

@@ -25,7 +25,8 @@ def mlp_encoder():
 
 def build_learner(args, device):
     if args.algorithm == 'protonet':  # one encoder call per meta-batch: the MLP is too small to loop over tasks
-        return protonet.ProtoNet(mlp_encoder(), args.learning_rate, device, tasks_per_call=args.batch_size)
+        return protonet.ProtoNet(mlp_encoder(), args.learning_rate, device, tasks_per_call=args.batch_size,
+                                 joint_batch_norm=args.joint_batch_norm)
     params = networks.init_mlp_params(ENCODER_SIZES, num_outputs=args.num_way)
     return maml.MAML(args.num_way, args.num_inner_steps, args.inner_lr, args.learn_inner_lrs, args.learning_rate,
                      args.first_order, device=device, vmap_tasks=maml.vmap_choice(args),
@@ -35,6 +36,8 @@ def build_learner(args, device):
 def default_log_dir(args):
     name = (f'./logs/metabolism/{args.algorithm}.way_{args.num_way}.support_{args.num_support}'
             f'.query_{args.num_query}.lr_{args.learning_rate}.batch_size_{args.batch_size}')
+    if args.joint_batch_norm:
+        name += '.joint_bn'
     if args.algorithm == 'maml':
         name += (f'.inner_steps_{args.num_inner_steps or 1}.inner_lr_{args.inner_lr}'
                  f'.learn_inner_lrs_{args.learn_inner_lrs}.first_order_{args.first_order}')
@@ -47,6 +50,7 @@ def parse_args(argv=None):
                              num_query=10, num_val_tasks=600)
     parser.add_argument('--learning_rate', type=float, default=0.0005, help='Adam learning rate (outer, for MAML)')
     parser.add_argument('--algorithm', choices=['protonet', 'maml'], default='protonet')
+    protonet.add_batch_norm_arg(parser)
     maml.add_inner_loop_args(parser, inner_lr=0.1)
     metabolism.add_args(parser)
     return training.parse_checked(parser, argv)
@@ -57,6 +61,8 @@ def main(argv=None):
     if args.learning_rate <= 0:
         raise util.UserError('--learning_rate must be positive')
     maml.check_inner_loop_args(args)
+    if args.joint_batch_norm and args.algorithm != 'protonet':
+        raise util.UserError('--joint_batch_norm is a ProtoNet flag; drop it for --algorithm maml')
     return training.run(args, args.log_dir or default_log_dir(args), build_learner, metabolism.build_sampler)
 
 

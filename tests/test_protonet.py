@@ -34,9 +34,10 @@ def random_batch(num_tasks=3, way=3, support=2, query=4, dtype=torch.float64, se
     return omniglot.TaskSampler(examples, way, support, query, seed=seed).sample(num_tasks)
 
 
-def reference_task(encoder, images_support, labels_support, images_query, labels_query):
+def reference_task(encoder, images_support, labels_support, images_query, labels_query, joint_batch_norm=False):
     """One task the textbook way: nn layers (ReLU before pooling), a loop over
-    classes for the prototypes, torch.cdist for the distances."""
+    classes for the prototypes, torch.cdist for the distances. Support and query
+    go through the network in two calls (the course's), or in one call."""
     layers = []
     for i in range(4):
         conv = nn.Conv2d(1 if i == 0 else encoder.params['conv0'].shape[0], encoder.params[f'conv{i}'].shape[0], 3,
@@ -46,8 +47,11 @@ def reference_task(encoder, images_support, labels_support, images_query, labels
         bn.weight.data, bn.bias.data = encoder.params[f'bn{i}_weight'].data, encoder.params[f'bn{i}_bias'].data
         layers += [conv, bn, nn.ReLU(), nn.MaxPool2d(2)]
     net = nn.Sequential(*layers, nn.Flatten()).to(images_support.dtype)
-    embeddings = net(torch.cat([images_support, images_query]))
-    support, query = embeddings[:len(images_support)], embeddings[len(images_support):]
+    if joint_batch_norm:
+        embeddings = net(torch.cat([images_support, images_query]))
+        support, query = embeddings[:len(images_support)], embeddings[len(images_support):]
+    else:
+        support, query = net(images_support), net(images_query)
     num_way = int(labels_support.max()) + 1
     prototypes = torch.stack([support[labels_support == c].mean(0) for c in range(num_way)])
     query_logits = -torch.cdist(query, prototypes) ** 2
@@ -57,24 +61,26 @@ def reference_task(encoder, images_support, labels_support, images_query, labels
             (query_logits.argmax(1) == labels_query).double().mean())
 
 
-def test_step_matches_independent_per_task_computation():
+@pytest.mark.parametrize('joint_batch_norm', [False, True])
+def test_step_matches_independent_per_task_computation(joint_batch_norm):
     encoder = tiny_encoder()
     batch = random_batch()
-    learner = protonet.ProtoNet(encoder, 1e-3)
+    learner = protonet.ProtoNet(encoder, 1e-3, joint_batch_norm=joint_batch_norm)
     loss, support_accuracy, query_accuracy = learner._step(batch)
-    reference = [reference_task(encoder, *task) for task in batch]
+    reference = [reference_task(encoder, *task, joint_batch_norm=joint_batch_norm) for task in batch]
     assert loss.item() == pytest.approx(torch.stack([r[0] for r in reference]).mean().item(), abs=1e-10)
     assert support_accuracy == pytest.approx(torch.stack([r[1] for r in reference]).mean().item(), abs=1e-6)
     assert query_accuracy == pytest.approx(torch.stack([r[2] for r in reference]).mean().item(), abs=1e-6)
     assert 0 < query_accuracy < 1  # not a degenerate example
 
 
-def test_batched_encoder_call_equals_per_task_loop_with_gradients():
+@pytest.mark.parametrize('joint_batch_norm', [False, True])
+def test_batched_encoder_call_equals_per_task_loop_with_gradients(joint_batch_norm):
     encoder = tiny_encoder()
     batch = random_batch(num_tasks=4)
     results = []
     for per_call in (1, 2, 4):
-        learner = protonet.ProtoNet(encoder, 1e-3, tasks_per_call=per_call)
+        learner = protonet.ProtoNet(encoder, 1e-3, tasks_per_call=per_call, joint_batch_norm=joint_batch_norm)
         encoder.zero_grad()
         loss, accuracy = learner._task_metrics(batch)
         loss.backward()
@@ -84,6 +90,14 @@ def test_batched_encoder_call_equals_per_task_loop_with_gradients():
         assert torch.equal(accuracy, results[0][1])
         for g, g0 in zip(grads, results[0][2]):
             assert torch.allclose(g, g0, rtol=1e-9, atol=1e-12)
+
+
+def test_joint_batch_norm_changes_the_loss():
+    """The two groupings are different functions, so the tests above tell them apart."""
+    encoder = tiny_encoder()
+    batch = random_batch()
+    separate, joint = (protonet.ProtoNet(encoder, 1e-3, joint_batch_norm=j)._step(batch)[0] for j in (False, True))
+    assert abs(separate.item() - joint.item()) > 1e-3
 
 
 def test_per_task_batch_norm_differs_from_one_shared_group():

@@ -226,3 +226,46 @@ def test_short_real_runs_are_clearly_above_chance(omniglot_dir, tmp_path, flags,
     training.run(args, str(tmp_path), maml.build_learner, maml.build_sampler)
     trained = util.load_checkpoint(str(tmp_path / 'state79.pt'))['val_score']
     assert trained > bar and trained > untrained['post_adapt_query'] + gain, (untrained, trained)
+
+
+# ---------------------------------------------------------------- per-step batch norm
+
+def test_per_step_bn_keeps_separate_statistics_and_weights_per_step():
+    learner = tiny_maml(num_inner_steps=2, per_step_bn=True, inner_lr=0.3)
+    assert learner._meta_parameters['bn0_weight'].shape == (3, 4) and not learner.vmap_tasks
+    assert 'bn0_weight' not in learner._adapted_keys and 'conv0' in learner._adapted_keys
+    learner.train_step(random_batch(), 0)
+    means = [row[0][0] for row in learner._bn_running]  # block 0's running mean at steps 0, 1, 2
+    assert all(m.abs().sum() > 0 for m in means)
+    assert not torch.allclose(means[0], means[1]) and not torch.allclose(means[1], means[2])
+    grad = learner._meta_parameters['bn1_weight'].grad
+    assert all(grad[row].abs().sum() > 0 for row in range(3))  # every step's BN weights are meta-learned
+
+
+def test_per_step_bn_evaluation_is_not_transductive():
+    """With running statistics, a query example's prediction no longer depends on
+    the other query examples in its batch; with batch statistics it does."""
+    images = random_batch().images_query[0]
+    for per_step_bn, independent in ((True, True), (False, False)):
+        learner = tiny_maml(num_inner_steps=1, per_step_bn=per_step_bn)
+        if per_step_bn:
+            learner.train_step(random_batch(), 0)  # non-trivial running statistics
+        params = {k: v.detach() for k, v in learner._meta_parameters.items()}
+        with torch.no_grad():
+            alone = learner._forward(images[:2], params, 1)
+            together = learner._forward(images, params, 1)[:2]
+        assert torch.allclose(alone, together, atol=1e-10) == independent
+
+
+def test_per_step_bn_state_round_trip_and_step_mismatch():
+    learner = tiny_maml(num_inner_steps=2, per_step_bn=True)
+    learner.train_step(random_batch(), 0)
+    other = tiny_maml(num_inner_steps=2, per_step_bn=True, seed=5)
+    other.load_state(learner.state())
+    for row_a, row_b in zip(learner._bn_running, other._bn_running):
+        for (mean_a, var_a), (mean_b, var_b) in zip(row_a, row_b):
+            assert torch.equal(mean_a, mean_b) and torch.equal(var_a, var_b)
+    assert learner.evaluate(random_batch())['post_adapt_query'].tolist() == \
+        other.evaluate(random_batch())['post_adapt_query'].tolist()
+    with pytest.raises(util.UserError, match='--num_inner_steps 2'):
+        tiny_maml(num_inner_steps=5, per_step_bn=True).load_state(learner.state())

@@ -224,7 +224,8 @@ def run(args, log_dir, build_learner, build_sampler, after_test=None):
     build_learner(train_args, device) -> learner; build_sampler(split, args,
     seed, device) -> a sampler with .sample(batch_size) and .generator;
     after_test(learner, args, log_dir), if given, runs after --test (e.g. a figure).
-    At test time the learner is rebuilt from the flags it was trained with.
+    At test time the learner is rebuilt from the flags it was trained with (a flag
+    newer than the checkpoint takes its command-line value).
     """
     check_common_args(args)
     device = util.resolve_device(args.device)
@@ -234,7 +235,7 @@ def run(args, log_dir, build_learner, build_sampler, after_test=None):
         step = args.checkpoint_step if args.checkpoint_step >= 0 else best_checkpoint_step(log_dir)
         args.log_dir, args.tested_step = log_dir, step
         checkpoint = util.load_checkpoint(checkpoint_path(log_dir, step))
-        trained_args = argparse.Namespace(**checkpoint['args'])
+        trained_args = argparse.Namespace(**{**vars(args), **checkpoint['args']})  # newer flags: as given
         for flag in TEST_TIME_FLAGS:
             if getattr(args, flag, None) is not None:
                 setattr(trained_args, flag, getattr(args, flag))

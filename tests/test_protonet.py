@@ -192,6 +192,19 @@ def test_test_mode_prints_the_confidence_line(tmp_path, capsys):
     assert 0 <= mean <= 1 and ci95 > 0
 
 
+def test_checkpoint_older_than_a_flag_is_tested_with_the_flag_as_given(tmp_path):
+    """A checkpoint whose stored flags lack one added later (here --joint_batch_norm)."""
+    training.run(synthetic_args(num_train_iterations=2), str(tmp_path), small_learner, synthetic_sampler)
+    built = []
+
+    def learner_reading_the_new_flag(args, device):
+        built.append(args.joint_batch_norm)
+        return small_learner(args, device)
+    training.run(synthetic_args(test=True, num_test_tasks=4, joint_batch_norm=True), str(tmp_path),
+                 learner_reading_the_new_flag, synthetic_sampler)
+    assert built == [True]
+
+
 def test_support_sweep_prints_a_line_per_k_and_writes_csv(tmp_path, capsys):
     import csv
     training.run(synthetic_args(num_train_iterations=2), str(tmp_path), small_learner, synthetic_sampler)

@@ -181,7 +181,7 @@ def bench_protonet(data_dir, repeats, device, peak):
 
 def bench_maml(data_dir, repeats, device):
     print('\n## MAML, 5-way 1-shot, 15 queries, 16 tasks per step (train step incl. sampling)\n')
-    memory = 'peak RSS MB' if device == 'cpu' else 'peak GPU MB'
+    memory = 'peak GPU MB' if device == 'cuda' else 'peak RSS MB'  # as peak_memory_mb reads it
     print(f'| configuration | loop: ms / step | vmap: ms / step | vmap speed-up | loop: {memory} | vmap: {memory} |')
     print('|---|---|---|---|---|---|')
     configs = [('second-order, 1 step', dict(inner_steps=1)),

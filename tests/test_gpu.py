@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import maml
+import networks
 import protonet
 import util
 from test_maml import meta_gradients, tiny_maml
@@ -31,7 +32,7 @@ def test_protonet_gpu_default_path_equals_cpu_per_task_calls():
         loss.backward()
         losses.append(loss.detach())
         grads.append([p.grad for p in encoder.parameters()])
-    assert protonet.networks.default_tasks_per_call('cuda', 4) == 4  # the path under test is the batched one
+    assert networks.default_tasks_per_call('cuda', 4) == 4  # the path under test is the batched one
     assert close(*losses)
     assert all(close(g_cpu, g_gpu) for g_cpu, g_gpu in zip(*grads))
 

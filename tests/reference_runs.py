@@ -1,0 +1,86 @@
+"""Short seeded training runs through the command-line entry points, and a
+summary of the weights they end with: a sha256 per tensor (bit-for-bit
+comparisons) and per-tensor statistics (round-off comparisons).
+
+    python tests/reference_runs.py DATA_ROOT > tests/reference_weights.json
+
+records the summary that tests/test_reference.py compares every later version
+of the code against (DATA_ROOT holds omniglot/ and metabolism/).
+"""
+import hashlib
+import json
+import os
+import sys
+import tempfile
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+SMALL = ['--num_train_iterations', '4', '--batch_size', '3', '--num_val_tasks', '3', '--seed', '3']
+# name -> (script module, flags; the data folder is appended)
+RUNS = {
+    'protonet': ('protonet', [*SMALL, '--num_support', '2', '--num_query', '3']),
+    'maml_second_order_learned_lrs': ('maml', [*SMALL, '--num_inner_steps', '2', '--learn_inner_lrs',
+                                               '--num_query', '3']),
+    'reptile': ('maml', [*SMALL, '--algorithm', 'reptile', '--num_inner_steps', '3', '--inner_lr', '0.1',
+                         '--num_query', '3']),
+    'maml_sinusoid': ('maml', ['--dataset', 'sinusoid', '--num_train_iterations', '30', '--num_val_tasks', '4']),
+    'metabolism_maml': ('run_metabolism', [*SMALL, '--algorithm', 'maml', '--num_support', '3', '--num_query', '4']),
+}
+
+
+def data_flags(name, data_root):
+    if name == 'maml_sinusoid':
+        return []
+    if name.startswith('metabolism'):
+        return ['--datadir', os.path.join(data_root, 'metabolism')]
+    return ['--data_dir', os.path.join(data_root, 'omniglot')]
+
+
+def trained_tensors(learner_state):
+    """{name: tensor} of what a run trains, from a checkpoint's 'learner' entry."""
+    if 'network' in learner_state:  # ProtoNet
+        return {k.replace('params.', ''): v for k, v in learner_state['network'].items()}
+    tensors = dict(learner_state['meta_parameters'])
+    tensors.update({f'inner_lr/{k}': v for k, v in learner_state.get('inner_lrs', {}).items()})
+    return tensors
+
+
+def summary(tensor):
+    flat = tensor.detach().double().flatten()
+    return {'sha256': hashlib.sha256(tensor.detach().contiguous().numpy().tobytes()).hexdigest(),
+            'shape': list(tensor.shape), 'sum': flat.sum().item(), 'sum_sq': flat.square().sum().item(),
+            'head': flat[:8].tolist()}
+
+
+def run(name, data_root, log_dir):
+    """Run one reference configuration into log_dir; return {tensor name: summary}."""
+    import importlib
+    import util
+    module, flags = RUNS[name]
+    script = importlib.import_module(module)
+    script.main([*flags, *data_flags(name, data_root), '--log_dir', log_dir])
+    steps = int(flags[flags.index('--num_train_iterations') + 1])
+    checkpoint = util.load_checkpoint(os.path.join(log_dir, f'state{steps - 1}.pt'))
+    return {k: summary(v) for k, v in trained_tensors(checkpoint['learner']).items()}
+
+
+def platform():
+    """What must match for bit-for-bit equality to be expected."""
+    return {'torch': torch.__version__, 'cpu_capability': torch.backends.cpu.get_cpu_capability(),
+            'threads': torch.get_num_threads()}
+
+
+def main():
+    data_root = sys.argv[1]
+    results = {'platform': platform(), 'runs': {}}
+    for name in RUNS:
+        with tempfile.TemporaryDirectory() as log_dir:
+            results['runs'][name] = run(name, data_root, log_dir)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == '__main__':
+    main()

@@ -2,7 +2,7 @@
 summary of the weights they end with: a sha256 per tensor (bit-for-bit
 comparisons) and per-tensor statistics (round-off comparisons).
 
-    python tests/reference_runs.py DATA_ROOT > tests/reference_weights.json
+    python tests/reference_runs.py DATA_ROOT tests/reference_weights.json
 
 records the summary that tests/test_reference.py compares every later version
 of the code against (DATA_ROOT holds omniglot/ and metabolism/).
@@ -74,12 +74,13 @@ def platform():
 
 
 def main():
-    data_root = sys.argv[1]
+    data_root, out = sys.argv[1:3]
     results = {'platform': platform(), 'runs': {}}
     for name in RUNS:
         with tempfile.TemporaryDirectory() as log_dir:
             results['runs'][name] = run(name, data_root, log_dir)
-    print(json.dumps(results, indent=1))
+    with open(out, 'w') as f:
+        json.dump(results, f, indent=1)
 
 
 if __name__ == '__main__':

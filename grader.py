@@ -16,9 +16,9 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # id -> (description, points, the test cases it runs)
 CHECKS = {
     '1a-0-basic': ('sampler: task shapes and label layout', 1,
-                   ['tests/test_omniglot.py::test_task_shapes_and_label_layout']),
+                   ['tests/test_tasks.py::test_task_shapes_and_label_layout']),
     '1a-1-basic': ('sampler: one class per label, support and query disjoint', 1,
-                   ['tests/test_omniglot.py::test_classes_distinct_and_support_query_disjoint']),
+                   ['tests/test_tasks.py::test_classes_distinct_and_support_query_disjoint']),
     '2a-0-basic': ('ProtoNet _step: loss and accuracies against an independent computation', 3,
                    [f'tests/test_protonet.py::test_step_matches_independent_per_task_computation[{joint}]'
                     for joint in (False, True)]),

@@ -13,8 +13,9 @@ import zipfile
 import numpy as np
 import torch
 
+import networks
+import tasks
 import util
-from omniglot import task_batch_from_draws
 from util import UserError
 
 ASSAYS = {  # TDC name -> (table file stem, Harvard Dataverse datafile id, from SOURCES.md)
@@ -39,8 +40,8 @@ CACHE_VERSION = 1
 NUM_LABELS = 2
 
 
-def table_path(datadir, assay):
-    return os.path.join(datadir, ASSAYS[assay][0] + '.tab')
+def table_path(data_dir, assay):
+    return os.path.join(data_dir, ASSAYS[assay][0] + '.tab')
 
 
 # ---------------------------------------------------------------- tables -> fingerprints
@@ -118,27 +119,27 @@ def report_line(assay, report):
             f'conflicting labels dropped -> {report["molecules"]} molecules')
 
 
-def featurize_tables(datadir):
+def featurize_tables(data_dir):
     """Every assay's table featurised: ({assay: (bits, labels)}, {assay: report})."""
     data, reports = {}, {}
     for assay in ASSAYS:
-        smiles, labels = read_table(table_path(datadir, assay))
+        smiles, labels = read_table(table_path(data_dir, assay))
         *data[assay], reports[assay] = clean_assay(smiles, labels)
     return data, reports
 
 
 # ---------------------------------------------------------------- cache
 
-def tables_key(datadir):
+def tables_key(data_dir):
     """Changes whenever a table's bytes or the featurisation change."""
     digest = hashlib.sha256(f'v{CACHE_VERSION}:morgan{FINGERPRINT_RADIUS}:{FINGERPRINT_BITS}'.encode())
     for assay in ASSAYS:
-        digest.update(util.file_digest(table_path(datadir, assay)).encode())
+        digest.update(util.file_digest(table_path(data_dir, assay)).encode())
     return digest.hexdigest()
 
 
-def cache_path(datadir):
-    return util.cache_file(datadir, f'metabolism_fp{FINGERPRINT_BITS}.cache.npz')
+def cache_path(data_dir):
+    return util.cache_file(data_dir, f'metabolism_fp{FINGERPRINT_BITS}.cache.npz')
 
 
 def _content_digest(packed, labels):
@@ -175,15 +176,15 @@ def _read_cache(path, key):
     return data, reports
 
 
-def load_tables(datadir):
+def load_tables(data_dir):
     """The featurised tables, from the cache when it matches them; prints the cleaning report on a build."""
-    key = tables_key(datadir)
-    path = cache_path(datadir)
+    key = tables_key(data_dir)
+    path = cache_path(data_dir)
     cached = _read_cache(path, key) if os.path.exists(path) else None
     if cached is not None:
         return cached[0]
-    print(f'computing Morgan fingerprints for the TDC tables in {datadir} (once; cached at {path})')
-    data, reports = featurize_tables(datadir)
+    print(f'computing Morgan fingerprints for the TDC tables in {data_dir} (once; cached at {path})')
+    data, reports = featurize_tables(data_dir)
     for assay, report in reports.items():
         print('  ' + report_line(assay, report))
     _write_cache(path, key, data, reports)
@@ -224,33 +225,33 @@ def load_pickle(path):
     return data
 
 
-def download_tables(datadir):
+def download_tables(data_dir):
     """Fetch the missing TDC tables from Harvard Dataverse, each checked and renamed when complete."""
     for assay, (stem, file_id) in ASSAYS.items():
-        target = table_path(datadir, assay)
+        target = table_path(data_dir, assay)
         if os.path.isfile(target):
             continue
         try:
             util.download_file(DATAVERSE_URL.format(file_id), target, check=read_table)
         except (OSError, ValueError, UserError) as error:
             raise UserError(f'could not download {stem}.tab ({error}); put the eight TDC CYP tables '
-                            f'(<name>.tab) or {PICKLE_NAME} in {datadir}, or point --datadir at them') from None
+                            f'(<name>.tab) or {PICKLE_NAME} in {data_dir}, or point --data_dir at them') from None
 
 
-def load_metabolism(datadir='./data/metabolism', download=True):
+def load_metabolism(data_dir='./data/metabolism', download=True):
     """All eight assays: {assay: (features (n, 1024) uint8 bits, labels (n,) int64)}.
 
     Sources in order: the course's pickle, the .tab tables, a download.
     """
-    pickle_path = os.path.join(datadir, PICKLE_NAME)
+    pickle_path = os.path.join(data_dir, PICKLE_NAME)
     if os.path.isfile(pickle_path):
         return load_pickle(pickle_path)
-    if not all(os.path.isfile(table_path(datadir, a)) for a in ASSAYS):
+    if not all(os.path.isfile(table_path(data_dir, a)) for a in ASSAYS):
         if not download:
-            raise UserError(f'no metabolism data in {datadir}: put {PICKLE_NAME} or the eight TDC CYP tables '
-                            '(<name>.tab) there, or point --datadir at them')
-        download_tables(datadir)
-    return load_tables(datadir)
+            raise UserError(f'no metabolism data in {data_dir}: put {PICKLE_NAME} or the eight TDC CYP tables '
+                            '(<name>.tab) there, or point --data_dir at them')
+        download_tables(data_dir)
+    return load_tables(data_dir)
 
 
 # ---------------------------------------------------------------- splits and tasks
@@ -314,16 +315,40 @@ class MoleculeTaskSampler:
             for way, label in enumerate(torch.randperm(NUM_LABELS, generator=g).tolist()):
                 picks = torch.randperm(int(self.sizes[assay, label]), generator=g)[:draw]
                 rows[task, way] = self.offsets[assay, label] + picks
-        return task_batch_from_draws(self.examples[rows.to(self.examples.device)], self.num_support)
+        return tasks.task_batch_from_draws(self.examples[rows.to(self.examples.device)], self.num_support)
+
+
+# ---------------------------------------------------------------- the dataset interface
+
+NAME = 'metabolism'
+TASK = tasks.CLASSIFICATION
+DEFAULTS = dict(num_way=2, num_support=[5], num_query=10, batch_size=4, num_train_iterations=8000,
+                num_val_tasks=600, inner_lr=0.1, data_dir='./data/metabolism')  # the course's Part 4
+ALGORITHM_DEFAULTS = {'protonet': dict(learning_rate=0.0005), 'maml': dict(learning_rate=0.0005)}
+ONE_ENCODER_CALL_PER_BATCH = True  # the MLP is too small to loop over tasks
+ENCODER_SIZES = (FINGERPRINT_BITS, 500, 500)  # as in the course and MLTI
 
 
 def add_args(parser):
-    parser.add_argument('--datadir', '--data_dir', dest='datadir', type=str, default='./data/metabolism',
-                        help=f'folder with {PICKLE_NAME} or the eight TDC CYP tables (<name>.tab)')
+    """The metabolism data take no flags beyond --data_dir."""
+
+
+def check_args(args):
+    pass
 
 
 def build_sampler(split, args, seed, device):
-    """The sampler of one split for the flags (training.run's build_sampler)."""
-    pools = split_pools(load_metabolism(args.datadir), split)
+    """The sampler of one split ('train', 'val' or 'test') for the run's flags."""
+    pools = split_pools(load_metabolism(args.data_dir), split)
     return MoleculeTaskSampler(pools, args.num_way, args.num_support, args.num_query, seed, device,
                                f'the metabolism {split} split')
+
+
+after_test = None
+
+
+def network(args, num_outputs=None):
+    """(params, forward): 2 x [Linear -> BatchNorm1d -> LeakyReLU], (T*M, 1024) -> (T*M, 500)
+    features, or (T*M, num_outputs) logits through a linear head."""
+    params = networks.init_mlp_params(ENCODER_SIZES, num_outputs=num_outputs)
+    return params, networks.mlp_features if num_outputs is None else networks.mlp_net

@@ -14,6 +14,18 @@ import torch.nn.functional as F
 BN_EPS = 1e-5
 
 
+class FunctionalNet(torch.nn.Module):
+    """A functional network fn(params, x, num_tasks) holding its params as an nn.Module."""
+
+    def __init__(self, function, params):
+        super().__init__()
+        self.function = function
+        self.params = torch.nn.ParameterDict({k: torch.nn.Parameter(v) for k, v in params.items()})
+
+    def forward(self, x, num_tasks=1):
+        return self.function(dict(self.params), x, num_tasks)
+
+
 def init_conv_params(num_blocks=4, in_channels=1, hidden_channels=64, num_outputs=None, dtype=torch.float32):
     """Parameters of [conv3x3 -> BN -> ReLU -> maxpool2] x num_blocks (+ linear head).
 

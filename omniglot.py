@@ -2,9 +2,9 @@
 array, split the characters, and sample batches of N-way K-shot tasks as
 tensors on the device.
 
-Data path: source files -> cache (1623, 20, 28, 28) uint8 -> TaskSampler -> TaskBatch.
+Data path: source files -> cache (1623, 20, 28, 28) uint8 -> tasks.TaskSampler -> tasks.TaskBatch.
+The dataset interface (NAME ... network) is described in docs/architecture.md.
 """
-import dataclasses
 import hashlib
 import io
 import os
@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+import networks
+import tasks
 import util
 from util import UserError
 
@@ -202,91 +204,44 @@ def split_indices(num_classes=NUM_CHARACTERS):
     return {'train': order[:train_end], 'val': order[train_end:val_end], 'test': order[val_end:]}
 
 
-# ---------------------------------------------------------------- tasks
+# ---------------------------------------------------------------- the dataset interface
 
-@dataclasses.dataclass
-class TaskBatch:
-    """B tasks of N-way classification with K support and Q query examples per class.
-
-    images_support: (B, N*K, *example_shape) float32, class-major (N blocks of K)
-    labels_support: (B, N*K) int64 in 0..N-1
-    images_query:   (B, N*Q, *example_shape) float32
-    labels_query:   (B, N*Q) int64
-    Iterating yields one (images_support, labels_support, images_query,
-    labels_query) tuple per task, as course-style code expects.
-    """
-    images_support: torch.Tensor
-    labels_support: torch.Tensor
-    images_query: torch.Tensor
-    labels_query: torch.Tensor
-
-    def __len__(self):
-        return self.labels_support.shape[0]
-
-    def __iter__(self):
-        return iter(zip(self.images_support, self.labels_support, self.images_query, self.labels_query))
-
-    def to(self, device):
-        return TaskBatch(*(t.to(device) for t in dataclasses.astuple(self)))
-
-    def select(self, index):
-        """The tasks picked by a slice or index tensor along B."""
-        return TaskBatch(*(t[index] for t in dataclasses.astuple(self)))
+NAME = 'omniglot'
+TASK = tasks.CLASSIFICATION
+DEFAULTS = {}  # the common defaults are the course's Omniglot ones
+ALGORITHM_DEFAULTS = {}
+ONE_ENCODER_CALL_PER_BATCH = False  # conv activations: per-task calls are faster on a CPU (bench.py)
 
 
-def check_task_shape(num_way, num_support, num_query, num_classes, num_examples, where):
-    """Raise a UserError naming the flag when a task cannot be drawn."""
-    if min(num_way, num_support, num_query) < 1:
-        raise UserError('--num_way, --num_support and --num_query must be at least 1')
-    if num_support + num_query > num_examples:
-        raise UserError(f'--num_support {num_support} + --num_query {num_query} = {num_support + num_query} '
-                        f'exceeds the {num_examples} examples per class in {where}; lower them')
-    if num_way > num_classes:
-        raise UserError(f'--num_way {num_way} exceeds the {num_classes} classes of {where}; lower it')
+def add_args(parser):
+    """The Omniglot flags."""
+    parser.add_argument('--augment_rotations', default=False, action='store_true',
+                        help='rotations by 90/180/270 degrees become new classes')
+    parser.add_argument('--num_hidden_channels', type=int, default=64, help='channels of each conv block')
 
 
-class TaskSampler:
-    """Draws batches of tasks from a (C, D, ...) tensor of C classes with D examples each.
-
-    Classes are taken in random order and labelled 0..N-1; support and query
-    are disjoint draws without replacement from a class's D examples. All
-    randomness comes from one CPU generator, so a seed gives the same tasks on
-    any device and its state can be checkpointed.
-    """
-
-    def __init__(self, examples, num_way, num_support, num_query, seed=0, device='cpu', where='the split'):
-        check_task_shape(num_way, num_support, num_query, examples.shape[0], examples.shape[1], where)
-        self.examples = examples.to(device)
-        self.num_way, self.num_support, self.num_query = num_way, num_support, num_query
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def sample(self, batch_size):
-        """A TaskBatch of batch_size tasks on the sampler's device."""
-        num_classes, num_examples = self.examples.shape[:2]
-        n, k, q = self.num_way, self.num_support, self.num_query
-        g = self.generator
-        classes = torch.rand(batch_size, num_classes, generator=g).argsort(dim=1)[:, :n]
-        draws = torch.rand(batch_size, n, num_examples, generator=g).argsort(dim=2)[..., :k + q]
-        device = self.examples.device
-        picked = self.examples[classes.unsqueeze(-1).to(device), draws.to(device)]  # (B, N, K+Q, ...)
-        return task_batch_from_draws(picked, k)
+def check_args(args):
+    if args.num_hidden_channels < 1:
+        raise UserError('--num_hidden_channels must be at least 1')
 
 
-def task_batch_from_draws(picked, num_support):
-    """(B, N, K+Q, ...) examples, class n of each task labelled n -> a float TaskBatch
-    with the first K of each class as support and the rest as query."""
-    batch_size, n, k = picked.shape[0], picked.shape[1], num_support
-    q = picked.shape[2] - k
-    if not picked.is_floating_point():
-        picked = picked.float()
-    shape = picked.shape[3:]
-    labels = torch.arange(n, device=picked.device)
-    return TaskBatch(
-        picked[:, :, :k].reshape(batch_size, n * k, *shape),
-        labels.repeat_interleave(k).expand(batch_size, -1).contiguous(),
-        picked[:, :, k:].reshape(batch_size, n * q, *shape),
-        labels.repeat_interleave(q).expand(batch_size, -1).contiguous())
+def build_sampler(split, args, seed, device):
+    """The TaskSampler of one split ('train', 'val' or 'test') for the run's flags."""
+    return omniglot_sampler(split, args.num_way, args.num_support, args.num_query, args.data_dir, seed, device,
+                            args.augment_rotations)
 
+
+after_test = None
+
+
+def network(args, num_outputs=None):
+    """(params, forward): 4 x [conv3x3 -> BN -> ReLU -> maxpool2] on (T*M, 1, 28, 28) images,
+    giving (T*M, hidden) features, or (T*M, num_outputs) logits through a linear head."""
+    params = networks.init_conv_params(4, 1, args.num_hidden_channels, num_outputs=num_outputs)
+    return params, networks.conv_features if num_outputs is None else networks.conv_net
+
+
+# ---------------------------------------------------------------- the course's entry points
 
 def omniglot_split(images, split, augment_rotations=False):
     """(C, 20, 1, 28, 28) uint8 tensor of one split's classes; with rotations, 4C classes."""
@@ -302,38 +257,11 @@ def omniglot_sampler(split, num_way, num_support, num_query, data_dir='./data', 
     """A TaskSampler over one Omniglot split ('train', 'val' or 'test')."""
     images, _ = load_omniglot(data_dir)
     examples = omniglot_split(images, split, augment_rotations)
-    return TaskSampler(examples, num_way, num_support, num_query, seed, device, f'the Omniglot {split} split')
-
-
-def add_args(parser):
-    """The Omniglot flags of every script."""
-    parser.add_argument('--data_dir', type=str, default='./data', help='folder with the Omniglot data')
-    parser.add_argument('--augment_rotations', default=False, action='store_true',
-                        help='rotations by 90/180/270 degrees become new classes')
-
-
-def build_sampler(split, args, seed, device):
-    """The sampler of one split for a script's flags (training.run's build_sampler)."""
-    return omniglot_sampler(split, args.num_way, args.num_support, args.num_query, args.data_dir, seed, device,
-                            args.augment_rotations)
-
-
-class TaskLoader:
-    """Yields ceil(num_tasks / batch_size) TaskBatches from a sampler, like a DataLoader."""
-
-    def __init__(self, sampler, batch_size, num_tasks):
-        self.sampler, self.batch_size, self.num_tasks = sampler, batch_size, num_tasks
-
-    def __len__(self):
-        return -(-self.num_tasks // self.batch_size)
-
-    def __iter__(self):
-        for start in range(0, self.num_tasks, self.batch_size):
-            yield self.sampler.sample(min(self.batch_size, self.num_tasks - start))
+    return tasks.TaskSampler(examples, num_way, num_support, num_query, seed, device, f'the Omniglot {split} split')
 
 
 def get_omniglot_dataloader(split, batch_size, num_way, num_support, num_query, num_tasks_per_epoch,
                             num_workers=None, data_dir='./data', seed=0, device='cpu', augment_rotations=False):
     """The course's entry point: an iterable of task batches (num_workers is ignored)."""
     sampler = omniglot_sampler(split, num_way, num_support, num_query, data_dir, seed, device, augment_rotations)
-    return TaskLoader(sampler, batch_size, num_tasks_per_epoch)
+    return tasks.TaskLoader(sampler, batch_size, num_tasks_per_epoch)

@@ -3,7 +3,7 @@ lines a user would type, then draw the validation curves, the ProtoNet test
 table, the test-time K sweep and the metabolism result into one folder with
 an index.md.
 
-    python report.py --quick --data_dir DIR --datadir DIR/metabolism   # about an hour on 2 CPU cores
+    python report.py --quick --data_dir DIR --metabolism_dir DIR/metabolism   # about an hour on 2 CPU cores
     python report.py --device gpu --data_dir ...                       # the full protocol
 
 Runs whose last checkpoint exists are skipped; an interrupted run is resumed
@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 
-import training
+import checkpoints
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 K_SWEEP = [1, 2, 4, 6, 8, 10]
@@ -69,7 +69,7 @@ KEY_TAGS = ['val_accuracy/query', 'val_accuracy/post_adapt_query']
 # ---------------------------------------------------------------- running
 
 def data_flags(script, args):
-    return ['--datadir', args.datadir] if script == 'run_metabolism.py' else ['--data_dir', args.data_dir]
+    return ['--data_dir', args.metabolism_dir if script == 'run_metabolism.py' else args.data_dir]
 
 
 def run_command(command):
@@ -86,7 +86,7 @@ def train_experiment(name, args):
     script, flags, quick_steps, full_steps = EXPERIMENTS[name]
     steps = quick_steps if args.quick else full_steps
     log_dir = os.path.join(args.out, 'runs', name)
-    saved = training.saved_steps(log_dir) if os.path.isdir(log_dir) else []
+    saved = checkpoints.saved_steps(log_dir) if os.path.isdir(log_dir) else []
     if saved and saved[-1] == steps - 1:
         print(f'{name}: done ({log_dir}/state{steps - 1}.pt), skipped')
         return log_dir
@@ -228,12 +228,13 @@ def parse_args(argv=None):
     parser.add_argument('--out', default=None, help='output folder (default reports/quick or reports/full)')
     parser.add_argument('--device', default=None, help='default: cpu with --quick, else gpu')
     parser.add_argument('--data_dir', default='./data', help='Omniglot data folder')
-    parser.add_argument('--datadir', default='./data/metabolism', help='metabolism data folder')
+    parser.add_argument('--metabolism_dir', '--datadir', dest='metabolism_dir', default='./data/metabolism',
+                        help='metabolism data folder (--datadir is the same flag)')
     parser.add_argument('--num_test_tasks', type=int, default=600, help='tasks per test evaluation')
     args = parser.parse_args(argv)
     args.out = args.out or os.path.join('reports', 'quick' if args.quick else 'full')
     args.device = args.device or ('cpu' if args.quick else 'gpu')
-    args.data_dir, args.datadir = os.path.abspath(args.data_dir), os.path.abspath(args.datadir)
+    args.data_dir, args.metabolism_dir = os.path.abspath(args.data_dir), os.path.abspath(args.metabolism_dir)
     args.out = os.path.abspath(args.out)
     return args
 

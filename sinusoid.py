@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import networks
-from omniglot import TaskBatch
+import tasks
 
 AMPLITUDE_RANGE = (0.1, 5.0)
 PHASE_RANGE = (0.0, math.pi)
@@ -42,15 +42,45 @@ class SinusoidSampler:
         x = self._uniform((batch_size, self.num_support + self.num_query, 1), X_RANGE)
         y = sine(x, amplitude, phase)
         k = self.num_support
-        batch = TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:]).to(self.device)
+        batch = tasks.TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:]).to(self.device)
         return batch, amplitude.flatten(), phase.flatten()
 
     def sample(self, batch_size):
         return self.sample_with_parameters(batch_size)[0]
 
 
+# ---------------------------------------------------------------- the dataset interface
+
+NAME = 'sinusoid'
+TASK = tasks.REGRESSION
+DEFAULTS = dict(num_way=1, num_support=[10], num_query=10, batch_size=25, inner_lr=0.01)  # Finn et al.'s
+ALGORITHM_DEFAULTS = {}
+ONE_ENCODER_CALL_PER_BATCH = True
+
+
+def add_args(parser):
+    """Sinusoid tasks take no flags of their own."""
+
+
+def check_args(args):
+    pass
+
+
 def build_sampler(split, args, seed, device):
     return SinusoidSampler(args.num_support, args.num_query, 3 * seed + SPLIT_OFFSETS[split], device)
+
+
+def network(args, num_outputs=1):
+    """(params, forward) of the MLP 1 -> 40 -> 40 -> 1 (one output whatever num_outputs)."""
+    return init_params(), forward
+
+
+def after_test(learner, args, log_dir):
+    """Draw one test task into log_dir/sinusoid_task.png."""
+    import os
+    path = os.path.join(log_dir, 'sinusoid_task.png')
+    plot_task(learner, path, args.num_support, args.seed)
+    print(f'one test task drawn in {path}')
 
 
 def init_params():
@@ -78,14 +108,14 @@ def plot_task(learner, path, num_support, seed=0):
     batch, amplitude, phase = sampler.sample_with_parameters(1)
     grid = torch.linspace(*X_RANGE, 200, device=learner.device).unsqueeze(-1)  # (200, 1)
     x, y = batch.images_support[0], batch.labels_support[0]
-    history, _, _ = learner._adapt(x, y, create_graph=False, train=False)
+    history, _, _ = learner.inner.adapt(x, y, create_graph=False, train=False)
     with torch.no_grad():
-        before, after = (learner._forward(grid, history[i]).cpu() for i in (0, -1))
+        before, after = (learner.inner.forward(grid, history[i]).cpu() for i in (0, -1))
     figure, axes = plt.subplots(figsize=(6.4, 4.0))
     axes.plot(grid.cpu(), sine(grid.cpu(), amplitude, phase), 'k-', label='true function')
     axes.plot(x.cpu(), y.cpu(), 'o', color='tab:red', label=f'{num_support} support points')
     axes.plot(grid.cpu(), before, '--', color='tab:gray', label='before adaptation')
-    axes.plot(grid.cpu(), after, '-', color='tab:blue', label=f'after {learner.num_inner_steps} inner step(s)')
+    axes.plot(grid.cpu(), after, '-', color='tab:blue', label=f'after {learner.inner.num_inner_steps} inner step(s)')
     axes.set_xlabel('x')
     axes.set_ylabel('y')
     axes.set_title(f'Sinusoid test task: A = {amplitude.item():.2f}, phase = {phase.item():.2f}', fontsize=10)

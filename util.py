@@ -1,4 +1,4 @@
-"""Small helpers shared by every algorithm: accuracy, confidence intervals,
+"""Small helpers shared by every algorithm: confidence intervals,
 atomic checkpoints, seeding, device resolution, one-line user errors, and
 the data files' digests, cache locations and downloads."""
 import ctypes
@@ -24,23 +24,6 @@ def run_cli(main):
     except UserError as error:
         print(f'error: {error}', file=sys.stderr)
         sys.exit(2)
-
-
-def score(logits, labels):
-    """Fraction of correct predictions.
-
-    Args:
-        logits: (..., num_classes) scores.
-        labels: (...) integer class labels.
-    Returns:
-        accuracy as a Python float.
-    """
-    return (logits.argmax(dim=-1) == labels).float().mean().item()
-
-
-def task_accuracy(logits, labels):
-    """(..., M, N) logits, (..., M) labels -> (...) fraction correct per task."""
-    return (logits.argmax(-1) == labels).float().mean(-1)
 
 
 def mean_ci95(values):

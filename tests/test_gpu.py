@@ -4,14 +4,17 @@ against the CPU defaults (per-task calls, a per-task loop), in float64.
 CI has no GPU, so these skip there; run them on a CUDA machine with
 `python -m pytest tests/test_gpu.py`.
 """
+import argparse
+
 import pytest
 import torch
 
+import checkpoints
 import maml
 import networks
 import protonet
-import util
-from test_maml import meta_gradients, tiny_maml
+import training
+from test_maml import meta_gradients, take_step, tiny_maml
 from test_maml import random_batch as maml_batch
 from test_protonet import random_batch, tiny_encoder
 
@@ -27,7 +30,7 @@ def test_protonet_gpu_default_path_equals_cpu_per_task_calls():
     losses, grads = [], []
     for device in ('cpu', 'cuda'):
         encoder = tiny_encoder()
-        learner = protonet.ProtoNet(encoder, 1e-3, device)
+        learner = protonet.ProtoNet(encoder, device)
         loss, accuracy = learner._task_metrics(batch.to(device))
         loss.backward()
         losses.append(loss.detach())
@@ -39,10 +42,10 @@ def test_protonet_gpu_default_path_equals_cpu_per_task_calls():
 
 def test_maml_gpu_vmap_equals_cpu_loop_second_order_with_learned_lrs():
     cpu = tiny_maml(num_inner_steps=2, learn_inner_lrs=True)
-    gpu = maml.MAML(num_way=3, num_inner_steps=2, inner_lr=0.3, learn_inner_lrs=True, num_hidden_channels=4,
-                    device='cuda', dtype=torch.float64)
+    gpu = maml.MAML(params=networks.init_conv_params(4, 1, 4, num_outputs=3, dtype=torch.float64),
+                    forward=networks.conv_net, num_inner_steps=2, inner_lr=0.3, learn_inner_lrs=True, device='cuda')
     gpu.load_state(cpu.state())
-    assert gpu.vmap_tasks and not cpu.vmap_tasks  # each device's default
+    assert gpu.inner.vmap_tasks and not cpu.inner.vmap_tasks  # each device's default
     batch = maml_batch(num_tasks=3)
     loss_cpu, _, grads_cpu = meta_gradients(cpu, batch)
     loss_gpu, _, grads_gpu = meta_gradients(gpu, batch.to('cuda'))
@@ -52,22 +55,24 @@ def test_maml_gpu_vmap_equals_cpu_loop_second_order_with_learned_lrs():
 
 
 def test_checkpoint_written_on_gpu_resumes_on_cpu(tmp_path):
-    gpu = maml.MAML(num_way=3, num_inner_steps=1, inner_lr=0.3, num_hidden_channels=4, device='cuda',
-                    dtype=torch.float64)
+    gpu = maml.MAML(params=networks.init_conv_params(4, 1, 4, num_outputs=3, dtype=torch.float64),
+                    forward=networks.conv_net, num_inner_steps=1, inner_lr=0.3, device='cuda')
     batch = maml_batch(num_tasks=2)
-    gpu.train_step(batch.to('cuda'), 0)  # optimizer state exists on the GPU
-    util.atomic_save(gpu.state(), tmp_path / 'state0.pt')
+    gpu_optimizer = take_step(gpu, batch.to('cuda'), 0)  # optimizer state exists on the GPU
+    args = argparse.Namespace(note='test')
+    checkpoints.save(str(tmp_path), 0, gpu, gpu_optimizer, torch.Generator(), args, 0.5)
     cpu = tiny_maml()
-    cpu.load_state(util.load_checkpoint(tmp_path / 'state0.pt'))
-    assert all(close(cpu._meta_parameters[k], v) for k, v in gpu._meta_parameters.items())
-    saved, loaded = gpu.optimizer.state_dict()['state'], cpu.optimizer.state_dict()['state']
+    cpu_optimizer = training.build_optimizer(cpu, 1e-3)
+    checkpoints.resume(str(tmp_path), 0, cpu, cpu_optimizer, torch.Generator(), args)
+    assert all(close(cpu.inner.meta_parameters[k], v) for k, v in gpu.inner.meta_parameters.items())
+    saved, loaded = gpu_optimizer.state_dict()['state'], cpu_optimizer.state_dict()['state']
     assert saved.keys() == loaded.keys() and len(saved) > 0
     for key in saved:
         assert all(torch.equal(saved[key][name].cpu(), loaded[key][name]) for name in saved[key])
         assert all(value.device.type == 'cpu' for value in loaded[key].values())
-    gpu.train_step(batch.to('cuda'), 1)
-    cpu.train_step(batch, 1)  # the CPU copy takes the same next step
+    take_step(gpu, batch.to('cuda'), 1, gpu_optimizer)
+    take_step(cpu, batch, 1, cpu_optimizer)  # the CPU copy takes the same next step
     # Conv biases feed batch norm, so their meta-gradient is round-off noise that Adam
     # normalises into a +-lr step; every other parameter must agree.
-    compared = [k for k in gpu._meta_parameters if not (k.startswith('conv') and k.endswith('_bias'))]
-    assert all(close(cpu._meta_parameters[k], gpu._meta_parameters[k]) for k in compared)
+    compared = [k for k in gpu.inner.meta_parameters if not (k.startswith('conv') and k.endswith('_bias'))]
+    assert all(close(cpu.inner.meta_parameters[k], gpu.inner.meta_parameters[k]) for k in compared)

@@ -12,22 +12,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # check id -> Python run before grading, breaking what that check grades
 BREAKAGES = {
     '1a-0-basic': '''
-import omniglot
-real = omniglot.task_batch_from_draws
+import tasks
+real = tasks.task_batch_from_draws
 def broken(picked, k):  # support labels in the wrong order
     batch = real(picked, k)
     batch.labels_support = batch.labels_support.flip(-1)
     return batch
-omniglot.task_batch_from_draws = broken
+tasks.task_batch_from_draws = broken
 ''',
     '1a-1-basic': '''
-import omniglot
-real = omniglot.task_batch_from_draws
+import tasks
+real = tasks.task_batch_from_draws
 def broken(picked, k):  # the first query drawing repeats a support drawing
     picked = picked.clone()
     picked[:, :, k] = picked[:, :, 0]
     return real(picked, k)
-omniglot.task_batch_from_draws = broken
+tasks.task_batch_from_draws = broken
 ''',
     '2a-0-basic': '''
 import protonet
@@ -60,7 +60,7 @@ import maml
 real = maml.MAML.__init__
 def broken(self, *args, **kwargs):  # the learned rates are cut from the graph
     real(self, *args, **kwargs)
-    for rate in self._inner_lrs.values():
+    for rate in self.inner.inner_lrs.values():
         rate.requires_grad_(False)
 maml.MAML.__init__ = broken
 ''',

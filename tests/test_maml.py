@@ -1,28 +1,32 @@
 """MAML against finite differences, an independent nn.Module oracle, and
 between its per-task loop and its vmap path; first-order, learned inner
 learning rates, evaluation without graphs, exact resume, a real short run."""
-import argparse
-import os
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import checkpoints
+import cli
 import maml
+import networks
 import omniglot
+import tasks
 import training
 import util
+from inner_loop import Variants
 
 
-def tiny_maml(num_inner_steps=1, learn_inner_lrs=False, first_order=False, vmap_tasks=False, inner_lr=0.3,
+def tiny_maml(num_inner_steps=1, learn_inner_lrs=False, first_order=None, vmap_tasks=False, inner_lr=0.3,
               dtype=torch.float64, seed=0, learner_class=maml.MAML, **variants):
     torch.manual_seed(seed)
-    learner = learner_class(num_way=3, num_inner_steps=num_inner_steps, inner_lr=inner_lr,
-                            learn_inner_lrs=learn_inner_lrs, first_order=first_order, num_hidden_channels=4,
-                            vmap_tasks=vmap_tasks, dtype=dtype, variants=maml.Variants(**variants))
+    params = networks.init_conv_params(4, 1, 4, num_outputs=3, dtype=dtype)
+    options = dict(params=params, forward=networks.conv_net, num_inner_steps=num_inner_steps, inner_lr=inner_lr,
+                   learn_inner_lrs=learn_inner_lrs, vmap_tasks=vmap_tasks, variants=Variants(**variants))
+    learner = learner_class(**options) if first_order is None else learner_class(first_order=first_order, **options)
     with torch.no_grad():  # non-trivial batch-norm affine parameters
-        for name, value in learner._meta_parameters.items():
+        for name, value in learner.inner.meta_parameters.items():
             if name.startswith('bn'):
                 value.uniform_(0.5, 1.5) if name.endswith('weight') else value.uniform_(-0.3, 0.3)
     return learner
@@ -31,24 +35,32 @@ def tiny_maml(num_inner_steps=1, learn_inner_lrs=False, first_order=False, vmap_
 def random_batch(num_tasks=2, support=2, query=3, dtype=torch.float64, seed=1):
     generator = torch.Generator().manual_seed(seed)
     examples = torch.rand(6, 20, 1, 28, 28, generator=generator, dtype=dtype)
-    return omniglot.TaskSampler(examples, 3, support, query, seed=seed).sample(num_tasks)
+    return tasks.TaskSampler(examples, 3, support, query, seed=seed).sample(num_tasks)
 
 
 def copy_of(learner, **changes):
     other = tiny_maml(**changes)
     with torch.no_grad():
-        for k, v in learner._meta_parameters.items():
-            other._meta_parameters[k].copy_(v)
+        for k, v in learner.inner.meta_parameters.items():
+            other.inner.meta_parameters[k].copy_(v)
     return other
 
 
+def take_step(learner, batch, step, optimizer=None, learning_rate=1e-3, total=1):
+    """One meta-update by the training loop (with a fresh optimizer unless given); returns the optimizer."""
+    optimizer = optimizer or training.build_optimizer(learner, learning_rate)
+    training.train_step(learner, optimizer, batch, step, learning_rate, total)
+    return optimizer
+
+
 def meta_gradients(learner, batch):
-    learner.optimizer.zero_grad(set_to_none=True)
+    for tensor in learner.parameters():
+        tensor.grad = None
     loss, accuracy = learner._task_metrics(batch, train=True)
     loss.backward()
-    grads = {k: v.grad.clone() for k, v in learner._meta_parameters.items()}
-    if learner.learn_inner_lrs:
-        grads.update({f'lr/{k}': v.grad.clone() for k, v in learner._inner_lrs.items()})
+    grads = {k: v.grad.clone() for k, v in learner.inner.meta_parameters.items()}
+    if learner.inner.learn_inner_lrs:
+        grads.update({f'lr/{k}': v.grad.clone() for k, v in learner.inner.inner_lrs.items()})
     return loss.detach(), accuracy, grads
 
 
@@ -81,11 +93,11 @@ def test_outer_loss_matches_independent_oracle(num_inner_steps):
     learner = tiny_maml(num_inner_steps=num_inner_steps)
     batch = random_batch()
     loss, _ = learner._task_metrics(batch, train=True)
-    expected = reference_loss(learner._meta_parameters, learner._inner_lrs, batch, num_inner_steps)
+    expected = reference_loss(learner.inner.meta_parameters, learner.inner.inner_lrs, batch, num_inner_steps)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
     # and the meta-gradients agree with the oracle's
-    grads = torch.autograd.grad(loss, list(learner._meta_parameters.values()))
-    expected_grads = torch.autograd.grad(expected, list(learner._meta_parameters.values()))
+    grads = torch.autograd.grad(loss, list(learner.inner.meta_parameters.values()))
+    expected_grads = torch.autograd.grad(expected, list(learner.inner.meta_parameters.values()))
     for g, e in zip(grads, expected_grads):
         assert torch.allclose(g, e, rtol=1e-8, atol=1e-12)
 
@@ -95,7 +107,7 @@ def assert_meta_gradient_matches_finite_differences(learner, batch, min_checked=
     meta-parameter and inner LR, against the analytic meta-gradient."""
     _, _, grads = meta_gradients(learner, batch)
     generator = torch.Generator().manual_seed(0)
-    tensors = {**learner._meta_parameters, **{f'lr/{k}': v for k, v in learner._inner_lrs.items()}}
+    tensors = {**learner.inner.meta_parameters, **{f'lr/{k}': v for k, v in learner.inner.inner_lrs.items()}}
     eps = 1e-6
     checked = 0
     for name, tensor in tensors.items():
@@ -149,7 +161,7 @@ def test_first_order_is_the_query_gradient_at_the_adapted_parameters():
     for images_support, labels_support, images_query, labels_query in batch:
         adapted, _, _ = first._inner_loop(images_support, labels_support, train=False)
         adapted = {k: v.requires_grad_() for k, v in adapted.items()}
-        loss = F.cross_entropy(first._forward(images_query, adapted), labels_query)
+        loss = F.cross_entropy(first.inner.forward(images_query, adapted), labels_query)
         for k, g in zip(adapted, torch.autograd.grad(loss, list(adapted.values()))):
             expected[k] += g / len(batch)
     for k in expected:
@@ -166,13 +178,13 @@ def test_inner_loop_graph_only_when_training():
     assert not any(v.requires_grad for v in adapted.values())
     assert not any(g.requires_grad for step in gradients for g in step.values())
     trained, _, trained_gradients = learner._inner_loop(images_support, labels_support, train=True)
-    for name, meta in learner._meta_parameters.items():
+    for name, meta in learner.inner.meta_parameters.items():
         assert adapted[name].shape == trained[name].shape == meta.shape
         assert gradients[1][name].shape == meta.shape
     assert all(v.requires_grad for v in trained.values())
     assert all(g.requires_grad for g in trained_gradients[0].values())  # second order: graph through grads
     for vmap_tasks in (False, True):
-        learner.vmap_tasks = vmap_tasks
+        learner.inner.vmap_tasks = vmap_tasks
         assert not any(v.requires_grad for v in learner.evaluate(batch).values())
 
 
@@ -185,15 +197,15 @@ def test_learned_lrs_at_initial_value_take_the_same_first_step():
     assert acc_a == acc_b
     for k in a:
         assert torch.equal(a[k], b[k])
-    assert all(lr.requires_grad for lr in learned._inner_lrs.values())
-    assert not any(lr.requires_grad for lr in fixed._inner_lrs.values())
+    assert all(lr.requires_grad for lr in learned.inner.inner_lrs.values())
+    assert not any(lr.requires_grad for lr in fixed.inner.inner_lrs.values())
 
 
 def test_learned_inner_lrs_receive_gradients():
     learner = tiny_maml(num_inner_steps=2, learn_inner_lrs=True)
     _, _, grads = meta_gradients(learner, random_batch())
-    lr_grads = [grads[f'lr/{k}'] for k in learner._inner_lrs]
-    assert len(lr_grads) == len(learner._meta_parameters)
+    lr_grads = [grads[f'lr/{k}'] for k in learner.inner.inner_lrs]
+    assert len(lr_grads) == len(learner.inner.meta_parameters)
     assert all(torch.isfinite(g) and g != 0 for g in lr_grads)
 
 
@@ -207,32 +219,36 @@ def test_outer_step_returns_scalar_loss_and_accuracies():
 def test_wrong_num_way_at_test_is_a_clear_error():
     learner = tiny_maml()
     examples = torch.rand(6, 20, 1, 28, 28, dtype=torch.float64)
-    batch = omniglot.TaskSampler(examples, 5, 1, 1).sample(1)
+    batch = tasks.TaskSampler(examples, 5, 1, 1).sample(1)
     with pytest.raises(util.UserError, match='--num_way 3'):
         learner.evaluate(batch)
 
 
-def synthetic_args(**overrides):
-    args = dict(num_way=3, num_support=1, num_query=2, batch_size=2, num_train_iterations=5, test=False,
-                checkpoint_step=-1, num_test_tasks=4, num_val_tasks=2, device='cpu', num_workers=2, seed=0,
-                num_inner_steps=1, inner_lr=0.4, learn_inner_lrs=True, outer_lr=0.01, first_order=False,
-                num_hidden_channels=4, vmap_tasks='auto')
-    args.update(overrides)
-    return argparse.Namespace(**args)
+def synthetic_args(*flags):
+    """maml.py's flags parsed and checked, for a tiny 3-way model (first the defaults here, then flags)."""
+    args, _, _, _ = cli.parse(maml.SCRIPT, [
+        '--num_way', '3', '--num_support', '1', '--num_query', '2', '--batch_size', '2',
+        '--num_train_iterations', '5', '--num_test_tasks', '4', '--num_val_tasks', '2', '--learn_inner_lrs',
+        '--outer_lr', '0.01', '--num_hidden_channels', '4', *flags])
+    return args
+
+
+def build_learner(args, device):
+    return maml.build_learner(args, omniglot, device)
 
 
 def synthetic_sampler(split, args, seed, device):
     examples = torch.rand(6, 20, 1, 28, 28, generator=torch.Generator().manual_seed(len(split)))
-    return omniglot.TaskSampler(examples, args.num_way, args.num_support, args.num_query, seed, device)
+    return tasks.TaskSampler(examples, args.num_way, args.num_support, args.num_query, seed, device)
 
 
 def test_resume_continues_exactly_with_learned_lrs(tmp_path):
     straight, interrupted = str(tmp_path / 'a'), str(tmp_path / 'b')
-    training.run(synthetic_args(), straight, maml.build_learner, synthetic_sampler)
-    training.run(synthetic_args(num_train_iterations=2), interrupted, maml.build_learner, synthetic_sampler)
-    training.run(synthetic_args(checkpoint_step=1), interrupted, maml.build_learner, synthetic_sampler)
-    a = util.load_checkpoint(os.path.join(straight, 'state4.pt'))['learner']
-    b = util.load_checkpoint(os.path.join(interrupted, 'state4.pt'))['learner']
+    training.run(synthetic_args(), straight, build_learner, synthetic_sampler)
+    training.run(synthetic_args('--num_train_iterations', '2'), interrupted, build_learner, synthetic_sampler)
+    training.run(synthetic_args('--checkpoint_step', '1'), interrupted, build_learner, synthetic_sampler)
+    a = checkpoints.load(straight, 4)['learner']
+    b = checkpoints.load(interrupted, 4)['learner']
     for group in ('meta_parameters', 'inner_lrs'):
         for k in a[group]:
             assert torch.equal(a[group][k], b[group][k]), (group, k)
@@ -240,25 +256,31 @@ def test_resume_continues_exactly_with_learned_lrs(tmp_path):
 
 
 def test_test_time_inner_steps_may_differ(tmp_path, capsys):
-    training.run(synthetic_args(num_train_iterations=1), str(tmp_path), maml.build_learner, synthetic_sampler)
-    training.run(synthetic_args(test=True, num_inner_steps=3, num_support=2), str(tmp_path), maml.build_learner,
-                 synthetic_sampler)
+    training.run(synthetic_args('--num_train_iterations', '1'), str(tmp_path), build_learner, synthetic_sampler)
+    built = []
+
+    def recording_builder(args, device):
+        built.append(args.num_inner_steps)
+        return build_learner(args, device)
+    training.run(synthetic_args('--test', '--num_inner_steps', '3', '--num_support', '2'), str(tmp_path),
+                 recording_builder, synthetic_sampler, test_time_flags=maml.TEST_TIME_FLAGS)
+    training.run(synthetic_args('--test', '--num_support', '2'), str(tmp_path), recording_builder, synthetic_sampler,
+                 test_time_flags=maml.TEST_TIME_FLAGS)
+    assert built == [3, 1]  # given at --test: used; not given: as trained
     assert 'Accuracy over 4 test tasks' in capsys.readouterr().out
 
 
 def test_log_dir_names_hyperparameters_and_new_flags():
-    args = maml.parse_args(['--first_order'])
-    args.num_inner_steps = 1
-    assert maml.default_log_dir(args) == ('./logs/maml/omniglot.way_5.support_1.query_15.inner_steps_1.inner_lr_0.4'
-                                          '.learn_inner_lrs_False.outer_lr_0.001.batch_size_16.first_order_True')
+    args, defaults, algorithm, _ = cli.parse(maml.SCRIPT, ['--first_order'])
+    assert cli.default_log_dir(args, defaults, algorithm) == (
+        './logs/maml/omniglot.way_5.support_1.query_15.inner_steps_1.inner_lr_0.4'
+        '.learn_inner_lrs_False.outer_lr_0.001.batch_size_16.first_order_True')
 
 
 def test_short_real_run_is_clearly_above_chance(omniglot_dir, tmp_path):
     """80 meta-updates of 5-way 1-shot second-order MAML (inner lr 0.4) on real
     Omniglot, batches of 8 tasks. Chance is 0.2; such a run reached 0.72 on the
     64 validation tasks, so the bar of 0.5 leaves room for other seeds and CPUs."""
-    args = maml.parse_args(['--num_train_iterations', '80', '--batch_size', '8', '--data_dir', omniglot_dir,
-                            '--num_val_tasks', '64', '--log_dir', str(tmp_path)])
-    args.num_inner_steps = 1
-    training.run(args, str(tmp_path), maml.build_learner, omniglot.build_sampler)
-    assert util.load_checkpoint(str(tmp_path / 'state79.pt'))['val_score'] > 0.5
+    maml.main(['--num_train_iterations', '80', '--batch_size', '8', '--data_dir', omniglot_dir,
+               '--num_val_tasks', '64', '--log_dir', str(tmp_path)])
+    assert checkpoints.load(str(tmp_path), 79)['val_score'] > 0.5

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import cli
 import maml
 import metabolism
 import networks
@@ -176,7 +177,7 @@ def test_offline_without_data_names_datadir(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError('network unreachable')
     monkeypatch.setattr(urllib.request, 'urlopen', offline)
-    with pytest.raises(util.UserError, match='point --datadir at them'):
+    with pytest.raises(util.UserError, match='point --data_dir at them'):
         metabolism.load_metabolism(str(tmp_path / 'none'))
     assert not [p for p in os.listdir(tmp_path / 'none') if p.endswith('.part')]
 
@@ -196,10 +197,10 @@ def test_maml_on_the_mlp_vmap_equals_loop():
         {'a': [torch.rand(20, 16).numpy(), torch.rand(20, 16).numpy()]}, 2, 3, 4, seed=1).sample(3)
     grads = []
     for vmap in (False, True):
-        learner = maml.MAML(2, 2, 0.1, params={k: v.clone() for k, v in params.items()},
-                            forward=networks.mlp_net, vmap_tasks=vmap)
+        learner = maml.MAML(params={k: v.clone() for k, v in params.items()}, forward=networks.mlp_net,
+                            num_inner_steps=2, inner_lr=0.1, vmap_tasks=vmap)
         loss, _ = learner._task_metrics(batch, train=True)
-        grads.append(torch.autograd.grad(loss, list(learner._meta_parameters.values())))
+        grads.append(torch.autograd.grad(loss, list(learner.inner.meta_parameters.values())))
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-5)
 
@@ -232,14 +233,15 @@ def test_val_ci95_is_logged(tmp_path):
 
 
 def test_real_tables_short_protonet_run_beats_chance(metabolism_dir, tmp_path):
-    args = run_metabolism.parse_args(['--datadir', metabolism_dir, '--num_train_iterations', '1000'])
-    args.num_inner_steps = 1
+    args, _, algorithm, _ = cli.parse(run_metabolism.SCRIPT, ['--data_dir', metabolism_dir,
+                                                              '--num_train_iterations', '1000'])
     util.seed_everything(0)
-    learner = run_metabolism.build_learner(args, 'cpu')
+    learner = algorithm.build_learner(args, metabolism, 'cpu')
+    optimizer = training.build_optimizer(learner, args.learning_rate)
     train_sampler = metabolism.build_sampler('train', args, 0, 'cpu')
     val_sampler = metabolism.build_sampler('val', args, training.VAL_SEED, 'cpu')
     before = training.validate(learner, val_sampler, args)
-    training.train(learner, train_sampler, val_sampler, args, str(tmp_path))
+    training.train(learner, optimizer, train_sampler, val_sampler, args, str(tmp_path))
     after = training.validate(learner, val_sampler, args)
     # measured: 0.530 before, 0.579 +- 0.009 after 1000 steps (chance 0.5)
     assert after['query'] - after['ci95'] > 0.55, after

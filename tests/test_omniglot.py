@@ -1,4 +1,4 @@
-"""The Omniglot source, cache, split and task sampler."""
+"""The Omniglot source, cache and split."""
 import os
 import urllib.error
 import urllib.request
@@ -9,70 +9,6 @@ import torch
 
 import omniglot
 from util import UserError
-
-
-def id_examples(num_classes, num_drawings):
-    """(C, D, 1, 2, 2) examples whose every pixel is class * D + drawing."""
-    ids = torch.arange(num_classes * num_drawings, dtype=torch.int32).view(num_classes, num_drawings)
-    return ids.view(num_classes, num_drawings, 1, 1, 1).expand(-1, -1, 1, 2, 2).contiguous()
-
-
-def example_ids(images):
-    return images[..., 0, 0, 0].long()  # (B, M)
-
-
-def test_task_shapes_and_label_layout():
-    sampler = omniglot.TaskSampler(id_examples(30, 20), num_way=5, num_support=3, num_query=4, seed=0)
-    batch = sampler.sample(6)
-    assert batch.images_support.shape == (6, 15, 1, 2, 2)
-    assert batch.images_query.shape == (6, 20, 1, 2, 2)
-    assert batch.images_support.dtype == torch.float32
-    assert torch.equal(batch.labels_support[2], torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]))
-    assert torch.equal(batch.labels_query[5], torch.arange(5).repeat_interleave(4))
-    assert len(batch) == 6 and len(list(batch)) == 6  # course-style iteration over tasks
-
-
-def test_classes_distinct_and_support_query_disjoint():
-    num_drawings = 20
-    sampler = omniglot.TaskSampler(id_examples(12, num_drawings), num_way=5, num_support=5, num_query=15, seed=3)
-    batch = sampler.sample(32)
-    support, query = example_ids(batch.images_support), example_ids(batch.images_query)
-    for task in range(32):
-        support_class = support[task] // num_drawings
-        query_class = query[task] // num_drawings
-        # each label is one class, the same in support and query, and classes differ between labels
-        for label in range(5):
-            assert support_class[batch.labels_support[task] == label].unique().numel() == 1
-            assert torch.equal(query_class[batch.labels_query[task] == label].unique(),
-                               support_class[batch.labels_support[task] == label].unique())
-        assert support_class.unique().numel() == 5
-        drawn = torch.cat([support[task], query[task]])
-        assert drawn.unique().numel() == drawn.numel()  # no drawing twice: support and query disjoint
-
-
-def test_classes_come_in_random_order():
-    sampler = omniglot.TaskSampler(id_examples(5, 20), num_way=5, num_support=1, num_query=1, seed=0)
-    first = example_ids(sampler.sample(50).images_support) // 20  # (50, 5) class of label 0..4
-    assert len({tuple(row.tolist()) for row in first}) > 10
-
-
-def test_same_seed_same_tasks():
-    examples = id_examples(40, 20)
-    a = omniglot.TaskSampler(examples, 5, 2, 3, seed=7).sample(8)
-    b = omniglot.TaskSampler(examples, 5, 2, 3, seed=7).sample(8)
-    c = omniglot.TaskSampler(examples, 5, 2, 3, seed=8).sample(8)
-    assert torch.equal(a.images_support, b.images_support) and torch.equal(a.images_query, b.images_query)
-    assert not torch.equal(a.images_support, c.images_support)
-
-
-@pytest.mark.parametrize('way,support,query,message', [
-    (5, 10, 11, r'--num_support 10 \+ --num_query 11 = 21 exceeds the 20'),
-    (31, 1, 1, '--num_way 31 exceeds the 30 classes'),
-    (5, 0, 1, 'at least 1'),
-])
-def test_bad_task_shapes_are_clear_errors(way, support, query, message):
-    with pytest.raises(UserError, match=message):
-        omniglot.TaskSampler(id_examples(30, 20), way, support, query)
 
 
 def test_split_is_fixed_disjoint_and_complete():
@@ -93,11 +29,6 @@ def test_rotation_augmentation_makes_four_classes_per_character():
     for r in range(4):
         expected = torch.rot90(torch.from_numpy(images[character]), r, dims=(-2, -1))
         assert torch.equal(rotated[4 * 7 + r, :, 0], expected)
-
-
-def test_dataloader_yields_the_asked_number_of_tasks():
-    loader = omniglot.TaskLoader(omniglot.TaskSampler(id_examples(10, 20), 3, 1, 1), batch_size=4, num_tasks=10)
-    assert [len(b) for b in loader] == [4, 4, 2] and len(loader) == 3
 
 
 def test_cache_is_rebuilt_when_stale_or_corrupt(tmp_path):

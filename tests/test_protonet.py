@@ -10,9 +10,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import checkpoints
 import networks
-import omniglot
 import protonet
+import tasks
 import training
 import util
 
@@ -25,13 +26,13 @@ def tiny_encoder(hidden=6, dtype=torch.float64):
     for name, value in params.items():  # non-trivial BN affine parameters
         if name.startswith('bn'):
             value.uniform_(0.5, 1.5) if name.endswith('weight') else value.uniform_(-0.3, 0.3)
-    return protonet.FunctionalNet(networks.conv_features, params)
+    return networks.FunctionalNet(networks.conv_features, params)
 
 
 def random_batch(num_tasks=3, way=3, support=2, query=4, dtype=torch.float64, seed=1):
     generator = torch.Generator().manual_seed(seed)
     examples = torch.rand(10, 20, 1, 28, 28, generator=generator, dtype=dtype)
-    return omniglot.TaskSampler(examples, way, support, query, seed=seed).sample(num_tasks)
+    return tasks.TaskSampler(examples, way, support, query, seed=seed).sample(num_tasks)
 
 
 def reference_task(encoder, images_support, labels_support, images_query, labels_query, joint_batch_norm=False):
@@ -65,7 +66,7 @@ def reference_task(encoder, images_support, labels_support, images_query, labels
 def test_step_matches_independent_per_task_computation(joint_batch_norm):
     encoder = tiny_encoder()
     batch = random_batch()
-    learner = protonet.ProtoNet(encoder, 1e-3, joint_batch_norm=joint_batch_norm)
+    learner = protonet.ProtoNet(encoder, joint_batch_norm=joint_batch_norm)
     loss, support_accuracy, query_accuracy = learner._step(batch)
     reference = [reference_task(encoder, *task, joint_batch_norm=joint_batch_norm) for task in batch]
     assert loss.item() == pytest.approx(torch.stack([r[0] for r in reference]).mean().item(), abs=1e-10)
@@ -80,7 +81,7 @@ def test_batched_encoder_call_equals_per_task_loop_with_gradients(joint_batch_no
     batch = random_batch(num_tasks=4)
     results = []
     for per_call in (1, 2, 4):
-        learner = protonet.ProtoNet(encoder, 1e-3, tasks_per_call=per_call, joint_batch_norm=joint_batch_norm)
+        learner = protonet.ProtoNet(encoder, tasks_per_call=per_call, joint_batch_norm=joint_batch_norm)
         encoder.zero_grad()
         loss, accuracy = learner._task_metrics(batch)
         loss.backward()
@@ -96,7 +97,7 @@ def test_joint_batch_norm_changes_the_loss():
     """The two groupings are different functions, so the tests above tell them apart."""
     encoder = tiny_encoder()
     batch = random_batch()
-    separate, joint = (protonet.ProtoNet(encoder, 1e-3, joint_batch_norm=j)._step(batch)[0] for j in (False, True))
+    separate, joint = (protonet.ProtoNet(encoder, joint_batch_norm=j)._step(batch)[0] for j in (False, True))
     assert abs(separate.item() - joint.item()) > 1e-3
 
 
@@ -111,21 +112,26 @@ def test_per_task_batch_norm_differs_from_one_shared_group():
 
 
 def synthetic_args(**overrides):
+    """Checked flags as cli.parse makes them (num_support may be a list, a K sweep at --test)."""
     args = dict(num_way=3, num_support=2, num_query=3, batch_size=2, num_train_iterations=6, test=False,
                 checkpoint_step=-1, num_test_tasks=8, num_val_tasks=4, device='cpu', num_workers=2, seed=0,
-                learning_rate=1e-2)
+                learning_rate=1e-2, csv=None, joint_batch_norm=False)
     args.update(overrides)
-    return argparse.Namespace(**args)
+    if not isinstance(args['num_support'], list):
+        args['num_support'] = [args['num_support']]
+    args = argparse.Namespace(**args)
+    training.check_common_args(args)
+    return args
 
 
 def synthetic_sampler(split, args, seed, device):
     examples = torch.rand(8, 20, 1, 28, 28, generator=torch.Generator().manual_seed({'train': 0, 'val': 1,
                                                                                       'test': 2}[split]))
-    return omniglot.TaskSampler(examples, args.num_way, args.num_support, args.num_query, seed, device)
+    return tasks.TaskSampler(examples, args.num_way, args.num_support, args.num_query, seed, device)
 
 
 def small_learner(args, device):
-    return protonet.ProtoNet(tiny_encoder(hidden=4, dtype=torch.float32), args.learning_rate, device)
+    return protonet.ProtoNet(tiny_encoder(hidden=4, dtype=torch.float32), device)
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -134,12 +140,11 @@ def test_resume_continues_exactly(tmp_path):
     training.run(synthetic_args(num_train_iterations=3), interrupted, small_learner, synthetic_sampler)
     training.run(synthetic_args(num_train_iterations=6, checkpoint_step=2), interrupted, small_learner,
                  synthetic_sampler)
-    a = util.load_checkpoint(os.path.join(straight, 'state5.pt'))['learner']
-    b = util.load_checkpoint(os.path.join(interrupted, 'state5.pt'))['learner']
-    first = util.load_checkpoint(os.path.join(straight, 'state0.pt'))['learner']
-    for key in a['network']:
-        assert torch.equal(a['network'][key], b['network'][key]), key
-    assert any(not torch.equal(a['network'][k], first['network'][k]) for k in a['network'])  # it did train
+    a, b = checkpoints.load(straight, 5), checkpoints.load(interrupted, 5)
+    first = checkpoints.load(straight, 0)['learner']['network']
+    for key in a['learner']['network']:
+        assert torch.equal(a['learner']['network'][key], b['learner']['network'][key]), key
+    assert any(not torch.equal(a['learner']['network'][k], first[k]) for k in first)  # it did train
     assert torch.equal(a['optimizer']['state'][0]['exp_avg'], b['optimizer']['state'][0]['exp_avg'])
 
 
@@ -153,16 +158,17 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 def test_checkpoint_round_trip_and_best_step(tmp_path):
     args = synthetic_args()
     learner = small_learner(args, 'cpu')
+    optimizer = training.build_optimizer(learner, args.learning_rate)
     generator = torch.Generator().manual_seed(3)
-    training.save_checkpoint(str(tmp_path), 7, learner, generator, args, val_score=0.9)
-    training.save_checkpoint(str(tmp_path), 9, learner, generator, args, val_score=0.8)
+    checkpoints.save(str(tmp_path), 7, learner, optimizer, generator, args, val_score=0.9)
+    checkpoints.save(str(tmp_path), 9, learner, optimizer, generator, args, val_score=0.8)
     assert sorted(os.listdir(tmp_path)) == ['state7.pt', 'state9.pt']  # no temporary files left
-    assert training.best_checkpoint_step(str(tmp_path)) == 7
+    assert checkpoints.best_step(str(tmp_path)) == 7
     other = small_learner(args, 'cpu')
     with torch.no_grad():
         for p in other._network.parameters():
             p.add_(1)
-    other.load_state(util.load_checkpoint(str(tmp_path / 'state7.pt'))['learner'])
+    other.load_state(checkpoints.load(str(tmp_path), 7)['learner'])
     for p, q in zip(learner._network.parameters(), other._network.parameters()):
         assert torch.equal(p, q)
 
@@ -194,7 +200,10 @@ def test_test_mode_prints_the_confidence_line(tmp_path, capsys):
 
 def test_checkpoint_older_than_a_flag_is_tested_with_the_flag_as_given(tmp_path):
     """A checkpoint whose stored flags lack one added later (here --joint_batch_norm)."""
-    training.run(synthetic_args(num_train_iterations=2), str(tmp_path), small_learner, synthetic_sampler)
+    older = synthetic_args(num_train_iterations=2)
+    del older.joint_batch_norm
+    training.run(older, str(tmp_path), small_learner, synthetic_sampler)
+    assert 'joint_batch_norm' not in checkpoints.load(str(tmp_path), 1)['args']
     built = []
 
     def learner_reading_the_new_flag(args, device):
@@ -224,9 +233,11 @@ def test_support_sweep_prints_a_line_per_k_and_writes_csv(tmp_path, capsys):
     assert [float(r['mean']) for r in rows] == pytest.approx([m for m, _ in sweep], abs=1e-6)
 
 
-def test_support_sweep_only_at_test(tmp_path):
+def test_support_sweep_only_at_test():
     with pytest.raises(util.UserError, match='several values only with --test'):
-        training.run(synthetic_args(num_support=[1, 2]), str(tmp_path), small_learner, synthetic_sampler)
+        synthetic_args(num_support=[1, 2])
+    with pytest.raises(util.UserError, match='several values only with --test'):
+        protonet.main(['--num_support', '1', '2'])
 
 
 # ------------------------------------------------------------ command line
@@ -278,8 +289,7 @@ def test_cli_support_plus_query_over_20(omniglot_dir, tmp_path):
 def test_short_real_training_is_clearly_above_chance(omniglot_dir, tmp_path):
     """25 meta-updates of 5-way 5-shot ProtoNet on real Omniglot. Chance is 0.2;
     such runs reach about 0.95 on validation, so the bar of 0.85 is robust."""
-    args = protonet.parse_args(['--num_support', '5', '--num_train_iterations', '25', '--data_dir', omniglot_dir,
-                                '--num_val_tasks', '48', '--log_dir', str(tmp_path)])
-    training.run(args, str(tmp_path), protonet.build_learner, omniglot.build_sampler)
-    score = util.load_checkpoint(str(tmp_path / 'state24.pt'))['val_score']
+    protonet.main(['--num_support', '5', '--num_train_iterations', '25', '--data_dir', omniglot_dir,
+                   '--num_val_tasks', '48', '--log_dir', str(tmp_path)])
+    score = checkpoints.load(str(tmp_path), 24)['val_score']
     assert score > 0.85

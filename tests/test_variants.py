@@ -6,14 +6,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoints
+import cli
 import maml
 import networks
-import omniglot
+import reptile
 import sinusoid
+import tasks
 import training
 import util
-from omniglot import TaskBatch
-from test_maml import assert_meta_gradient_matches_finite_differences, copy_of, meta_gradients, random_batch, tiny_maml
+from tasks import TaskBatch
+from test_maml import (assert_meta_gradient_matches_finite_differences, copy_of, meta_gradients, random_batch,
+                       take_step, tiny_maml)
 
 
 def support_of_first_task():
@@ -31,7 +35,7 @@ def test_adagrad_inner_steps_match_a_hand_computation():
         params = {k: v.detach().requires_grad_() for k, v in params.items()}
         loss = F.cross_entropy(networks.conv_net(params, images), labels)
         return dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
-    theta = {k: v.detach() for k, v in learner._meta_parameters.items()}
+    theta = {k: v.detach() for k, v in learner.inner.meta_parameters.items()}
     g1 = gradient(theta)
     n1 = {k: g1[k] ** 2 for k in theta}
     phi1 = {k: theta[k] - lr * g1[k] / torch.sqrt(n1[k] + eps) for k in theta}
@@ -47,20 +51,20 @@ def test_adagrad_inner_steps_match_a_hand_computation():
                                       dict(inner_optimizer='adagrad', learn_inner_lrs_per_step=True)])
 def test_lslr_and_adagrad_meta_gradients_match_finite_differences(variants):
     learner = tiny_maml(num_inner_steps=2, inner_lr=0.2, **variants)
-    assert all(lr.shape == (2,) and lr.requires_grad for lr in learner._inner_lrs.values())
-    assert set(learner._inner_lrs) == set(learner._meta_parameters)
+    assert all(lr.shape == (2,) and lr.requires_grad for lr in learner.inner.inner_lrs.values())
+    assert set(learner.inner.inner_lrs) == set(learner.inner.meta_parameters)
     assert_meta_gradient_matches_finite_differences(learner, random_batch(), min_checked=40)
     _, _, grads = meta_gradients(learner, random_batch())
-    assert all((grads[f'lr/{k}'] != 0).all() for k in learner._inner_lrs)  # each step's rate is trained
+    assert all((grads[f'lr/{k}'] != 0).all() for k in learner.inner.inner_lrs)  # each step's rate is trained
 
 
 def test_lslr_past_the_trained_steps_uses_the_last_rate():
     learner = tiny_maml(num_inner_steps=2, learn_inner_lrs_per_step=True)
     with torch.no_grad():
-        for lr in learner._inner_lrs.values():
+        for lr in learner.inner.inner_lrs.values():
             lr.copy_(torch.tensor([0.1, 0.2]))
-    assert learner._inner_lr('conv0', 0).item() == pytest.approx(0.1)
-    assert learner._inner_lr('conv0', 5).item() == pytest.approx(0.2)
+    assert learner.inner.inner_lr('conv0', 0).item() == pytest.approx(0.1)
+    assert learner.inner.inner_lr('conv0', 5).item() == pytest.approx(0.2)
 
 
 def test_derivative_order_annealing_switches_at_step_n():
@@ -70,8 +74,8 @@ def test_derivative_order_annealing_switches_at_step_n():
 
     def gradients_of_step(learner, step):
         copy = copy_of(learner, first_order=learner.first_order, anneal_derivative_order=3 if learner is annealed else 0)
-        copy.train_step(batch, step)
-        return {k: v.grad for k, v in copy._meta_parameters.items()}
+        take_step(copy, batch, step)
+        return {k: v.grad for k, v in copy.inner.meta_parameters.items()}
 
     def same(a, b):
         return all(torch.allclose(a[k], b[k], rtol=1e-10, atol=1e-14) for k in a)
@@ -85,14 +89,14 @@ def test_anil_adapts_only_the_head_but_meta_learns_the_body():
     learner = tiny_maml(num_inner_steps=2, anil=True)
     images, labels = support_of_first_task()
     adapted, _, gradients = learner._inner_loop(images, labels, train=True)
-    for k, meta in learner._meta_parameters.items():
+    for k, meta in learner.inner.meta_parameters.items():
         if k.startswith('head'):
             assert not torch.equal(adapted[k], meta), k
         else:
             assert adapted[k] is meta, k
-    assert set(gradients[0]) == {'head', 'head_bias'} and set(learner._inner_lrs) == {'head', 'head_bias'}
+    assert set(gradients[0]) == {'head', 'head_bias'} and set(learner.inner.inner_lrs) == {'head', 'head_bias'}
     _, _, grads = meta_gradients(learner, random_batch())
-    assert all(grads[k].abs().sum() > 0 for k in learner._meta_parameters)
+    assert all(grads[k].abs().sum() > 0 for k in learner.inner.meta_parameters)
 
 
 def test_multi_step_loss_weights_and_loss():
@@ -106,7 +110,7 @@ def test_multi_step_loss_weights_and_loss():
     loss, _ = learner._task_metrics(batch, train=True, loss_weights=weights)
     expected = 0
     for images_support, labels_support, images_query, labels_query in batch:
-        history, _, _ = learner._adapt(images_support, labels_support, create_graph=True, train=True)
+        history, _, _ = learner.inner.adapt(images_support, labels_support, create_graph=True, train=True)
         expected += sum(w * F.cross_entropy(networks.conv_net(history[s + 1], images_query), labels_query)
                         for s, w in enumerate(weights.tolist())) / len(batch)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
@@ -114,11 +118,13 @@ def test_multi_step_loss_weights_and_loss():
 
 def test_cosine_outer_lr():
     learner = tiny_maml(cosine_outer_lr=True, num_train_iterations=100)
-    assert learner._outer_lr_at(0) == pytest.approx(learner.outer_lr)
-    assert learner._outer_lr_at(50) == pytest.approx(learner.outer_lr / 2)
-    learner.train_step(random_batch(), 75)
-    assert learner.optimizer.param_groups[0]['lr'] == pytest.approx(learner.outer_lr * (1 + math.cos(0.75 * math.pi)) / 2)
-    assert learner.extra_scalars()['outer_lr'] == learner.optimizer.param_groups[0]['lr']
+    assert learner.lr_schedule == 'cosine' and learner.lr_tag == 'outer_lr'
+    assert training.learning_rate_at('cosine', 0.01, 0, 100) == pytest.approx(0.01)
+    assert training.learning_rate_at('cosine', 0.01, 50, 100) == pytest.approx(0.005)
+    optimizer = take_step(learner, random_batch(), 75, learning_rate=0.01, total=100)
+    assert optimizer.param_groups[0]['lr'] == pytest.approx(0.01 * (1 + math.cos(0.75 * math.pi)) / 2)
+    assert tiny_maml().lr_schedule == 'constant'
+    assert training.learning_rate_at('constant', 0.01, 75, 100) == 0.01
 
 
 def test_vmap_path_agrees_with_loop_for_the_variants():
@@ -131,7 +137,7 @@ def test_vmap_path_agrees_with_loop_for_the_variants():
     results = []
     for learner in (loop, vmapped):
         loss, metrics = learner._task_metrics(batch, train=True, loss_weights=weights)
-        tensors = list(learner._meta_parameters.values()) + list(learner._inner_lrs.values())
+        tensors = list(learner.inner.meta_parameters.values()) + list(learner.inner.inner_lrs.values())
         results.append((loss, metrics, torch.autograd.grad(loss, tensors)))
     (loss_a, metrics_a, grads_a), (loss_b, metrics_b, grads_b) = results
     assert torch.allclose(loss_a, loss_b, rtol=1e-12)
@@ -154,16 +160,17 @@ def test_reptile_meta_update_on_a_quadratic_has_the_closed_form():
 
     def forward(params, x, fused_bn=True):
         return params['w'].expand(x.shape[0], dim)
-    learner = maml.Reptile(1, steps, inner_lr, outer_lr=epsilon, params={'w': theta.clone()}, forward=forward,
-                           regression=True, variants=maml.Variants(num_train_iterations=total), dtype=torch.float64)
+    learner = reptile.Reptile(params={'w': theta.clone()}, forward=forward, task=tasks.REGRESSION,
+                              num_inner_steps=steps, inner_lr=inner_lr)
+    assert learner.optimizer == 'sgd' and learner.lr_schedule == 'linear'
     targets = centres.unsqueeze(1)  # (B, 1, D)
     batch = TaskBatch(torch.zeros(2, 2, 1), targets.expand(2, 2, dim), torch.zeros(2, 3, 1), targets.expand(2, 3, dim))
     shrink = 1 - (1 - 2 * inner_lr / dim) ** steps
     for step in (0, 5):
-        before = learner._meta_parameters['w'].detach().clone()
-        learner.train_step(batch, step)
+        before = learner.inner.meta_parameters['w'].detach().clone()
+        take_step(learner, batch, step, learning_rate=epsilon, total=total)
         expected = before + epsilon * (1 - step / total) * shrink * (centres.mean(0) - before)
-        assert torch.allclose(learner._meta_parameters['w'], expected, rtol=1e-12)
+        assert torch.allclose(learner.inner.meta_parameters['w'], expected, rtol=1e-12)
 
 
 def test_reptile_flags_exclude_meta_gradient_options():
@@ -192,20 +199,20 @@ def test_maml_on_sinusoids_adapts(tmp_path):
     """A short second-order MAML run (1200 steps of 25 tasks, K = 10, inner LR 0.01):
     one inner step then cuts the query MSE well below the unadapted prediction's
     (measured after 1000 steps: 2.60 -> 1.42 on 64 validation tasks)."""
-    args = maml.parse_args(['--dataset', 'sinusoid', '--num_train_iterations', '1200', '--num_val_tasks', '200',
-                            '--log_dir', str(tmp_path)])
-    args.num_inner_steps = 1
+    args, _, _, _ = cli.parse(maml.SCRIPT, ['--dataset', 'sinusoid', '--num_train_iterations', '1200',
+                                            '--num_val_tasks', '200', '--log_dir', str(tmp_path)])
     util.seed_everything(0)
-    learner = maml.build_learner(args, 'cpu')
-    train_sampler = maml.build_sampler('train', args, 0, 'cpu')
-    val_sampler = maml.build_sampler('val', args, training.VAL_SEED, 'cpu')
-    training.train(learner, train_sampler, val_sampler, args, str(tmp_path))
+    learner = maml.build_learner(args, sinusoid, 'cpu')
+    optimizer = training.build_optimizer(learner, args.learning_rate)
+    train_sampler = sinusoid.build_sampler('train', args, 0, 'cpu')
+    val_sampler = sinusoid.build_sampler('val', args, training.VAL_SEED, 'cpu')
+    training.train(learner, optimizer, train_sampler, val_sampler, args, str(tmp_path))
     metrics = training.validate(learner, val_sampler, args)
     assert metrics['post_adapt_query'] < 0.7 * metrics['pre_adapt_query'], metrics
     assert metrics['post_adapt_support'] < metrics['pre_adapt_support']
-    assert training.best_checkpoint_step(str(tmp_path)) == min(
-        training.saved_steps(str(tmp_path)),
-        key=lambda s: util.load_checkpoint(str(tmp_path / f'state{s}.pt'))['val_score'])  # lowest MSE is best
+    assert checkpoints.best_step(str(tmp_path)) == min(
+        checkpoints.saved_steps(str(tmp_path)),
+        key=lambda s: checkpoints.load(str(tmp_path), s)['val_score'])  # lowest MSE is best
 
 
 # ---------------------------------------------------------------- real Omniglot
@@ -217,14 +224,14 @@ def test_short_real_runs_are_clearly_above_chance(omniglot_dir, tmp_path, flags,
     """80 meta-updates of 8 tasks, 5-way 1-shot, on real Omniglot: first-order MAML and Reptile.
     Fine-tuning an untrained conv net already scores well above chance (0.73 with
     Reptile's 5 steps), so the run must also beat its own starting point."""
-    args = maml.parse_args([*flags, '--num_train_iterations', '80', '--batch_size', '8', '--data_dir', omniglot_dir,
-                            '--num_val_tasks', '64', '--log_dir', str(tmp_path)])
-    args.num_inner_steps = args.num_inner_steps or 1
+    argv = [*flags, '--num_train_iterations', '80', '--batch_size', '8', '--data_dir', omniglot_dir,
+            '--num_val_tasks', '64', '--log_dir', str(tmp_path)]
+    args, _, algorithm, dataset = cli.parse(maml.SCRIPT, argv)
     util.seed_everything(args.seed)  # the same initialisation as training.run's
-    untrained = training.validate(maml.build_learner(args, 'cpu'),
-                                  maml.build_sampler('val', args, training.VAL_SEED, 'cpu'), args)
-    training.run(args, str(tmp_path), maml.build_learner, maml.build_sampler)
-    trained = util.load_checkpoint(str(tmp_path / 'state79.pt'))['val_score']
+    untrained = training.validate(algorithm.build_learner(args, dataset, 'cpu'),
+                                  dataset.build_sampler('val', args, training.VAL_SEED, 'cpu'), args)
+    maml.main(argv)
+    trained = checkpoints.load(str(tmp_path), 79)['val_score']
     assert trained > bar and trained > untrained['post_adapt_query'] + gain, (untrained, trained)
 
 
@@ -232,13 +239,13 @@ def test_short_real_runs_are_clearly_above_chance(omniglot_dir, tmp_path, flags,
 
 def test_per_step_bn_keeps_separate_statistics_and_weights_per_step():
     learner = tiny_maml(num_inner_steps=2, per_step_bn=True, inner_lr=0.3)
-    assert learner._meta_parameters['bn0_weight'].shape == (3, 4) and not learner.vmap_tasks
-    assert 'bn0_weight' not in learner._adapted_keys and 'conv0' in learner._adapted_keys
-    learner.train_step(random_batch(), 0)
-    means = [row[0][0] for row in learner._bn_running]  # block 0's running mean at steps 0, 1, 2
+    assert learner.inner.meta_parameters['bn0_weight'].shape == (3, 4) and not learner.inner.vmap_tasks
+    assert 'bn0_weight' not in learner.inner.adapted_keys and 'conv0' in learner.inner.adapted_keys
+    take_step(learner, random_batch(), 0)
+    means = [row[0][0] for row in learner.inner.bn_running]  # block 0's running mean at steps 0, 1, 2
     assert all(m.abs().sum() > 0 for m in means)
     assert not torch.allclose(means[0], means[1]) and not torch.allclose(means[1], means[2])
-    grad = learner._meta_parameters['bn1_weight'].grad
+    grad = learner.inner.meta_parameters['bn1_weight'].grad
     assert all(grad[row].abs().sum() > 0 for row in range(3))  # every step's BN weights are meta-learned
 
 
@@ -249,20 +256,20 @@ def test_per_step_bn_evaluation_is_not_transductive():
     for per_step_bn, independent in ((True, True), (False, False)):
         learner = tiny_maml(num_inner_steps=1, per_step_bn=per_step_bn)
         if per_step_bn:
-            learner.train_step(random_batch(), 0)  # non-trivial running statistics
-        params = {k: v.detach() for k, v in learner._meta_parameters.items()}
+            take_step(learner, random_batch(), 0)  # non-trivial running statistics
+        params = {k: v.detach() for k, v in learner.inner.meta_parameters.items()}
         with torch.no_grad():
-            alone = learner._forward(images[:2], params, 1)
-            together = learner._forward(images, params, 1)[:2]
+            alone = learner.inner.forward(images[:2], params, 1)
+            together = learner.inner.forward(images, params, 1)[:2]
         assert torch.allclose(alone, together, atol=1e-10) == independent
 
 
 def test_per_step_bn_state_round_trip_and_step_mismatch():
     learner = tiny_maml(num_inner_steps=2, per_step_bn=True)
-    learner.train_step(random_batch(), 0)
+    take_step(learner, random_batch(), 0)
     other = tiny_maml(num_inner_steps=2, per_step_bn=True, seed=5)
     other.load_state(learner.state())
-    for row_a, row_b in zip(learner._bn_running, other._bn_running):
+    for row_a, row_b in zip(learner.inner.bn_running, other.inner.bn_running):
         for (mean_a, var_a), (mean_b, var_b) in zip(row_a, row_b):
             assert torch.equal(mean_a, mean_b) and torch.equal(var_a, var_b)
     assert learner.evaluate(random_batch())['post_adapt_query'].tolist() == \

@@ -1,0 +1,100 @@
+"""The command line of every script: the tables of algorithms and datasets,
+flags parsed and checked once, and the default log dir.
+
+A script (protonet.py, maml.py, run_metabolism.py) names the algorithms and
+datasets it offers; `--algorithm` and `--dataset` pick among them (at --test,
+the checkpoint's are used unless given). Defaults come, later ones winning,
+from training.add_common_args (the course's Omniglot settings), the
+algorithm's DEFAULTS, the dataset's DEFAULTS and the dataset's
+ALGORITHM_DEFAULTS for that algorithm.
+"""
+import argparse
+import dataclasses
+import importlib
+
+import checkpoints
+import training
+import util
+
+# --algorithm and --dataset names -> their modules (the interfaces: docs/architecture.md)
+ALGORITHMS = {'protonet': 'protonet', 'maml': 'maml', 'reptile': 'reptile'}
+DATASETS = {'omniglot': 'omniglot', 'metabolism': 'metabolism', 'sinusoid': 'sinusoid'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Script:
+    description: str
+    algorithms: tuple  # the first is the default
+    datasets: tuple  # the first is the default
+
+
+def algorithm_module(name):
+    return importlib.import_module(ALGORITHMS[name])
+
+
+def dataset_module(name):
+    return importlib.import_module(DATASETS[name])
+
+
+def _chosen(script, argv):
+    """The algorithm and dataset names the command line asks for; at --test with
+    --log_dir and without them, the ones the checkpoints there were trained with."""
+    pre = argparse.ArgumentParser(add_help=False)
+    for flag in ('--algorithm', '--dataset', '--log_dir'):
+        pre.add_argument(flag)
+    pre.add_argument('--test', action='store_true')
+    known, _ = pre.parse_known_args(argv)
+    trained = checkpoints.latest_flags(known.log_dir) if known.test and known.log_dir else {}
+    algorithm = known.algorithm or trained.get('algorithm')
+    dataset = known.dataset or trained.get('dataset')
+    if algorithm is not None and algorithm not in script.algorithms:
+        if known.algorithm is None:
+            raise util.UserError(f'{known.log_dir} holds a {algorithm} model; test it with '
+                                 f'{"protonet.py" if algorithm == "protonet" else "maml.py"} or run_metabolism.py')
+        algorithm = None  # argparse names the choices
+    return (algorithm or script.algorithms[0],
+            dataset if dataset in script.datasets else script.datasets[0])
+
+
+def parse(script, argv=None):
+    """Parse and check the flags once. Returns (args, defaults, algorithm module, dataset module);
+    defaults: every flag's default for this algorithm and dataset."""
+    algorithm_name, dataset_name = _chosen(script, argv)
+    algorithm, dataset = algorithm_module(algorithm_name), dataset_module(dataset_name)
+    parser = argparse.ArgumentParser(description=script.description)
+    if len(script.algorithms) > 1:
+        parser.add_argument('--algorithm', choices=script.algorithms, help='the meta-learning algorithm')
+    if len(script.datasets) > 1:
+        parser.add_argument('--dataset', choices=script.datasets, help='the tasks (flags below are this one\'s)')
+    training.add_common_args(parser)
+    dataset.add_args(parser)
+    algorithm.add_args(parser)
+    flags = vars(parser.parse_args([]))
+    defaults = {**algorithm.DEFAULTS, **dataset.DEFAULTS, **dataset.ALGORITHM_DEFAULTS.get(algorithm_name, {})}
+    parser.set_defaults(algorithm=algorithm_name, dataset=dataset_name,
+                        **{k: v for k, v in defaults.items() if k in flags})
+    args = parser.parse_args(argv)
+    if dataset.TASK.name not in algorithm.TASK_KINDS:
+        raise util.UserError(f'--algorithm {algorithm_name} does not do {dataset.TASK.name} '
+                             f'(--dataset {dataset_name})')
+    training.check_common_args(args)
+    dataset.check_args(args)
+    algorithm.check_args(args)
+    return args, vars(parser.parse_args([])), algorithm, dataset
+
+
+def default_log_dir(args, defaults, algorithm):
+    """./logs/ALGORITHM/DATASET.HYPERPARAMETERS (metabolism: ./logs/metabolism/ALGORITHM.HYPERPARAMETERS,
+    the course's Part 4 layout)."""
+    hyperparameters = algorithm.log_name(args, defaults)
+    if args.dataset == 'metabolism':
+        return f'./logs/metabolism/{args.algorithm}.{hyperparameters}'
+    return f'./logs/{args.algorithm}/{args.dataset}.{hyperparameters}'
+
+
+def main(script, argv=None):
+    """Parse the flags, then train or test (training.run)."""
+    args, defaults, algorithm, dataset = parse(script, argv)
+    log_dir = args.log_dir or default_log_dir(args, defaults, algorithm)
+    return training.run(args, log_dir, lambda run_args, device: algorithm.build_learner(run_args, dataset, device),
+                        dataset.build_sampler, dataset.after_test, algorithm.TEST_TIME_FLAGS)

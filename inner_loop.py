@@ -1,0 +1,192 @@
+"""The inner loop shared by MAML and Reptile: meta-parameters, inner learning
+rates, and the adaptation of the meta-parameters to one task's examples (a
+per-task loop) or to a batch of tasks at once (torch.vmap).
+
+The inner-loop options (Adagrad steps, per-step learned rates, ANIL, MAML++'s
+per-step batch norm) are fields of `Variants`; argparse takes its defaults
+from there.
+"""
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+import networks
+import tasks
+from util import UserError
+
+
+@dataclasses.dataclass
+class Variants:
+    """Options beyond plain MAML, all off by default."""
+    inner_optimizer: str = 'sgd'  # 'adagrad': n += g^2, phi -= lr * g / sqrt(n + eps), per task
+    inner_adagrad_eps: float = 0.7
+    learn_inner_lrs_per_step: bool = False  # LSLR: one learned LR per tensor and inner step
+    anil: bool = False  # adapt only the head in the inner loop
+    anneal_derivative_order: int = 0  # first-order for the first N outer steps, then second-order
+    multi_step_loss: bool = False  # MSL: weighted query losses after every inner step
+    cosine_outer_lr: bool = False  # cosine annealing of the outer LR to 0 over the run
+    per_step_bn: bool = False  # BNRS + BNWB: per-step batch-norm weights, biases and running statistics
+    num_train_iterations: int = 1  # the run's length, for the MSL schedule
+
+    @classmethod
+    def from_args(cls, args):
+        return cls(**{f.name: vars(args)[f.name] for f in dataclasses.fields(cls)})
+
+
+class InnerLoop:
+    """Meta-parameters theta, inner learning rates, and phi = adapt(theta, task examples)."""
+
+    def __init__(self, params, forward, task=tasks.CLASSIFICATION, num_inner_steps=1, inner_lr=0.4,
+                 learn_inner_lrs=False, device='cpu', vmap_tasks=None, variants=None):
+        """params, forward: the network, forward(params, x, fused_bn=..., norm=...) -> (M, outputs).
+        vmap_tasks: adapt a meta-batch's tasks with torch.vmap (True) or in a loop (False);
+        None picks the measured faster one for the device."""
+        self.device = torch.device(device)
+        self.task = task
+        self.num_inner_steps = num_inner_steps
+        self.variants = variants or Variants()
+        self.vmap_tasks = self.device.type != 'cpu' if vmap_tasks is None else vmap_tasks
+        self._network = forward
+        if self.variants.per_step_bn:
+            params = self._init_per_step_bn(params)
+        self.meta_parameters = {k: v.to(self.device).requires_grad_() for k, v in params.items()}
+        self.adapted_keys = [k for k in params if self._adapts(k)]
+        per_step = self.variants.learn_inner_lrs_per_step
+        self.learn_inner_lrs = learn_inner_lrs or per_step
+        dtype = next(iter(params.values())).dtype
+        self.inner_lrs = {k: torch.full((num_inner_steps,) if per_step else (), inner_lr, dtype=dtype,
+                                        device=self.device, requires_grad=self.learn_inner_lrs)
+                          for k in self.adapted_keys}
+
+    def _adapts(self, key):
+        """Whether the inner loop updates this tensor: the head always; the body unless
+        ANIL; per-step batch-norm rows never (they are meta-learned only)."""
+        if key.startswith('head'):
+            return True
+        return not self.variants.anil and not (self.variants.per_step_bn and key.startswith('bn'))
+
+    def _init_per_step_bn(self, params):
+        """MAML++ BNWB + BNRS: each BN weight and bias becomes (L+1, C), one row per inner
+        step and one for the adapted pass, and each row has running statistics, updated
+        while meta-training and used instead of batch statistics when evaluating."""
+        blocks = sorted(k for k in params if k.startswith('bn') and k.endswith('_weight'))
+        if not blocks:
+            raise UserError('--per_step_bn needs a network with batch norm (not --dataset sinusoid)')
+        rows = self.num_inner_steps + 1
+        self.vmap_tasks = False  # running statistics are updated in place: per-task loop only
+        like = {'dtype': params[blocks[0]].dtype, 'device': self.device}
+        self.bn_running = [[(torch.zeros(params[k].shape[0], **like), torch.ones(params[k].shape[0], **like))
+                            for k in blocks] for _ in range(rows)]
+        return {k: v.expand(rows, *v.shape).clone() if k.startswith('bn') else v for k, v in params.items()}
+
+    def forward(self, images, parameters, step=0, train=False):
+        """(M, ...) examples of one task -> (M, outputs) under the given parameters.
+        --per_step_bn: step picks the batch-norm row; train normalises with the batch's
+        statistics and updates the running ones, else the running ones are used."""
+        if not self.variants.per_step_bn:
+            return self._network(parameters, images, fused_bn=not self.vmap_tasks)
+        row = min(step, len(self.bn_running) - 1)
+
+        def norm(x, i):
+            mean, var = self.bn_running[row][i]
+            return F.batch_norm(x, mean, var, parameters[f'bn{i}_weight'][row], parameters[f'bn{i}_bias'][row],
+                                training=train, momentum=0.1, eps=networks.BN_EPS)
+        return self._network(parameters, images, norm=norm)
+
+    def inner_lr(self, key, step):
+        """The inner LR of a tensor at an inner step (LSLR: its own; past the trained steps: the last)."""
+        lr = self.inner_lrs[key]
+        return lr[min(step, lr.shape[0] - 1)] if lr.dim() else lr
+
+    def _update(self, parameters, grads, squares, step):
+        """One inner step on the adapted tensors: SGD, or Adagrad with squares = running sums of g^2."""
+        parameters, squares = dict(parameters), dict(squares)
+        for k in self.adapted_keys:
+            direction = grads[k]
+            if self.variants.inner_optimizer == 'adagrad':
+                squares[k] = squares.get(k, 0) + direction.square()
+                direction = direction / torch.sqrt(squares[k] + self.variants.inner_adagrad_eps)
+            parameters[k] = parameters[k] - self.inner_lr(k, step) * direction
+        return parameters, squares
+
+    def adapt(self, images, labels, create_graph, train):
+        """Adapt to one task's examples: images (M, ...), labels (M,) or (M, outputs).
+
+        Returns:
+            history: L+1 parameter dicts, the meta-parameters then after each inner step.
+            metrics: L+1 metrics (0-d tensors) on these examples, before each step and after the last.
+            gradients: the L dicts of inner-loop gradients of the adapted tensors.
+        With train=False nothing returned requires grad.
+        """
+        parameters = self.meta_parameters if train else {k: v.detach() for k, v in self.meta_parameters.items()}
+        history, metrics, gradients, squares = [parameters], [], [], {}
+        for step in range(self.num_inner_steps):
+            if not train:
+                parameters = {k: v.detach().requires_grad_(k in self.adapted_keys) for k, v in parameters.items()}
+            with torch.enable_grad():
+                outputs = self.forward(images, parameters, step, train)
+                grads = torch.autograd.grad(self.task.loss(outputs, labels),
+                                            [parameters[k] for k in self.adapted_keys], create_graph=create_graph)
+            grads = dict(zip(self.adapted_keys, grads))
+            metrics.append(self.task.metric(outputs, labels))
+            gradients.append(grads)
+            parameters, squares = self._update(parameters, grads, squares, step)
+            if not train:
+                parameters = {k: v.detach() for k, v in parameters.items()}
+                squares = {k: v.detach() for k, v in squares.items()}
+            history.append(parameters)
+        with torch.no_grad():
+            metrics.append(self.task.metric(self.forward(images, parameters, self.num_inner_steps, train), labels))
+        return history, metrics, gradients
+
+    def adapt_vmapped(self, images, labels, create_graph, train):
+        """adapt() for a batch of tasks at once with torch.func.
+
+        Args: images (B, M, ...), labels (B, M) or (B, M, outputs).
+        Returns: history (L+1 dicts of (B, *shape) parameters) and (B, L+1) metrics.
+        """
+        meta = self.meta_parameters
+
+        def support_loss(adapted, fixed, x, y):
+            outputs = self.forward(x, {**fixed, **adapted})
+            return self.task.loss(outputs, y), outputs
+
+        def adapt(x, y):
+            parameters, squares, history, metrics = meta, {}, [meta], []
+            for step in range(self.num_inner_steps):
+                adapted = {k: parameters[k] for k in self.adapted_keys}
+                fixed = {k: v for k, v in parameters.items() if k not in adapted}
+                grads, outputs = torch.func.grad(support_loss, has_aux=True)(adapted, fixed, x, y)
+                if not create_graph:
+                    grads = {k: g.detach() for k, g in grads.items()}
+                metrics.append(self.task.metric(outputs, y))
+                parameters, squares = self._update(parameters, grads, squares, step)
+                history.append(parameters)
+            metrics.append(self.task.metric(self.forward(x, parameters), y))
+            return history, torch.stack(metrics)
+
+        with torch.set_grad_enabled(train):
+            return torch.vmap(adapt)(images, labels)
+
+    def state(self):
+        state = {'meta_parameters': {k: v.detach().cpu() for k, v in self.meta_parameters.items()},
+                 'inner_lrs': {k: v.detach().cpu() for k, v in self.inner_lrs.items()}}
+        if self.variants.per_step_bn:
+            state['bn_running'] = [[(m.cpu(), v.cpu()) for m, v in row] for row in self.bn_running]
+        return state
+
+    def load_state(self, state):
+        rows = [v.shape[0] for k, v in state['meta_parameters'].items() if self.variants.per_step_bn and k[:2] == 'bn']
+        if rows and rows[0] != len(self.bn_running):
+            raise UserError(f'this --per_step_bn model has batch-norm rows for {rows[0] - 1} inner steps; '
+                            f'test it with --num_inner_steps {rows[0] - 1}')
+        with torch.no_grad():
+            for k, v in state['meta_parameters'].items():
+                self.meta_parameters[k].copy_(v)
+            for k, v in state['inner_lrs'].items():
+                self.inner_lrs[k].copy_(v)
+            for row, saved in zip(self.bn_running if self.variants.per_step_bn else [], state.get('bn_running', [])):
+                for (mean, var), (saved_mean, saved_var) in zip(row, saved):
+                    mean.copy_(saved_mean)
+                    var.copy_(saved_var)

@@ -1,0 +1,145 @@
+"""What a task is, for every dataset and algorithm: a batch of tasks as tensors,
+the generic sampler over a (classes, examples, ...) array, the checks on a
+task's shape, a DataLoader-style iterator, and the two kinds of task
+(classification, regression) with their loss and per-task metric.
+
+Datasets import this module; it imports no dataset.
+"""
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from util import UserError
+
+
+@dataclasses.dataclass
+class TaskBatch:
+    """B tasks with K support and Q query examples per class (regression: M points).
+
+    images_support: (B, N*K, *example_shape) float32, class-major (N blocks of K)
+    labels_support: (B, N*K) int64 in 0..N-1 (regression: (B, K, outputs) float targets)
+    images_query:   (B, N*Q, *example_shape) float32
+    labels_query:   (B, N*Q) int64 (regression: (B, Q, outputs))
+    Iterating yields one (images_support, labels_support, images_query,
+    labels_query) tuple per task, as course-style code expects.
+    """
+    images_support: torch.Tensor
+    labels_support: torch.Tensor
+    images_query: torch.Tensor
+    labels_query: torch.Tensor
+
+    def __len__(self):
+        return self.labels_support.shape[0]
+
+    def __iter__(self):
+        return iter(zip(self.images_support, self.labels_support, self.images_query, self.labels_query))
+
+    def to(self, device):
+        return TaskBatch(*(t.to(device) for t in dataclasses.astuple(self)))
+
+    def select(self, index):
+        """The tasks picked by a slice or index tensor along B."""
+        return TaskBatch(*(t[index] for t in dataclasses.astuple(self)))
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskKind:
+    """How a dataset's tasks are scored.
+
+    loss(outputs, targets): mean over all leading dims, (..., M, C) outputs -> scalar.
+    metric(outputs, targets): per task, (..., M, C) -> (...), detached.
+    metric_kind: the word in TensorBoard tags and the test line ('accuracy' or 'loss').
+    higher_is_better: how the best checkpoint is picked.
+    """
+    name: str
+    loss: object
+    metric: object
+    metric_kind: str
+    higher_is_better: bool
+
+
+def task_accuracy(logits, labels):
+    """(..., M, N) logits, (..., M) labels -> (...) fraction correct per task."""
+    return (logits.argmax(-1) == labels).float().mean(-1)
+
+
+def _cross_entropy(logits, labels):
+    return F.cross_entropy(logits.flatten(0, -2), labels.flatten())
+
+
+def _task_mse(outputs, targets):
+    return (outputs.detach() - targets).square().flatten(-2).mean(-1)
+
+
+CLASSIFICATION = TaskKind('classification', _cross_entropy, lambda o, y: task_accuracy(o.detach(), y),
+                          'accuracy', True)
+REGRESSION = TaskKind('regression', F.mse_loss, _task_mse, 'loss', False)
+
+
+def check_task_shape(num_way, num_support, num_query, num_classes, num_examples, where):
+    """Raise a UserError naming the flag when a task cannot be drawn."""
+    if min(num_way, num_support, num_query) < 1:
+        raise UserError('--num_way, --num_support and --num_query must be at least 1')
+    if num_support + num_query > num_examples:
+        raise UserError(f'--num_support {num_support} + --num_query {num_query} = {num_support + num_query} '
+                        f'exceeds the {num_examples} examples per class in {where}; lower them')
+    if num_way > num_classes:
+        raise UserError(f'--num_way {num_way} exceeds the {num_classes} classes of {where}; lower it')
+
+
+def task_batch_from_draws(picked, num_support):
+    """(B, N, K+Q, ...) examples, class n of each task labelled n -> a float TaskBatch
+    with the first K of each class as support and the rest as query."""
+    batch_size, n, k = picked.shape[0], picked.shape[1], num_support
+    q = picked.shape[2] - k
+    if not picked.is_floating_point():
+        picked = picked.float()
+    shape = picked.shape[3:]
+    labels = torch.arange(n, device=picked.device)
+    return TaskBatch(
+        picked[:, :, :k].reshape(batch_size, n * k, *shape),
+        labels.repeat_interleave(k).expand(batch_size, -1).contiguous(),
+        picked[:, :, k:].reshape(batch_size, n * q, *shape),
+        labels.repeat_interleave(q).expand(batch_size, -1).contiguous())
+
+
+class TaskSampler:
+    """Draws batches of tasks from a (C, D, ...) tensor of C classes with D examples each.
+
+    Classes are taken in random order and labelled 0..N-1; support and query
+    are disjoint draws without replacement from a class's D examples. All
+    randomness comes from one CPU generator, so a seed gives the same tasks on
+    any device and its state can be checkpointed.
+    """
+
+    def __init__(self, examples, num_way, num_support, num_query, seed=0, device='cpu', where='the split'):
+        check_task_shape(num_way, num_support, num_query, examples.shape[0], examples.shape[1], where)
+        self.examples = examples.to(device)
+        self.num_way, self.num_support, self.num_query = num_way, num_support, num_query
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self, batch_size):
+        """A TaskBatch of batch_size tasks on the sampler's device."""
+        num_classes, num_examples = self.examples.shape[:2]
+        n, k, q = self.num_way, self.num_support, self.num_query
+        g = self.generator
+        classes = torch.rand(batch_size, num_classes, generator=g).argsort(dim=1)[:, :n]
+        draws = torch.rand(batch_size, n, num_examples, generator=g).argsort(dim=2)[..., :k + q]
+        device = self.examples.device
+        picked = self.examples[classes.unsqueeze(-1).to(device), draws.to(device)]  # (B, N, K+Q, ...)
+        return task_batch_from_draws(picked, k)
+
+
+class TaskLoader:
+    """Yields ceil(num_tasks / batch_size) TaskBatches from a sampler, like a DataLoader."""
+
+    def __init__(self, sampler, batch_size, num_tasks):
+        self.sampler, self.batch_size, self.num_tasks = sampler, batch_size, num_tasks
+
+    def __len__(self):
+        return -(-self.num_tasks // self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, self.num_tasks, self.batch_size):
+            yield self.sampler.sample(min(self.batch_size, self.num_tasks - start))

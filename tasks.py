@@ -49,14 +49,13 @@ class TaskKind:
 
     loss(outputs, targets): mean over all leading dims, (..., M, C) outputs -> scalar.
     metric(outputs, targets): per task, (..., M, C) -> (...), detached.
-    metric_kind: the word in TensorBoard tags and the test line ('accuracy' or 'loss').
-    higher_is_better: how the best checkpoint is picked.
+    metric_kind: the word in TensorBoard tags and the test line: 'accuracy' (the best
+        checkpoint has the highest) or 'loss' (the lowest).
     """
     name: str
     loss: object
     metric: object
     metric_kind: str
-    higher_is_better: bool
 
 
 def task_accuracy(logits, labels):
@@ -73,8 +72,8 @@ def _task_mse(outputs, targets):
 
 
 CLASSIFICATION = TaskKind('classification', _cross_entropy, lambda o, y: task_accuracy(o.detach(), y),
-                          'accuracy', True)
-REGRESSION = TaskKind('regression', F.mse_loss, _task_mse, 'loss', False)
+                          'accuracy')
+REGRESSION = TaskKind('regression', F.mse_loss, _task_mse, 'loss')
 
 
 def check_task_shape(num_way, num_support, num_query, num_classes, num_examples, where):

@@ -73,3 +73,19 @@ def test_bad_task_shapes_are_clear_errors(way, support, query, message):
 def test_dataloader_yields_the_asked_number_of_tasks():
     loader = tasks.TaskLoader(tasks.TaskSampler(id_examples(10, 20), 3, 1, 1), batch_size=4, num_tasks=10)
     assert [len(b) for b in loader] == [4, 4, 2] and len(loader) == 3
+
+
+def test_task_kinds_score_as_defined():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 3, generator=generator, dtype=torch.float64)
+    labels = torch.randint(3, (2, 6), generator=generator)
+    nll = [-torch.log_softmax(logits[b, m], 0)[labels[b, m]] for b in range(2) for m in range(6)]
+    assert tasks.CLASSIFICATION.loss(logits, labels).item() == pytest.approx(torch.stack(nll).mean().item(), rel=1e-12)
+    correct = [[int(logits[b, m].argmax() == labels[b, m]) for m in range(6)] for b in range(2)]
+    assert tasks.CLASSIFICATION.metric(logits, labels).tolist() == pytest.approx([sum(c) / 6 for c in correct])
+    outputs = torch.randn(2, 5, 1, generator=generator, dtype=torch.float64)
+    targets = torch.randn(2, 5, 1, generator=generator, dtype=torch.float64)
+    squared = (outputs - targets) ** 2
+    assert tasks.REGRESSION.loss(outputs, targets).item() == pytest.approx(squared.mean().item(), rel=1e-12)
+    assert tasks.REGRESSION.metric(outputs, targets).tolist() == pytest.approx([squared[b].mean().item() for b in (0, 1)])
+    assert (tasks.CLASSIFICATION.metric_kind, tasks.REGRESSION.metric_kind) == ('accuracy', 'loss')

@@ -1,0 +1,218 @@
+"""The shape every algorithm and dataset plugs into: the scripts' flags and
+defaults, every algorithm on every dataset it fits, a new dataset added by a
+module and one table entry, flags that stay as parsed, and checkpoints in the
+layout written before the training loop owned the optimizer."""
+import copy
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+import checkpoints
+import cli
+import maml
+import networks
+import omniglot
+import protonet
+import run_metabolism
+import tasks
+import training
+import util
+from test_metabolism import write_tables
+from test_protonet import synthetic_sampler
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--num_train_iterations', '3', '--num_val_tasks', '4', '--batch_size', '2']
+
+
+def parsed(script, *flags):
+    return cli.parse(script, list(flags))[0]
+
+
+def test_the_course_defaults_of_each_script():
+    proto, meta, bio = parsed(protonet.SCRIPT), parsed(maml.SCRIPT), parsed(run_metabolism.SCRIPT)
+    assert (proto.num_way, proto.num_support, proto.num_query, proto.batch_size, proto.learning_rate,
+            proto.num_train_iterations, proto.data_dir) == (5, 1, 15, 16, 0.001, 5000, './data')
+    assert (meta.inner_lr, meta.learning_rate, meta.num_train_iterations, meta.num_inner_steps) == (0.4, 0.001, 15000, 1)
+    assert (bio.algorithm, bio.num_way, bio.num_support, bio.num_query, bio.batch_size, bio.learning_rate,
+            bio.num_train_iterations, bio.num_val_tasks, bio.data_dir) == ('protonet', 2, 5, 10, 4, 0.0005, 8000, 600,
+                                                                            './data/metabolism')
+    assert parsed(maml.SCRIPT, '--algorithm', 'reptile').learning_rate == 1.0  # Reptile's initial meta step size
+    sine = parsed(maml.SCRIPT, '--dataset', 'sinusoid')
+    assert (sine.num_way, sine.num_support, sine.num_query, sine.batch_size, sine.inner_lr) == (1, 10, 10, 25, 0.01)
+    assert parsed(run_metabolism.SCRIPT, '--algorithm', 'maml').inner_lr == 0.1
+    assert parsed(maml.SCRIPT, '--dataset', 'metabolism').learning_rate == 0.0005  # the metabolism runs' rate
+
+
+def test_flag_spellings_are_aliases():
+    assert parsed(run_metabolism.SCRIPT, '--datadir', 'X').data_dir == 'X'
+    assert parsed(maml.SCRIPT, '--outer_lr', '0.01').learning_rate == 0.01
+    assert parsed(protonet.SCRIPT, '--data_dir', 'Y').data_dir == 'Y'
+
+
+def test_default_log_dirs_keep_the_course_names():
+    def log_dir(script, *flags):
+        args, defaults, algorithm, _ = cli.parse(script, list(flags))
+        return cli.default_log_dir(args, defaults, algorithm)
+    assert log_dir(protonet.SCRIPT, '--num_support', '5') == \
+        './logs/protonet/omniglot.way_5.support_5.query_15.lr_0.001.batch_size_16'
+    assert log_dir(run_metabolism.SCRIPT) == './logs/metabolism/protonet.way_2.support_5.query_10.lr_0.0005.batch_size_4'
+    assert log_dir(maml.SCRIPT, '--learn_inner_lrs') == ('./logs/maml/omniglot.way_5.support_1.query_15.inner_steps_1'
+                                                         '.inner_lr_0.4.learn_inner_lrs_True.outer_lr_0.001'
+                                                         '.batch_size_16')
+    assert log_dir(maml.SCRIPT, '--algorithm', 'reptile', '--dataset', 'sinusoid').startswith(
+        './logs/reptile/sinusoid.way_1.support_10.query_10.inner_steps_1.inner_lr_0.01')
+
+
+def run_cli(script, *flags):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *flags], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+
+
+def test_protonet_does_no_regression():
+    result = run_cli('protonet.py', '--dataset', 'sinusoid')
+    assert result.returncode == 2 and "invalid choice: 'sinusoid'" in result.stderr
+
+
+@pytest.mark.parametrize('script, flags', [
+    (protonet.SCRIPT, ['--dataset', 'metabolism']),
+    (maml.SCRIPT, ['--dataset', 'metabolism', '--num_inner_steps', '2', '--learn_inner_lrs']),
+    (run_metabolism.SCRIPT, ['--algorithm', 'reptile', '--num_inner_steps', '2']),
+    (maml.SCRIPT, ['--dataset', 'sinusoid', '--algorithm', 'reptile']),
+    (maml.SCRIPT, ['--dataset', 'sinusoid', '--anil']),
+    (run_metabolism.SCRIPT, ['--algorithm', 'maml', '--per_step_bn', '--multi_step_loss', '--num_inner_steps', '2']),
+])
+def test_every_algorithm_trains_and_tests_on_the_datasets_it_fits(tmp_path, capsys, script, flags):
+    data = write_tables(tmp_path / 'data')
+    log_dir = str(tmp_path / 'log')
+    common = ['--data_dir', data, '--log_dir', log_dir, '--num_support', '2', '--num_query', '3', *TINY]
+    cli.main(script, [*flags, *common])
+    saved = checkpoints.load(log_dir, 2)
+    first = checkpoints.load(log_dir, 0)
+    def chosen(flag, default):
+        return flags[flags.index(flag) + 1] if flag in flags else default
+    assert saved['args']['algorithm'] == chosen('--algorithm', script.algorithms[0])
+    assert saved['args']['dataset'] == chosen('--dataset', script.datasets[0])
+    weights = saved['learner'].get('meta_parameters') or saved['learner']['network']
+    before = first['learner'].get('meta_parameters') or first['learner']['network']
+    assert any(not torch.equal(weights[k], before[k]) for k in weights)  # it trained
+    cli.main(script, ['--test', '--data_dir', data, '--log_dir', log_dir, '--num_support', '2', '--num_query', '3',
+                      '--num_test_tasks', '4'])  # the algorithm and dataset come from the checkpoint
+    word = 'Loss' if saved['args']['dataset'] == 'sinusoid' else 'Accuracy'
+    assert f'{word} over 4 test tasks: mean' in capsys.readouterr().out
+
+
+def test_run_bio_sh_runs_the_course_command(tmp_path):
+    data = write_tables(tmp_path / 'data')
+    log_dir = str(tmp_path / 'log')
+    result = subprocess.run(['bash', os.path.join(ROOT, 'run_bio.sh'), data, '--num_train_iterations', '2',
+                             '--num_val_tasks', '2', '--num_support', '2', '--num_query', '3', '--log_dir', log_dir],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    args = checkpoints.load(log_dir, 1)['args']
+    assert (args['algorithm'], args['dataset'], args['data_dir'], args['batch_size'], args['learning_rate']) == \
+        ('protonet', 'metabolism', data, 4, 0.0005)
+
+
+# ---------------------------------------------------------------- a new dataset
+
+def toy_dataset():
+    """A dataset module written from the interface alone: 3-way tasks of Gaussian clusters in 8-D."""
+    toy = types.ModuleType('toy_dataset')
+    toy.NAME, toy.TASK, toy.ONE_ENCODER_CALL_PER_BATCH, toy.after_test = 'toy', tasks.CLASSIFICATION, True, None
+    toy.DEFAULTS, toy.ALGORITHM_DEFAULTS = dict(num_way=3, num_support=[2], num_query=3, batch_size=4), {}
+    toy.add_args = lambda parser: parser.add_argument('--noise', type=float, default=0.3)
+    toy.check_args = lambda args: None
+
+    def build_sampler(split, args, seed, device):
+        generator = torch.Generator().manual_seed(['train', 'val', 'test'].index(split))
+        centres = torch.randn(12, 1, 8, generator=generator)
+        examples = centres + args.noise * torch.randn(12, 10, 8, generator=generator)
+        return tasks.TaskSampler(examples, args.num_way, args.num_support, args.num_query, seed, device)
+
+    def network(args, num_outputs=None):
+        params = networks.init_mlp_params((8, 16), num_outputs=num_outputs)
+        return params, networks.mlp_features if num_outputs is None else networks.mlp_net
+    toy.build_sampler, toy.network = build_sampler, network
+    return toy
+
+
+@pytest.mark.parametrize('algorithm', ['protonet', 'maml', 'reptile'])
+def test_a_new_dataset_plugs_in_with_its_module_and_one_table_entry(tmp_path, monkeypatch, capsys, algorithm):
+    monkeypatch.setitem(sys.modules, 'toy_dataset', toy_dataset())
+    monkeypatch.setitem(cli.DATASETS, 'toy', 'toy_dataset')
+    script = cli.Script('toy tasks', ('protonet', 'maml', 'reptile'), ('toy',))
+    args, defaults, module, _ = cli.parse(script, ['--algorithm', algorithm, '--noise', '0.1'])
+    assert cli.default_log_dir(args, defaults, module).startswith(f'./logs/{algorithm}/toy.way_3.support_2.query_3')
+    log_dir = str(tmp_path)
+    cli.main(script, ['--algorithm', algorithm, '--noise', '0.1', '--log_dir', log_dir, *TINY])
+    cli.main(script, ['--test', '--log_dir', log_dir, '--num_test_tasks', '20', '--noise', '0.1'])
+    mean = float(capsys.readouterr().out.split('Accuracy over 20 test tasks: mean ')[1].split(',')[0])
+    assert mean > 0.6  # chance is 1/3; well-separated clusters are easy even after 3 steps
+
+
+# ---------------------------------------------------------------- flags stay as parsed
+
+def test_a_run_does_not_change_its_flags(tmp_path):
+    args = parsed(maml.SCRIPT, '--num_way', '3', '--num_hidden_channels', '4', '--num_query', '2', *TINY)
+    before = copy.deepcopy(vars(args))
+    build = lambda a, device: maml.build_learner(a, omniglot, device)  # noqa: E731
+    sampler = lambda split, a, seed, device: synthetic_sampler(split, a, seed, device)  # noqa: E731
+    training.run(args, str(tmp_path), build, sampler)
+    sweep = parsed(maml.SCRIPT, '--test', '--num_way', '3', '--num_support', '1', '2', '--num_query', '2',
+                   '--num_test_tasks', '4')
+    swept = copy.deepcopy(vars(sweep))
+    training.run(sweep, str(tmp_path), build, sampler, test_time_flags=maml.TEST_TIME_FLAGS)
+    assert vars(args) == before and vars(sweep) == swept
+    assert swept['support_sweep'] == [1, 2] and swept['num_support'] == 1 and swept['num_inner_steps'] is None
+
+
+# ---------------------------------------------------------------- checkpoints of the older layout
+
+def to_older_layout(log_dir, step):
+    """Rewrite state{step}.pt as written before the loop owned the optimizer: the optimizer's
+    state inside 'learner', no 'optimizer_kind', and maml.py's rate under 'outer_lr'."""
+    path = checkpoints.path(log_dir, step)
+    checkpoint = torch.load(path, weights_only=False)
+    optimizer, kind = checkpoint.pop('optimizer'), checkpoint.pop('optimizer_kind')
+    if kind == 'sgd':  # Reptile once held an Adam it never stepped
+        optimizer = torch.optim.Adam([torch.zeros(1)], lr=checkpoint['args']['learning_rate']).state_dict()
+    checkpoint['learner']['optimizer'] = optimizer
+    checkpoint['args']['outer_lr'] = checkpoint['args'].pop('learning_rate')
+    torch.save(checkpoint, path)
+
+
+@pytest.mark.parametrize('flags', [['--learn_inner_lrs'], ['--algorithm', 'reptile', '--num_inner_steps', '2']])
+def test_checkpoint_in_the_older_layout_resumes_exactly_and_tests(tmp_path, capsys, flags):
+    common = ['--num_way', '3', '--num_support', '1', '--num_query', '2', '--batch_size', '2', '--num_val_tasks', '2',
+              '--num_hidden_channels', '4', *flags]
+    args = lambda *more: parsed(maml.SCRIPT, *common, *more)  # noqa: E731
+    build = lambda a, device: cli.algorithm_module(a.algorithm).build_learner(a, omniglot, device)  # noqa: E731
+    straight, older = str(tmp_path / 'straight'), str(tmp_path / 'older')
+    for log_dir in (straight, older):  # checkpoints at steps 0 and 4
+        training.run(args('--num_train_iterations', '5'), log_dir, build, synthetic_sampler)
+    os.remove(checkpoints.path(older, 4))  # as if the run had stopped after step 0
+    to_older_layout(older, 0)
+    assert 'optimizer' in torch.load(checkpoints.path(older, 0), weights_only=False)['learner']
+    with pytest.raises(util.UserError, match='--learning_rate [0-9.]+ \\(now 0.5\\)'):  # the renamed flag is still checked
+        training.run(args('--num_train_iterations', '5', '--checkpoint_step', '0', '--outer_lr', '0.5'), older, build,
+                     synthetic_sampler)
+    training.run(args('--num_train_iterations', '5', '--checkpoint_step', '0'), older, build, synthetic_sampler)
+    a, b = checkpoints.load(straight, 4)['learner'], checkpoints.load(older, 4)['learner']
+    for group in ('meta_parameters', 'inner_lrs'):
+        assert all(torch.equal(a[group][k], b[group][k]) for k in a[group]), group
+    to_older_layout(older, 4)
+    training.run(args('--test', '--checkpoint_step', '4', '--num_test_tasks', '4'), older, build, synthetic_sampler,
+                 test_time_flags=maml.TEST_TIME_FLAGS)
+    assert 'Accuracy over 4 test tasks' in capsys.readouterr().out
+
+
+def test_namespace_of_an_older_checkpoint_is_translated():
+    checkpoint = {'learner': {'network': {}, 'optimizer': {'state': {}}},
+                  'args': {'datadir': 'D', 'learning_rate': 0.1}}
+    translated = checkpoints.translate(checkpoint)
+    assert translated['optimizer'] == {'state': {}} and translated['optimizer_kind'] == 'adam'
+    assert translated['args'] == {'data_dir': 'D', 'learning_rate': 0.1} and translated['metric_kind'] == 'accuracy'

@@ -14,11 +14,9 @@ import torch
 import checkpoints
 import cli
 import maml
-import networks
 import omniglot
 import protonet
 import run_metabolism
-import tasks
 import training
 import util
 from test_metabolism import write_tables
@@ -119,39 +117,43 @@ def test_run_bio_sh_runs_the_course_command(tmp_path):
 
 # ---------------------------------------------------------------- a new dataset
 
-def toy_dataset():
-    """A dataset module written from the interface alone: 3-way tasks of Gaussian clusters in 8-D."""
-    toy = types.ModuleType('toy_dataset')
-    toy.NAME, toy.TASK, toy.ONE_ENCODER_CALL_PER_BATCH, toy.after_test = 'toy', tasks.CLASSIFICATION, True, None
-    toy.DEFAULTS, toy.ALGORITHM_DEFAULTS = dict(num_way=3, num_support=[2], num_query=3, batch_size=4), {}
-    toy.add_args = lambda parser: parser.add_argument('--noise', type=float, default=0.3)
-    toy.check_args = lambda args: None
-
-    def build_sampler(split, args, seed, device):
-        generator = torch.Generator().manual_seed(['train', 'val', 'test'].index(split))
-        centres = torch.randn(12, 1, 8, generator=generator)
-        examples = centres + args.noise * torch.randn(12, 10, 8, generator=generator)
-        return tasks.TaskSampler(examples, args.num_way, args.num_support, args.num_query, seed, device)
-
-    def network(args, num_outputs=None):
-        params = networks.init_mlp_params((8, 16), num_outputs=num_outputs)
-        return params, networks.mlp_features if num_outputs is None else networks.mlp_net
-    toy.build_sampler, toy.network = build_sampler, network
-    return toy
+def module_from_docs(name):
+    """The module whose code docs/architecture.md shows as `# {name}.py` (so the docs' examples run)."""
+    text = open(os.path.join(ROOT, 'docs', 'architecture.md')).read()
+    code = text.split(f'```python\n# {name}.py\n')[1].split('```')[0]
+    module = types.ModuleType(name)
+    exec(compile(code, f'docs/architecture.md:{name}.py', 'exec'), module.__dict__)
+    return module
 
 
 @pytest.mark.parametrize('algorithm', ['protonet', 'maml', 'reptile'])
 def test_a_new_dataset_plugs_in_with_its_module_and_one_table_entry(tmp_path, monkeypatch, capsys, algorithm):
-    monkeypatch.setitem(sys.modules, 'toy_dataset', toy_dataset())
-    monkeypatch.setitem(cli.DATASETS, 'toy', 'toy_dataset')
-    script = cli.Script('toy tasks', ('protonet', 'maml', 'reptile'), ('toy',))
+    """The example dataset of docs/architecture.md, 3-way tasks of Gaussian clusters in 8-D."""
+    monkeypatch.setitem(sys.modules, 'clusters', module_from_docs('clusters'))
+    monkeypatch.setitem(cli.DATASETS, 'clusters', 'clusters')
+    script = cli.Script('clusters', ('protonet', 'maml', 'reptile'), ('clusters',))
     args, defaults, module, _ = cli.parse(script, ['--algorithm', algorithm, '--noise', '0.1'])
-    assert cli.default_log_dir(args, defaults, module).startswith(f'./logs/{algorithm}/toy.way_3.support_2.query_3')
+    assert cli.default_log_dir(args, defaults, module).startswith(f'./logs/{algorithm}/clusters.way_3.support_2.query_3')
     log_dir = str(tmp_path)
     cli.main(script, ['--algorithm', algorithm, '--noise', '0.1', '--log_dir', log_dir, *TINY])
     cli.main(script, ['--test', '--log_dir', log_dir, '--num_test_tasks', '20', '--noise', '0.1'])
     mean = float(capsys.readouterr().out.split('Accuracy over 20 test tasks: mean ')[1].split(',')[0])
     assert mean > 0.6  # chance is 1/3; well-separated clusters are easy even after 3 steps
+
+
+def test_a_new_algorithm_plugs_in_with_its_module_and_one_table_entry(tmp_path, monkeypatch, capsys):
+    """The example algorithm of docs/architecture.md, a classifier trained without adaptation."""
+    monkeypatch.setitem(sys.modules, 'baseline', module_from_docs('baseline'))
+    monkeypatch.setitem(sys.modules, 'clusters', module_from_docs('clusters'))
+    monkeypatch.setitem(cli.ALGORITHMS, 'baseline', 'baseline')
+    monkeypatch.setitem(cli.DATASETS, 'clusters', 'clusters')
+    script = cli.Script('baseline', ('baseline',), ('clusters',))
+    log_dir = str(tmp_path)
+    cli.main(script, ['--log_dir', log_dir, '--num_train_iterations', '20', '--num_val_tasks', '4'])
+    first, last = checkpoints.load(log_dir, 0)['learner'], checkpoints.load(log_dir, 19)['learner']
+    assert any(not torch.equal(first[k], last[k]) for k in first)  # the loop trained its parameters
+    cli.main(script, ['--test', '--log_dir', log_dir, '--num_test_tasks', '8'])
+    assert 'Accuracy over 8 test tasks: mean' in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- flags stay as parsed

@@ -52,10 +52,12 @@ def load(log_dir, step):
     return translate(util.load_checkpoint(path(log_dir, step)))
 
 
-def latest_flags(log_dir):
-    """The flags of the newest checkpoint in log_dir, or {} if there is none."""
+def flags_of(log_dir, step=-1):
+    """The flags of a step's checkpoint (-1: the newest) in log_dir, or {} if there is none."""
     steps = saved_steps(log_dir) if os.path.isdir(log_dir) else []
-    return load(log_dir, steps[-1])['args'] if steps else {}
+    if step < 0:
+        return load(log_dir, steps[-1])['args'] if steps else {}
+    return load(log_dir, step)['args'] if step in steps else {}
 
 
 def best_step(log_dir):

@@ -38,21 +38,23 @@ def dataset_module(name):
 
 def _chosen(script, argv):
     """The algorithm and dataset names the command line asks for; at --test with
-    --log_dir and without them, the ones the checkpoints there were trained with."""
+    --log_dir, the ones the checkpoint there was trained with, unless given."""
     pre = argparse.ArgumentParser(add_help=False)
     for flag in ('--algorithm', '--dataset', '--log_dir'):
         pre.add_argument(flag)
+    pre.add_argument('--checkpoint_step', type=int, default=-1)
     pre.add_argument('--test', action='store_true')
     known, _ = pre.parse_known_args(argv)
-    trained = checkpoints.latest_flags(known.log_dir) if known.test and known.log_dir else {}
-    algorithm = known.algorithm or trained.get('algorithm')
-    dataset = known.dataset or trained.get('dataset')
-    if algorithm is not None and algorithm not in script.algorithms:
-        if known.algorithm is None:
-            raise util.UserError(f'{known.log_dir} holds a {algorithm} model; test it with '
-                                 f'{"protonet.py" if algorithm == "protonet" else "maml.py"} or run_metabolism.py')
-        algorithm = None  # argparse names the choices
-    return (algorithm or script.algorithms[0],
+    trained = checkpoints.flags_of(known.log_dir, known.checkpoint_step) if known.test and known.log_dir else {}
+    algorithm = known.algorithm or trained.get('algorithm') or script.algorithms[0]
+    dataset = known.dataset or trained.get('dataset') or script.datasets[0]
+    if (known.algorithm is None and algorithm not in script.algorithms) or \
+            (known.dataset is None and dataset not in script.datasets):
+        raise util.UserError(f'{known.log_dir} holds a {algorithm} model of {dataset} tasks, which this script does '
+                             'not run; test it with the script that trained it (protonet.py, maml.py or '
+                             'run_metabolism.py)')
+    # a name the script does not offer was typed: argparse will list the choices
+    return (algorithm if algorithm in script.algorithms else script.algorithms[0],
             dataset if dataset in script.datasets else script.datasets[0])
 
 

@@ -153,7 +153,7 @@ class MAML:
 # ---------------------------------------------------------------- the algorithm interface
 
 NAME = 'maml'
-DEFAULTS = dict(num_train_iterations=15000, learning_rate=0.001, inner_lr=0.4)
+DEFAULTS = dict(num_train_iterations=15000)  # overrides of the flags' own defaults
 TASK_KINDS = ('classification', 'regression')
 TEST_TIME_FLAGS = ('num_inner_steps', 'vmap_tasks')  # given at --test, they replace the trained values
 LOG_NAME_FLAGS = ('first_order', 'num_hidden_channels', 'augment_rotations', 'inner_optimizer',

@@ -103,7 +103,7 @@ class ProtoNet:
 # ---------------------------------------------------------------- the algorithm interface
 
 NAME = 'protonet'
-DEFAULTS = dict(num_train_iterations=5000, learning_rate=0.001)
+DEFAULTS = {}  # the common flags' own defaults are the course's ProtoNet ones
 TASK_KINDS = ('classification',)
 TEST_TIME_FLAGS = ()
 

@@ -50,7 +50,7 @@ class Reptile(maml.MAML):
 # ---------------------------------------------------------------- the algorithm interface
 
 NAME = 'reptile'
-DEFAULTS = dict(num_train_iterations=15000, learning_rate=1.0, inner_lr=0.4)
+DEFAULTS = dict(num_train_iterations=15000, learning_rate=1.0)  # overrides of the flags' own defaults
 TASK_KINDS = maml.TASK_KINDS
 TEST_TIME_FLAGS = maml.TEST_TIME_FLAGS
 add_args = maml.add_args

@@ -103,6 +103,17 @@ def test_every_algorithm_trains_and_tests_on_the_datasets_it_fits(tmp_path, caps
     assert f'{word} over 4 test tasks: mean' in capsys.readouterr().out
 
 
+def test_test_takes_the_checkpoints_algorithm_or_names_the_script(tmp_path):
+    data = write_tables(tmp_path / 'data')
+    log_dir = str(tmp_path / 'log')
+    cli.main(maml.SCRIPT, ['--dataset', 'metabolism', '--algorithm', 'reptile', '--data_dir', data, '--log_dir',
+                           log_dir, '--num_support', '2', '--num_query', '3', *TINY])
+    args, _, algorithm, dataset = cli.parse(run_metabolism.SCRIPT, ['--test', '--log_dir', log_dir])
+    assert (args.algorithm, algorithm.NAME, dataset.NAME) == ('reptile', 'reptile', 'metabolism')
+    with pytest.raises(util.UserError, match='holds a reptile model of metabolism tasks.*protonet.py, maml.py'):
+        cli.parse(protonet.SCRIPT, ['--test', '--log_dir', log_dir])
+
+
 def test_run_bio_sh_runs_the_course_command(tmp_path):
     data = write_tables(tmp_path / 'data')
     log_dir = str(tmp_path / 'log')

@@ -34,6 +34,51 @@ class Variants:
         return cls(**{f.name: vars(args)[f.name] for f in dataclasses.fields(cls)})
 
 
+class PerStepBatchNorm:
+    """MAML++ BNWB + BNRS: each batch-norm weight and bias becomes (L+1, C), one row per
+    inner step and one for the adapted pass, and each row has running statistics,
+    updated while meta-training and used instead of batch statistics when evaluating."""
+
+    def __init__(self, params, num_inner_steps, device):
+        blocks = sorted(k for k in params if k.startswith('bn') and k.endswith('_weight'))
+        if not blocks:
+            raise UserError('--per_step_bn needs a network with batch norm (not --dataset sinusoid)')
+        like = {'dtype': params[blocks[0]].dtype, 'device': device}
+        self.running = [[(torch.zeros(params[k].shape[0], **like), torch.ones(params[k].shape[0], **like))
+                         for k in blocks] for _ in range(num_inner_steps + 1)]  # [row][block] -> (mean, var)
+
+    def expand(self, params):
+        """params with each bn tensor (C,) repeated into (L+1, C) rows."""
+        rows = len(self.running)
+        return {k: v.expand(rows, *v.shape).clone() if k.startswith('bn') else v for k, v in params.items()}
+
+    def norm(self, parameters, step, train):
+        """norm(x, i) for block i at an inner step (past the trained steps: the last row):
+        batch statistics that update the running ones when train, else the running ones."""
+        row = min(step, len(self.running) - 1)
+
+        def norm(x, i):
+            mean, var = self.running[row][i]
+            return F.batch_norm(x, mean, var, parameters[f'bn{i}_weight'][row], parameters[f'bn{i}_bias'][row],
+                                training=train, momentum=0.1, eps=networks.BN_EPS)
+        return norm
+
+    def check_rows(self, meta_parameters):
+        rows = meta_parameters['bn0_weight'].shape[0]
+        if rows != len(self.running):
+            raise UserError(f'this --per_step_bn model has batch-norm rows for {rows - 1} inner steps; '
+                            f'test it with --num_inner_steps {rows - 1}')
+
+    def state(self):
+        return [[(mean.cpu(), var.cpu()) for mean, var in row] for row in self.running]
+
+    def load_state(self, saved):
+        for row, saved_row in zip(self.running, saved):
+            for (mean, var), (saved_mean, saved_var) in zip(row, saved_row):
+                mean.copy_(saved_mean)
+                var.copy_(saved_var)
+
+
 class InnerLoop:
     """Meta-parameters theta, inner learning rates, and phi = adapt(theta, task examples)."""
 
@@ -48,8 +93,11 @@ class InnerLoop:
         self.variants = variants or Variants()
         self.vmap_tasks = self.device.type != 'cpu' if vmap_tasks is None else vmap_tasks
         self._network = forward
+        self.per_step_bn = None
         if self.variants.per_step_bn:
-            params = self._init_per_step_bn(params)
+            self.per_step_bn = PerStepBatchNorm(params, num_inner_steps, self.device)
+            params = self.per_step_bn.expand(params)
+            self.vmap_tasks = False  # running statistics are updated in place: per-task loop only
         self.meta_parameters = {k: v.to(self.device).requires_grad_() for k, v in params.items()}
         self.adapted_keys = [k for k in params if self._adapts(k)]
         per_step = self.variants.learn_inner_lrs_per_step
@@ -66,33 +114,13 @@ class InnerLoop:
             return True
         return not self.variants.anil and not (self.variants.per_step_bn and key.startswith('bn'))
 
-    def _init_per_step_bn(self, params):
-        """MAML++ BNWB + BNRS: each BN weight and bias becomes (L+1, C), one row per inner
-        step and one for the adapted pass, and each row has running statistics, updated
-        while meta-training and used instead of batch statistics when evaluating."""
-        blocks = sorted(k for k in params if k.startswith('bn') and k.endswith('_weight'))
-        if not blocks:
-            raise UserError('--per_step_bn needs a network with batch norm (not --dataset sinusoid)')
-        rows = self.num_inner_steps + 1
-        self.vmap_tasks = False  # running statistics are updated in place: per-task loop only
-        like = {'dtype': params[blocks[0]].dtype, 'device': self.device}
-        self.bn_running = [[(torch.zeros(params[k].shape[0], **like), torch.ones(params[k].shape[0], **like))
-                            for k in blocks] for _ in range(rows)]
-        return {k: v.expand(rows, *v.shape).clone() if k.startswith('bn') else v for k, v in params.items()}
-
     def forward(self, images, parameters, step=0, train=False):
         """(M, ...) examples of one task -> (M, outputs) under the given parameters.
         --per_step_bn: step picks the batch-norm row; train normalises with the batch's
         statistics and updates the running ones, else the running ones are used."""
-        if not self.variants.per_step_bn:
+        if self.per_step_bn is None:
             return self._network(parameters, images, fused_bn=not self.vmap_tasks)
-        row = min(step, len(self.bn_running) - 1)
-
-        def norm(x, i):
-            mean, var = self.bn_running[row][i]
-            return F.batch_norm(x, mean, var, parameters[f'bn{i}_weight'][row], parameters[f'bn{i}_bias'][row],
-                                training=train, momentum=0.1, eps=networks.BN_EPS)
-        return self._network(parameters, images, norm=norm)
+        return self._network(parameters, images, norm=self.per_step_bn.norm(parameters, step, train))
 
     def inner_lr(self, key, step):
         """The inner LR of a tensor at an inner step (LSLR: its own; past the trained steps: the last)."""
@@ -172,21 +200,17 @@ class InnerLoop:
     def state(self):
         state = {'meta_parameters': {k: v.detach().cpu() for k, v in self.meta_parameters.items()},
                  'inner_lrs': {k: v.detach().cpu() for k, v in self.inner_lrs.items()}}
-        if self.variants.per_step_bn:
-            state['bn_running'] = [[(m.cpu(), v.cpu()) for m, v in row] for row in self.bn_running]
+        if self.per_step_bn is not None:
+            state['bn_running'] = self.per_step_bn.state()
         return state
 
     def load_state(self, state):
-        rows = [v.shape[0] for k, v in state['meta_parameters'].items() if self.variants.per_step_bn and k[:2] == 'bn']
-        if rows and rows[0] != len(self.bn_running):
-            raise UserError(f'this --per_step_bn model has batch-norm rows for {rows[0] - 1} inner steps; '
-                            f'test it with --num_inner_steps {rows[0] - 1}')
+        if self.per_step_bn is not None:
+            self.per_step_bn.check_rows(state['meta_parameters'])
         with torch.no_grad():
             for k, v in state['meta_parameters'].items():
                 self.meta_parameters[k].copy_(v)
             for k, v in state['inner_lrs'].items():
                 self.inner_lrs[k].copy_(v)
-            for row, saved in zip(self.bn_running if self.variants.per_step_bn else [], state.get('bn_running', [])):
-                for (mean, var), (saved_mean, saved_var) in zip(row, saved):
-                    mean.copy_(saved_mean)
-                    var.copy_(saved_var)
+            if self.per_step_bn is not None:
+                self.per_step_bn.load_state(state['bn_running'])

@@ -242,7 +242,7 @@ def test_per_step_bn_keeps_separate_statistics_and_weights_per_step():
     assert learner.inner.meta_parameters['bn0_weight'].shape == (3, 4) and not learner.inner.vmap_tasks
     assert 'bn0_weight' not in learner.inner.adapted_keys and 'conv0' in learner.inner.adapted_keys
     take_step(learner, random_batch(), 0)
-    means = [row[0][0] for row in learner.inner.bn_running]  # block 0's running mean at steps 0, 1, 2
+    means = [row[0][0] for row in learner.inner.per_step_bn.running]  # block 0's running mean at steps 0, 1, 2
     assert all(m.abs().sum() > 0 for m in means)
     assert not torch.allclose(means[0], means[1]) and not torch.allclose(means[1], means[2])
     grad = learner.inner.meta_parameters['bn1_weight'].grad
@@ -269,7 +269,7 @@ def test_per_step_bn_state_round_trip_and_step_mismatch():
     take_step(learner, random_batch(), 0)
     other = tiny_maml(num_inner_steps=2, per_step_bn=True, seed=5)
     other.load_state(learner.state())
-    for row_a, row_b in zip(learner.inner.bn_running, other.inner.bn_running):
+    for row_a, row_b in zip(learner.inner.per_step_bn.running, other.inner.per_step_bn.running):
         for (mean_a, var_a), (mean_b, var_b) in zip(row_a, row_b):
             assert torch.equal(mean_a, mean_b) and torch.equal(var_a, var_b)
     assert learner.evaluate(random_batch())['post_adapt_query'].tolist() == \

@@ -4,9 +4,9 @@
     optimizer_kind ('adam' or 'sgd'), rng (torch's and the sampler's),
     args (the run's flags), val_score, metric_kind ('accuracy' or 'loss').
 
-Checkpoints written before the training loop owned the optimizer keep the
-optimizer's state inside `learner` and some flags under older names;
-`load` translates them, so they resume and test like new ones.
+Checkpoints in the older layout keep the optimizer's state inside `learner`
+and some flags under older names; `load` translates them, so they resume and
+test like the others.
 """
 import glob
 import os

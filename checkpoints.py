@@ -41,6 +41,10 @@ def translate(checkpoint):
         checkpoint['optimizer_kind'] = 'adam'
     checkpoint.setdefault('metric_kind', 'accuracy')
     args = checkpoint['args']
+    if 'algorithm' not in args:  # protonet.py's older checkpoints
+        args['algorithm'] = 'protonet' if 'network' in learner else 'maml'
+    if 'dataset' not in args:  # only run_metabolism.py had --datadir
+        args['dataset'] = 'metabolism' if 'datadir' in args else 'omniglot'
     for old, new in RENAMED_FLAGS.items():
         if old in args and new not in args:
             args[new] = args.pop(old)
@@ -80,20 +84,21 @@ def save(log_dir, step, learner, optimizer, generator, args, val_score):
                       'val_score': val_score, 'metric_kind': learner.task.metric_kind}, path(log_dir, step))
 
 
-def resume(log_dir, step, learner, optimizer, generator, args):
-    """Load state{step}.pt into the learner, optimizer and sampler generator; return the next step.
-    Refuses, naming the flags, when the run's settings differ from the checkpoint's."""
-    checkpoint = load(log_dir, step)
+def check_settings(checkpoint, where, args):
+    """Refuse, naming the flags, to resume a checkpoint with settings other than its own."""
     given = vars(args)
     changed = sorted(k for k, v in checkpoint['args'].items()
                      if k in given and k not in RESUME_MAY_CHANGE and given[k] != v)
     if changed:
         flags = ', '.join(f'--{k} {checkpoint["args"][k]} (now {given[k]})' for k in changed)
-        raise util.UserError(f'resuming {path(log_dir, step)} with other settings: {flags}; '
-                             'pass the values it was trained with')
+        raise util.UserError(f'resuming {where} with other settings: {flags}; pass the values it was trained with')
+
+
+def resume(checkpoint, learner, optimizer, generator):
+    """Load a checkpoint into the learner, optimizer and sampler generator; return the next step."""
     learner.load_state(checkpoint['learner'])
     if checkpoint['optimizer_kind'] == learner.optimizer:
         optimizer.load_state_dict(checkpoint['optimizer'])
     # else: an older Reptile checkpoint carries an unused Adam; Reptile's SGD keeps no state
     util.set_rng_state(checkpoint['rng'], generator)
-    return step + 1
+    return checkpoint['step'] + 1

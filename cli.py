@@ -28,6 +28,13 @@ class Script:
     datasets: tuple  # the first is the default
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (a UserError) naming the flag, without the usage block."""
+
+    def error(self, message):
+        raise util.UserError(f'{message}; see {self.prog} --help')
+
+
 def algorithm_module(name):
     return importlib.import_module(ALGORITHMS[name])
 
@@ -36,23 +43,36 @@ def dataset_module(name):
     return importlib.import_module(DATASETS[name])
 
 
+def script_for(algorithm, dataset):
+    """The command that trains and tests this algorithm on this dataset."""
+    if dataset == 'metabolism':
+        return f'run_metabolism.py --algorithm {algorithm}'
+    command = 'protonet.py' if algorithm == 'protonet' else 'maml.py'
+    return command + ('' if algorithm in ('protonet', 'maml') else f' --algorithm {algorithm}') + \
+        ('' if dataset == 'omniglot' else f' --dataset {dataset}')
+
+
 def _chosen(script, argv):
-    """The algorithm and dataset names the command line asks for; at --test with
-    --log_dir, the ones the checkpoint there was trained with, unless given."""
-    pre = argparse.ArgumentParser(add_help=False)
+    """The algorithm and dataset names of the run: as given, else (at --test) the
+    checkpoint's, else the script's defaults. A checkpoint to test or resume that
+    another algorithm or dataset wrote is refused in one line naming its script."""
+    pre = ArgumentParser(add_help=False)
     for flag in ('--algorithm', '--dataset', '--log_dir'):
         pre.add_argument(flag)
-    pre.add_argument('--checkpoint_step', type=int, default=-1)
+    pre.add_argument('--checkpoint_step', type=util.checkpoint_step, default=-1)
     pre.add_argument('--test', action='store_true')
     known, _ = pre.parse_known_args(argv)
-    trained = checkpoints.flags_of(known.log_dir, known.checkpoint_step) if known.test and known.log_dir else {}
-    algorithm = known.algorithm or trained.get('algorithm') or script.algorithms[0]
-    dataset = known.dataset or trained.get('dataset') or script.datasets[0]
-    if (known.algorithm is None and algorithm not in script.algorithms) or \
+    reads_checkpoint = known.log_dir and (known.test or known.checkpoint_step >= 0)
+    trained = checkpoints.flags_of(known.log_dir, known.checkpoint_step) if reads_checkpoint else {}
+    default_algorithm, default_dataset = (trained.get('algorithm'), trained.get('dataset')) if known.test else (None, None)
+    algorithm = known.algorithm or default_algorithm or script.algorithms[0]
+    dataset = known.dataset or default_dataset or script.datasets[0]
+    written = (trained.get('algorithm', algorithm), trained.get('dataset', dataset))
+    if written != (algorithm, dataset) or (known.algorithm is None and algorithm not in script.algorithms) or \
             (known.dataset is None and dataset not in script.datasets):
-        raise util.UserError(f'{known.log_dir} holds a {algorithm} model of {dataset} tasks, which this script does '
-                             'not run; test it with the script that trained it (protonet.py, maml.py or '
-                             'run_metabolism.py)')
+        step = known.checkpoint_step if known.checkpoint_step >= 0 else 'the newest'
+        raise util.UserError(f'checkpoint {step} in {known.log_dir} was written by {written[0]} on {written[1]} '
+                             f'tasks; {"test" if known.test else "resume"} it with {script_for(*written)}')
     # a name the script does not offer was typed: argparse will list the choices
     return (algorithm if algorithm in script.algorithms else script.algorithms[0],
             dataset if dataset in script.datasets else script.datasets[0])
@@ -63,7 +83,7 @@ def parse(script, argv=None):
     defaults: every flag's default for this algorithm and dataset."""
     algorithm_name, dataset_name = _chosen(script, argv)
     algorithm, dataset = algorithm_module(algorithm_name), dataset_module(dataset_name)
-    parser = argparse.ArgumentParser(description=script.description)
+    parser = ArgumentParser(description=script.description)
     if len(script.algorithms) > 1:
         parser.add_argument('--algorithm', choices=script.algorithms, help='the meta-learning algorithm')
     if len(script.datasets) > 1:

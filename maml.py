@@ -163,22 +163,22 @@ LOG_NAME_FLAGS = ('first_order', 'num_hidden_channels', 'augment_rotations', 'in
 
 def add_args(parser):
     """The inner-loop flags and the variants' flags (MAML and Reptile)."""
-    parser.add_argument('--num_inner_steps', type=int, default=None,
+    parser.add_argument('--num_inner_steps', type=util.positive_int, default=None,
                         help='inner-loop steps (default 1; at --test: as trained)')
-    parser.add_argument('--inner_lr', type=float, default=0.4, help='inner-loop learning rate (initial if learned)')
+    parser.add_argument('--inner_lr', type=util.positive_float, default=0.4, help='inner-loop learning rate (initial if learned)')
     parser.add_argument('--learn_inner_lrs', default=False, action='store_true',
                         help='learn one inner learning rate per parameter tensor')
     parser.add_argument('--first_order', default=False, action='store_true', help='first-order MAML (FOMAML)')
     parser.add_argument('--vmap_tasks', choices=['auto', 'yes', 'no'], default='auto',
                         help='adapt the tasks of a meta-batch with torch.vmap; auto: no on CPU, yes on GPU')
     parser.add_argument('--inner_optimizer', choices=['sgd', 'adagrad'], default=Variants.inner_optimizer)
-    parser.add_argument('--inner_adagrad_eps', type=float, default=Variants.inner_adagrad_eps,
+    parser.add_argument('--inner_adagrad_eps', type=util.positive_float, default=Variants.inner_adagrad_eps,
                         help='Adagrad inner eps (the NTU report: 0.7)')
     parser.add_argument('--learn_inner_lrs_per_step', default=Variants.learn_inner_lrs_per_step, action='store_true',
                         help='LSLR: learn an inner LR per parameter tensor and inner step')
     parser.add_argument('--anil', default=Variants.anil, action='store_true',
                         help='adapt only the head in the inner loop')
-    parser.add_argument('--anneal_derivative_order', type=int, default=Variants.anneal_derivative_order, metavar='N',
+    parser.add_argument('--anneal_derivative_order', type=util.non_negative_int, default=Variants.anneal_derivative_order, metavar='N',
                         help='first-order for the first N outer steps, second-order after')
     parser.add_argument('--multi_step_loss', default=Variants.multi_step_loss, action='store_true',
                         help='MSL: query losses after every inner step, annealed towards the last')
@@ -189,15 +189,9 @@ def add_args(parser):
 
 
 def check_args(args):
-    """Validate the inner-loop flags; to train, an unset --num_inner_steps is 1 (at --test: as trained)."""
-    if args.num_inner_steps is not None and args.num_inner_steps < 1:
-        raise util.UserError('--num_inner_steps must be at least 1')
+    """To train, an unset --num_inner_steps is 1 (at --test: as trained); the flags' types check their values."""
     if not args.test and args.num_inner_steps is None:
         args.num_inner_steps = 1
-    if args.inner_lr <= 0:
-        raise util.UserError('--inner_lr must be positive')
-    if args.inner_adagrad_eps <= 0:
-        raise util.UserError('--inner_adagrad_eps must be positive')
 
 
 def inner_loop_options(args, dataset, device):

@@ -48,19 +48,33 @@ def table_path(data_dir, assay):
 
 def read_table(path):
     """A TDC table as (SMILES list, (n,) int64 labels); UserError naming the file if malformed."""
+    try:
+        with open(path, 'rb') as f:
+            text = f.read().decode('utf-8')
+    except UnicodeDecodeError as error:
+        line = text_line_of(path, error.start)
+        raise UserError(f'{path}, line {line}: not UTF-8 text; replace the file with the TDC table') from None
+    except OSError as error:
+        raise UserError(f'{path} cannot be read ({error.strerror}); replace it with the TDC table') from None
+    lines = text.splitlines()
+    header = lines[0].split('\t') if lines else []
+    if header != TABLE_HEADER:
+        raise UserError(f'{path}: header {header} is not {TABLE_HEADER}; replace it with the TDC table')
     smiles, labels = [], []
-    with open(path, encoding='utf-8') as f:
-        header = f.readline().rstrip('\r\n').split('\t')
-        if header != TABLE_HEADER:
-            raise UserError(f'{path}: header {header} is not {TABLE_HEADER}; replace it with the TDC table')
-        for number, line in enumerate(f, start=2):
-            fields = line.rstrip('\r\n').split('\t')
-            if len(fields) != 3 or fields[2] not in ('0', '1', '0.0', '1.0'):
-                raise UserError(f'{path}, line {number}: expected Drug_ID<TAB>SMILES<TAB>0/1; '
-                                'replace the file with the TDC table')
-            smiles.append(fields[1])
-            labels.append(int(float(fields[2])))
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split('\t')
+        if len(fields) != 3 or fields[2] not in ('0', '1', '0.0', '1.0'):
+            raise UserError(f'{path}, line {number}: expected Drug_ID<TAB>SMILES<TAB>0/1; '
+                            'replace the file with the TDC table')
+        smiles.append(fields[1])
+        labels.append(int(float(fields[2])))
     return smiles, np.array(labels, dtype=np.int64)
+
+
+def text_line_of(path, offset):
+    """The 1-based line number of a byte offset in a file."""
+    with open(path, 'rb') as f:
+        return f.read(offset).count(b'\n') + 1
 
 
 def fingerprints(smiles):
@@ -243,6 +257,8 @@ def load_metabolism(data_dir='./data/metabolism', download=True):
 
     Sources in order: the course's pickle, the .tab tables, a download.
     """
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise UserError(f'--data_dir {data_dir} is a file; name the folder that holds the data')
     pickle_path = os.path.join(data_dir, PICKLE_NAME)
     if os.path.isfile(pickle_path):
         return load_pickle(pickle_path)

@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import zipfile
+import zlib
 
 import numpy as np
 import torch
@@ -109,7 +110,7 @@ def decode_source(kind, paths):
     try:
         for character, name, data, resize in _iter_pngs(kind, paths):
             characters.setdefault(character, {})[name] = _png_to_ink(data, resize)
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, Image.DecompressionBombError) as error:
         raise UserError(f'Omniglot source {", ".join(paths)} is unreadable ({error}); '
                         'replace it with a complete copy or delete it to download again') from None
     names = sorted(characters)
@@ -155,7 +156,7 @@ def _read_cache(path, key):
             images, names = cache['images'], [str(n) for n in cache['names']]
             if str(cache['digest']) != hashlib.sha256(images.tobytes()).hexdigest():
                 return None
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError, zlib.error):
         return None
     if images.shape != (NUM_CHARACTERS, NUM_DRAWINGS, IMAGE_SIZE, IMAGE_SIZE):
         return None
@@ -177,6 +178,8 @@ def load_omniglot(data_dir='./data', download=True):
         images: (1623, 20, 28, 28) uint8 numpy array, ink = 1.
         names: the 1623 'alphabet/character' names, sorted.
     """
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise UserError(f'--data_dir {data_dir} is a file; name the folder that holds the data')
     source = find_source(data_dir)
     if source is None:
         if not download:
@@ -217,12 +220,11 @@ def add_args(parser):
     """The Omniglot flags."""
     parser.add_argument('--augment_rotations', default=False, action='store_true',
                         help='rotations by 90/180/270 degrees become new classes')
-    parser.add_argument('--num_hidden_channels', type=int, default=64, help='channels of each conv block')
+    parser.add_argument('--num_hidden_channels', type=util.positive_int, default=64, help='channels of each conv block')
 
 
 def check_args(args):
-    if args.num_hidden_channels < 1:
-        raise UserError('--num_hidden_channels must be at least 1')
+    pass
 
 
 def build_sampler(split, args, seed, device):

@@ -35,40 +35,34 @@ def add_common_args(parser):
     parser.add_argument('--log_dir', type=str, default=None, help='directory for logs and checkpoints')
     parser.add_argument('--data_dir', '--datadir', dest='data_dir', type=str, default='./data',
                         help='folder with the data set (--datadir is the same flag)')
-    parser.add_argument('--num_way', type=int, default=5, help='classes per task (N)')
-    parser.add_argument('--num_support', type=int, nargs='+', default=[1],
+    parser.add_argument('--num_way', type=util.positive_int, default=5, help='classes per task (N)')
+    parser.add_argument('--num_support', type=util.positive_int, nargs='+', default=[1],
                         help='support examples per class (K); with --test, several values sweep K')
-    parser.add_argument('--num_query', type=int, default=15, help='query examples per class (Q)')
-    parser.add_argument('--batch_size', type=int, default=16, help='tasks per meta-batch (B)')
-    parser.add_argument('--learning_rate', '--outer_lr', dest='learning_rate', type=float, default=0.001,
+    parser.add_argument('--num_query', type=util.positive_int, default=15, help='query examples per class (Q)')
+    parser.add_argument('--batch_size', type=util.positive_int, default=16, help='tasks per meta-batch (B)')
+    parser.add_argument('--learning_rate', '--outer_lr', dest='learning_rate', type=util.positive_float, default=0.001,
                         help='learning rate of the meta-update (--outer_lr is the same flag): Adam for ProtoNet '
                              'and MAML, the initial meta step size for Reptile')
-    parser.add_argument('--num_train_iterations', type=int, default=5000, help='meta-updates in the whole run')
+    parser.add_argument('--num_train_iterations', type=util.positive_int, default=5000, help='meta-updates in the whole run')
     parser.add_argument('--test', default=False, action='store_true', help='test a checkpoint instead of training')
-    parser.add_argument('--checkpoint_step', type=int, default=-1,
+    parser.add_argument('--checkpoint_step', type=util.checkpoint_step, default=-1,
                         help='checkpoint to resume from or test; -1: train from scratch, or test the best')
-    parser.add_argument('--num_test_tasks', type=int, default=600, help='tasks evaluated by --test')
+    parser.add_argument('--num_test_tasks', type=util.positive_int, default=600, help='tasks evaluated by --test')
     parser.add_argument('--csv', type=str, default=None, help='with --test: also append the results to this CSV file')
-    parser.add_argument('--num_val_tasks', type=int, default=64, help='tasks at each validation')
+    parser.add_argument('--num_val_tasks', type=util.positive_int, default=64, help='tasks at each validation')
     parser.add_argument('--device', type=str, default='cpu', help='cpu, gpu (CUDA, else MPS), cuda, mps or auto')
-    parser.add_argument('--num_workers', type=int, default=2, help='accepted for compatibility; unused')
-    parser.add_argument('--seed', type=int, default=0, help='seeds initialisation and task sampling')
+    parser.add_argument('--num_workers', type=util.non_negative_int, default=2, help='accepted for compatibility; unused')
+    parser.add_argument('--seed', type=util.seed, default=0, help='seeds initialisation and task sampling')
 
 
 def check_common_args(args):
-    """Validate the shared flags, once after parsing: --num_support becomes one int
-    (the first value) and args.support_sweep the list of values (a K sweep at --test)."""
+    """Check the shared flags together, once after parsing (their types checked each one):
+    --num_support becomes one int (the first value) and args.support_sweep the list of
+    values (a K sweep at --test)."""
     sweep = args.num_support
     if len(sweep) > 1 and not args.test:
         raise util.UserError('--num_support takes several values only with --test (a sweep over K); give one to train')
     args.num_support, args.support_sweep = sweep[0], sweep
-    if min(sweep) < 1:
-        raise util.UserError('--num_support must be at least 1')
-    for flag in ('num_way', 'num_query', 'batch_size', 'num_test_tasks', 'num_val_tasks', 'num_train_iterations'):
-        if vars(args)[flag] < 1:
-            raise util.UserError(f'--{flag} must be at least 1')
-    if args.learning_rate <= 0:
-        raise util.UserError('--learning_rate (--outer_lr) must be positive')
 
 
 # ---------------------------------------------------------------- one meta-update
@@ -225,6 +219,14 @@ def run(args, log_dir, build_learner, build_sampler, after_test=None, test_time_
     after_test(learner, args, log_dir), if given, runs after --test (e.g. a figure).
     At test time the learner is rebuilt from the flags it was trained with.
     """
+    if args.csv:
+        util.writable_file(args.csv, '--csv')
+    if not args.test:
+        util.writable_folder(log_dir, '--log_dir')
+        count, size = util.remove_stale_temporaries(log_dir)
+        if count:
+            print(f'removed {count} temporary checkpoint file(s) ({size / 2 ** 20:.1f} MiB) that runs stopped '
+                  f'while saving had left in {log_dir}')
     device = util.resolve_device(args.device)
     if device.type == 'cpu':
         util.tune_cpu_allocator()
@@ -240,13 +242,15 @@ def run(args, log_dir, build_learner, build_sampler, after_test=None, test_time_
         if after_test is not None:
             after_test(learner, args, log_dir)
         return results
+    resumed = None
+    if args.checkpoint_step >= 0:  # read and checked before any work
+        resumed = checkpoints.load(log_dir, args.checkpoint_step)
+        checkpoints.check_settings(resumed, checkpoints.path(log_dir, args.checkpoint_step), args)
     util.seed_everything(args.seed)
     learner = build_learner(args, device)
     optimizer = build_optimizer(learner, args.learning_rate)
     train_sampler = build_sampler('train', args, args.seed, device)
     val_sampler = build_sampler('val', args, VAL_SEED, device)
-    start = 0
-    if args.checkpoint_step >= 0:
-        start = checkpoints.resume(log_dir, args.checkpoint_step, learner, optimizer, train_sampler.generator, args)
+    start = 0 if resumed is None else checkpoints.resume(resumed, learner, optimizer, train_sampler.generator)
     print(f'logging to {log_dir}')
     train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start)

@@ -1,8 +1,10 @@
 """Small helpers shared by every algorithm: confidence intervals,
 atomic checkpoints, seeding, device resolution, one-line user errors, and
 the data files' digests, cache locations and downloads."""
+import argparse
 import ctypes
 import hashlib
+import math
 import os
 import random
 import sys
@@ -24,6 +26,54 @@ def run_cli(main):
     except UserError as error:
         print(f'error: {error}', file=sys.stderr)
         sys.exit(2)
+
+
+# ---------------------------------------------------------------- typed flags
+# argparse types: a bad value fails while parsing, naming the flag, before any work.
+
+def _number(text, kind):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not {"an integer" if kind is int else "a number"}') from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f'{text} is not a finite number')
+    return value
+
+
+def positive_int(text):
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'{value} is not a positive integer (1 or more)')
+    return value
+
+
+def non_negative_int(text):
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'{value} is below 0')
+    return value
+
+
+def checkpoint_step(text):
+    value = _number(text, int)
+    if value < -1:
+        raise argparse.ArgumentTypeError(f'{value}: give a saved step, or -1')
+    return value
+
+
+def seed(text):
+    value = _number(text, int)
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f'{value} is outside 0 .. 2**32 - 1')
+    return value
+
+
+def positive_float(text):
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f'{value} is not positive')
+    return value
 
 
 def mean_ci95(values):
@@ -88,12 +138,22 @@ def tune_cpu_allocator():
     return bool(ok_mmap and ok_trim)
 
 
+TEMPORARY_SUFFIX = '.tmp'
+
+
+def temporary_path(path):
+    """Where atomic_save writes path first: .NAME.PID.tmp beside it."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f'.{name}.{os.getpid()}{TEMPORARY_SUFFIX}')
+
+
 def atomic_save(obj, path):
-    """torch.save to a temporary file in the same folder, fsync, then rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix='.pt')
+    """torch.save to a temporary file in the same folder (created with the umask's
+    permissions), fsync, then rename; the temporary file is removed on any failure."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = temporary_path(path)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         with os.fdopen(fd, 'wb') as f:
             torch.save(obj, f)
             f.flush()
@@ -103,6 +163,60 @@ def atomic_save(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder):
+    """Remove the temporary files of atomic_save calls whose process has died (killed
+    mid-save): .NAME.PID.tmp, and .tmp-*.pt of older versions. Returns (count, bytes)."""
+    count = size = 0
+    for entry in os.scandir(folder) if os.path.isdir(folder) else []:
+        name = entry.name
+        parts = name.rsplit('.', 2)
+        if name.startswith('.tmp-') and name.endswith('.pt'):
+            stale = True
+        elif name.startswith('.') and name.endswith(TEMPORARY_SUFFIX) and len(parts) == 3 and parts[1].isdigit():
+            stale = int(parts[1]) != os.getpid() and not _process_alive(int(parts[1]))
+        else:
+            continue
+        if stale and entry.is_file():
+            size += entry.stat().st_size
+            os.remove(entry.path)
+            count += 1
+    return count, size
+
+
+def writable_folder(path, flag):
+    """Create the folder if needed; a UserError naming the flag if it cannot hold files."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f'{flag} {path} is a file, not a folder; name a folder')
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise UserError(f'{flag} {path} cannot be created or written ({error.strerror}); '
+                        'name a folder you can write') from None
+
+
+def writable_file(path, flag):
+    """A UserError naming the flag unless path is a file that can be appended to (created if missing)."""
+    if os.path.isdir(path):
+        raise UserError(f'{flag} {path} is a folder; name a file')
+    try:
+        with open(path, 'a'):
+            pass
+    except OSError as error:
+        raise UserError(f'{flag} {path} cannot be written ({error.strerror}); name a file you can write') from None
 
 
 def load_checkpoint(path):

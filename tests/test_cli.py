@@ -110,7 +110,8 @@ def test_test_takes_the_checkpoints_algorithm_or_names_the_script(tmp_path):
                            log_dir, '--num_support', '2', '--num_query', '3', *TINY])
     args, _, algorithm, dataset = cli.parse(run_metabolism.SCRIPT, ['--test', '--log_dir', log_dir])
     assert (args.algorithm, algorithm.NAME, dataset.NAME) == ('reptile', 'reptile', 'metabolism')
-    with pytest.raises(util.UserError, match='holds a reptile model of metabolism tasks.*protonet.py, maml.py'):
+    with pytest.raises(util.UserError, match='written by reptile on metabolism tasks; test it with '
+                                             'run_metabolism.py --algorithm reptile'):
         cli.parse(protonet.SCRIPT, ['--test', '--log_dir', log_dir])
 
 
@@ -228,4 +229,10 @@ def test_namespace_of_an_older_checkpoint_is_translated():
                   'args': {'datadir': 'D', 'learning_rate': 0.1}}
     translated = checkpoints.translate(checkpoint)
     assert translated['optimizer'] == {'state': {}} and translated['optimizer_kind'] == 'adam'
-    assert translated['args'] == {'data_dir': 'D', 'learning_rate': 0.1} and translated['metric_kind'] == 'accuracy'
+    assert translated['args'] == {'data_dir': 'D', 'learning_rate': 0.1, 'algorithm': 'protonet',
+                                  'dataset': 'metabolism'}  # run_metabolism.py's ProtoNet
+    assert translated['metric_kind'] == 'accuracy'
+    older_maml = checkpoints.translate({'learner': {'meta_parameters': {}, 'optimizer': {}},
+                                        'args': {'outer_lr': 0.2, 'dataset': 'sinusoid'}, 'metric_kind': 'loss'})
+    assert older_maml['args'] == {'learning_rate': 0.2, 'dataset': 'sinusoid', 'algorithm': 'maml'}
+    assert older_maml['metric_kind'] == 'loss'

@@ -59,11 +59,11 @@ def test_checkpoint_written_on_gpu_resumes_on_cpu(tmp_path):
                     forward=networks.conv_net, num_inner_steps=1, inner_lr=0.3, device='cuda')
     batch = maml_batch(num_tasks=2)
     gpu_optimizer = take_step(gpu, batch.to('cuda'), 0)  # optimizer state exists on the GPU
-    args = argparse.Namespace(note='test')
+    args = argparse.Namespace(algorithm='maml', dataset='omniglot')
     checkpoints.save(str(tmp_path), 0, gpu, gpu_optimizer, torch.Generator(), args, 0.5)
     cpu = tiny_maml()
     cpu_optimizer = training.build_optimizer(cpu, 1e-3)
-    checkpoints.resume(str(tmp_path), 0, cpu, cpu_optimizer, torch.Generator(), args)
+    checkpoints.resume(checkpoints.load(str(tmp_path), 0), cpu, cpu_optimizer, torch.Generator())
     assert all(close(cpu.inner.meta_parameters[k], v) for k, v in gpu.inner.meta_parameters.items())
     saved, loaded = gpu_optimizer.state_dict()['state'], cpu_optimizer.state_dict()['state']
     assert saved.keys() == loaded.keys() and len(saved) > 0

@@ -20,6 +20,8 @@ import zipfile
 
 import torch
 
+import util
+
 PROTONET_GFLOP = 94.0  # one 16-task 5w5s (Q=15) step: forward + backward of the conv encoder
 
 
@@ -136,7 +138,6 @@ def child_protonet(args, device):
     import networks
     import omniglot
     import protonet
-    import util
     if args.allocator == 'tuned' and device.type == 'cpu':
         util.tune_cpu_allocator()
     sampler = omniglot.omniglot_sampler('train', 5, 5, 15, args.data_dir, seed=0, device=device)
@@ -149,7 +150,6 @@ def child_maml(args, device):
     import maml
     import networks
     import omniglot
-    import util
     if device.type == 'cpu':
         util.tune_cpu_allocator()
     sampler = omniglot.omniglot_sampler('train', 5, 1, 15, args.data_dir, seed=0, device=device)
@@ -210,7 +210,7 @@ def bench_maml(data_dir, repeats, device):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data_dir', default='./data', help='holds omniglot_resized.zip (the naive pipeline reads it)')
-    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--repeats', type=util.positive_int, default=5)
     parser.add_argument('--only', choices=['protonet', 'maml'])
     parser.add_argument('--device', default='cpu', help='cpu, gpu, cuda, mps or auto, as in training')
     parser.add_argument('--child', choices=list(CHILDREN), help=argparse.SUPPRESS)
@@ -221,7 +221,6 @@ def main():
     parser.add_argument('--learn_inner_lrs', type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument('--vmap', default='no', help=argparse.SUPPRESS)
     args = parser.parse_args()
-    import util
     device = util.resolve_device(args.device)
     if args.child:
         result = CHILDREN[args.child](args, device)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import checkpoints
+import util
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 K_SWEEP = [1, 2, 4, 6, 8, 10]
@@ -230,7 +231,7 @@ def parse_args(argv=None):
     parser.add_argument('--data_dir', default='./data', help='Omniglot data folder')
     parser.add_argument('--metabolism_dir', '--datadir', dest='metabolism_dir', default='./data/metabolism',
                         help='metabolism data folder (--datadir is the same flag)')
-    parser.add_argument('--num_test_tasks', type=int, default=600, help='tasks per test evaluation')
+    parser.add_argument('--num_test_tasks', type=util.positive_int, default=600, help='tasks per test evaluation')
     args = parser.parse_args(argv)
     args.out = args.out or os.path.join('reports', 'quick' if args.quick else 'full')
     args.device = args.device or ('cpu' if args.quick else 'gpu')

@@ -143,6 +143,11 @@ class MAML:
                                 for s, x in enumerate(v.detach().reshape(-1).tolist())})
         return scalars
 
+    def buffers(self):
+        """Tensors the loop averages over processes after each step: per-step batch-norm running statistics."""
+        bn = self.inner.per_step_bn
+        return [] if bn is None else [t for row in bn.running for pair in row for t in pair]
+
     def state(self):
         return self.inner.state()
 

@@ -93,6 +93,9 @@ class ProtoNet:
     def scalars(self):
         return {}
 
+    def buffers(self):
+        return []
+
     def state(self):
         return {'network': self._network.state_dict()}
 

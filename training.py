@@ -8,6 +8,7 @@ A learner (protonet.ProtoNet, maml.MAML, reptile.Reptile) gives the loop:
     evaluate(task_batch) -> dict of (B,) per-task metrics, 'loss' among them (no update)
     state() / load_state(state) -> the model's tensors, for checkpoints
     scalars() -> dict tag -> float, logged with the training metrics
+    buffers() -> tensors averaged over the processes after each step (usually [])
     optimizer: 'adam' or 'sgd'; lr_schedule: 'constant', 'cosine' or 'linear' (to 0 over the run);
     lr_tag: the TensorBoard tag of the learning rate, or None
     key_metric: the validation metric that picks the best checkpoint
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 import checkpoints
+import distributed
 import util
 
 LOG_INTERVAL = 10
@@ -81,34 +83,51 @@ def learning_rate_at(schedule, base, step, total):
     return base
 
 
-def train_step(learner, optimizer, task_batch, step, learning_rate, total):
-    """One meta-update: the schedule's learning rate, zero_grad, the learner's objective,
-    backward, the optimizer step. Returns the metrics' means as floats, 'loss' among them."""
+def train_step(learner, optimizer, task_batch, step, learning_rate, total, processes=distributed.ONE):
+    """One meta-update: the schedule's learning rate, zero_grad, the learner's objective on this
+    process's share of the tasks (weighted by share / B), backward, the gradients summed over the
+    processes, the optimizer step, buffers averaged. Returns the metrics' means over all B tasks
+    as floats, 'loss' among them."""
     for group in optimizer.param_groups:
         group['lr'] = learning_rate_at(learner.lr_schedule, learning_rate, step, total)
     optimizer.zero_grad(set_to_none=True)
-    objective, metrics = learner.loss(task_batch, step)
+    if processes.size == 1:
+        objective, metrics = learner.loss(task_batch, step)
+        objective.backward()
+        optimizer.step()
+        return {'loss': objective.item(), **{k: v.mean().item() for k, v in metrics.items()}}
+    share = task_batch.select(processes.share(len(task_batch)))
+    objective, metrics = learner.loss(share, step)
+    objective = objective * (len(share) / len(task_batch))
     objective.backward()
+    processes.sum_gradients(learner.parameters())
     optimizer.step()
-    return {'loss': objective.item(), **{k: v.mean().item() for k, v in metrics.items()}}
+    processes.average(learner.buffers())
+    return {'loss': processes.sum(objective.item()),
+            **{k: float(processes.gather(v.detach().cpu().numpy()).mean()) for k, v in metrics.items()}}
 
 
 # ---------------------------------------------------------------- evaluation
 
-def evaluate_tasks(learner, sampler, num_tasks, batch_size):
-    """Per-task metrics over num_tasks tasks: dict name -> (num_tasks,) numpy array."""
+def evaluate_tasks(learner, sampler, num_tasks, batch_size, processes=distributed.ONE):
+    """Per-task metrics over num_tasks tasks: dict name -> (num_tasks,) numpy array.
+    Each process evaluates its share of every batch; the shares are gathered in task order."""
     results = {}
     for start in range(0, num_tasks, batch_size):
-        metrics = learner.evaluate(sampler.sample(min(batch_size, num_tasks - start)))
+        batch = sampler.sample(min(batch_size, num_tasks - start))
+        share = processes.share(len(batch))
+        empty = share.start == share.stop  # fewer tasks than processes: evaluate one, contribute none
+        metrics = learner.evaluate(batch.select(slice(0, 1) if empty else share) if processes.size > 1 else batch)
         for name, values in metrics.items():
-            results.setdefault(name, []).append(values.detach().cpu().numpy())
+            values = values.detach().cpu().numpy()
+            results.setdefault(name, []).append(processes.gather(values[:0] if empty else values))
     return {name: np.concatenate(chunks) for name, chunks in results.items()}
 
 
-def validate(learner, sampler, args):
+def validate(learner, sampler, args, processes=distributed.ONE):
     """Mean metrics over the fixed validation tasks, and 'ci95': the 95% CI half-width of the key metric."""
     sampler.generator.manual_seed(VAL_SEED)
-    per_task = evaluate_tasks(learner, sampler, args.num_val_tasks, args.batch_size)
+    per_task = evaluate_tasks(learner, sampler, args.num_val_tasks, args.batch_size, processes)
     metrics = {name: float(values.mean()) for name, values in per_task.items()}
     metrics['ci95'] = float(util.mean_ci95(per_task[learner.key_metric])[1])
     return metrics
@@ -120,18 +139,24 @@ def log_scalars(writer, split, metrics, kind, step):
         writer.add_scalar(tag, value, step)
 
 
-def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_step=0):
-    """Meta-train from start_step to args.num_train_iterations - 1, logging and checkpointing."""
+def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_step=0, processes=distributed.ONE):
+    """Meta-train from start_step to args.num_train_iterations - 1, logging and checkpointing (rank 0)."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
-    writer = SummaryWriter(log_dir=log_dir)
+    writer = SummaryWriter(log_dir=log_dir) if processes.is_main else None
     last, kind = args.num_train_iterations - 1, learner.task.metric_kind
     val_metrics = {}
     progress = tqdm(range(start_step, args.num_train_iterations), initial=start_step,
-                    total=args.num_train_iterations, dynamic_ncols=True)
+                    total=args.num_train_iterations, dynamic_ncols=True, disable=not processes.is_main)
     for step in progress:
         metrics = train_step(learner, optimizer, train_sampler.sample(args.batch_size), step, args.learning_rate,
-                             args.num_train_iterations)
+                             args.num_train_iterations, processes)
+        if step % distributed.DRIFT_CHECK_INTERVAL == 0:
+            processes.check_in_step(learner.parameters(), step)
+        if step % VAL_INTERVAL == 0 or step == last:
+            val_metrics = validate(learner, val_sampler, args, processes)
+        if not processes.is_main:
+            continue
         if step % LOG_INTERVAL == 0:
             log_scalars(writer, 'train', metrics, kind, step)
             scalars = learner.scalars()
@@ -140,7 +165,6 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
             for tag, value in scalars.items():
                 writer.add_scalar(tag, value, step)
         if step % VAL_INTERVAL == 0 or step == last:
-            val_metrics = validate(learner, val_sampler, args)
             log_scalars(writer, 'val', val_metrics, kind, step)
             writer.flush()
         if step % SAVE_INTERVAL == 0 or step == last:
@@ -148,21 +172,22 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
                              val_metrics[learner.key_metric])
         progress.set_postfix({'loss': f'{metrics["loss"]:.3f}',
                               **{f'val_{k}': f'{v:.3f}' for k, v in val_metrics.items() if k == learner.key_metric}})
-    writer.close()
     progress.close()
-    if val_metrics:
+    if processes.is_main:
+        writer.close()
         print(f'validation {kind} ({learner.key_metric}) at step {last} over {args.num_val_tasks} tasks: '
               f'mean {val_metrics[learner.key_metric]:.3f}, 95% confidence interval {val_metrics["ci95"]:.3f}')
 
 
 # ---------------------------------------------------------------- testing
 
-def test(learner, test_sampler, num_tasks, batch_size):
-    """Evaluate num_tasks test tasks and print the key metric's mean and 95% CI."""
-    metrics = evaluate_tasks(learner, test_sampler, num_tasks, batch_size)
+def test(learner, test_sampler, num_tasks, batch_size, processes=distributed.ONE):
+    """Evaluate num_tasks test tasks and print (rank 0) the key metric's mean and 95% CI."""
+    metrics = evaluate_tasks(learner, test_sampler, num_tasks, batch_size, processes)
     mean, ci95 = util.mean_ci95(metrics[learner.key_metric])
     word = learner.task.metric_kind.capitalize()
-    print(f'{word} over {num_tasks} test tasks: mean {mean:.3f}, 95% confidence interval {ci95:.3f}')
+    if processes.is_main:
+        print(f'{word} over {num_tasks} test tasks: mean {mean:.3f}, 95% confidence interval {ci95:.3f}')
     return mean, ci95
 
 
@@ -181,20 +206,20 @@ def append_csv(path, row):
         writer.writerow(row)
 
 
-def test_support_sweep(learner, build_sampler, args, device, log_dir, step):
+def test_support_sweep(learner, build_sampler, args, processes, log_dir, step):
     """test() once per K of args.support_sweep, each on the tasks a run with only that K
     would draw (one line each; prefixed by K for a sweep); rows appended to --csv.
     Returns (mean, ci95), or a list of them for a sweep."""
     results = []
     for num_support in args.support_sweep:
-        if len(args.support_sweep) > 1:
+        if len(args.support_sweep) > 1 and processes.is_main:
             print(f'num_support {num_support}: ', end='')
         util.seed_everything(args.seed)
         sampler = build_sampler('test', argparse.Namespace(**{**vars(args), 'num_support': num_support}),
-                                args.seed, device)
-        mean, ci95 = test(learner, sampler, args.num_test_tasks, args.batch_size)
+                                args.seed, processes.device)
+        mean, ci95 = test(learner, sampler, args.num_test_tasks, args.batch_size, processes)
         results.append((mean, ci95))
-        if args.csv:
+        if args.csv and processes.is_main:
             append_csv(args.csv, {'log_dir': log_dir, 'checkpoint_step': step, 'num_way': args.num_way,
                                   'num_support': num_support, 'num_query': args.num_query,
                                   'num_test_tasks': args.num_test_tasks, 'metric': learner.key_metric,
@@ -219,15 +244,13 @@ def run(args, log_dir, build_learner, build_sampler, after_test=None, test_time_
     after_test(learner, args, log_dir), if given, runs after --test (e.g. a figure).
     At test time the learner is rebuilt from the flags it was trained with.
     """
-    if args.csv:
-        util.writable_file(args.csv, '--csv')
-    if not args.test:
-        util.writable_folder(log_dir, '--log_dir')
-        count, size = util.remove_stale_temporaries(log_dir)
-        if count:
-            print(f'removed {count} temporary checkpoint file(s) ({size / 2 ** 20:.1f} MiB) that runs stopped '
-                  f'while saving had left in {log_dir}')
-    device = util.resolve_device(args.device)
+    processes = distributed.start(util.resolve_device(args.device))
+    device = processes.device
+    if args.batch_size < processes.size:
+        raise util.UserError(f'--batch_size {args.batch_size} is smaller than the {processes.size} processes; '
+                             'give each process at least one task')
+    if processes.is_main:
+        check_outputs(args, log_dir)
     if device.type == 'cpu':
         util.tune_cpu_allocator()
     if args.test:
@@ -235,12 +258,13 @@ def run(args, log_dir, build_learner, build_sampler, after_test=None, test_time_
         checkpoint = checkpoints.load(log_dir, step)
         learner = build_learner(trained_args(args, checkpoint, test_time_flags), device)
         learner.load_state(checkpoint['learner'])
-        if args.checkpoint_step < 0:
+        if args.checkpoint_step < 0 and processes.is_main:
             print(f'testing checkpoint step {step}, the best validation {learner.key_metric} '
                   f'({checkpoint["val_score"]:.4f}) in {log_dir}')
-        results = test_support_sweep(learner, build_sampler, args, device, log_dir, step)
-        if after_test is not None:
+        results = test_support_sweep(learner, build_sampler, args, processes, log_dir, step)
+        if after_test is not None and processes.is_main:
             after_test(learner, args, log_dir)
+        processes.finish()
         return results
     resumed = None
     if args.checkpoint_step >= 0:  # read and checked before any work
@@ -252,5 +276,19 @@ def run(args, log_dir, build_learner, build_sampler, after_test=None, test_time_
     train_sampler = build_sampler('train', args, args.seed, device)
     val_sampler = build_sampler('val', args, VAL_SEED, device)
     start = 0 if resumed is None else checkpoints.resume(resumed, learner, optimizer, train_sampler.generator)
-    print(f'logging to {log_dir}')
-    train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start)
+    if processes.is_main:
+        print(f'logging to {log_dir}' + (f' ({processes.size} processes)' if processes.size > 1 else ''))
+    train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start, processes)
+    processes.finish()
+
+
+def check_outputs(args, log_dir):
+    """--csv and, to train, --log_dir can be written; stray temporaries of killed saves removed."""
+    if args.csv:
+        util.writable_file(args.csv, '--csv')
+    if not args.test:
+        util.writable_folder(log_dir, '--log_dir')
+        count, size = util.remove_stale_temporaries(log_dir)
+        if count:
+            print(f'removed {count} temporary checkpoint file(s) ({size / 2 ** 20:.1f} MiB) that runs stopped '
+                  f'while saving had left in {log_dir}')

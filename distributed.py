@@ -1,0 +1,125 @@
+"""Several processes under torchrun: every process draws the same meta-batch
+of B tasks and works on its own contiguous share; the loop weights each share's
+objective by its size / B and sums the gradients across processes, so every
+process takes the optimizer step the one-process run would take (up to
+floating-point round-off). Evaluation is split the same way and the per-task
+results are gathered in task order. Rank 0 alone writes files.
+
+Without torchrun's environment (WORLD_SIZE unset or 1) everything here is a
+no-op for one process. NCCL on CUDA with one GPU per process (LOCAL_RANK),
+gloo on CPUs.
+"""
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import util
+
+DRIFT_CHECK_INTERVAL = 100  # steps between checks that the processes' parameters agree
+
+
+class Processes:
+    """This process's place among the run's processes: rank, size, device."""
+
+    def __init__(self, rank=0, size=1, device=torch.device('cpu')):
+        self.rank, self.size, self.device = rank, size, device
+
+    @property
+    def is_main(self):
+        """Whether this process writes logs, checkpoints and printed lines."""
+        return self.rank == 0
+
+    def share(self, num_tasks):
+        """This process's contiguous share of num_tasks tasks, as a slice (sizes differ by at most one)."""
+        base, extra = divmod(num_tasks, self.size)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
+    def sum_gradients(self, tensors):
+        """Sum the .grad of tensors over the processes, in one flattened all-reduce."""
+        if self.size == 1:
+            return
+        grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in tensors]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        for tensor, chunk in zip(tensors, flat.split([g.numel() for g in grads])):
+            tensor.grad = chunk.view_as(tensor).clone()
+
+    def average(self, tensors):
+        """Replace each tensor by its mean over the processes (batch-norm running statistics)."""
+        if self.size == 1 or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat)
+        flat /= self.size
+        with torch.no_grad():
+            for tensor, chunk in zip(tensors, flat.split([t.numel() for t in tensors])):
+                tensor.copy_(chunk.view_as(tensor))
+
+    def sum(self, value):
+        """A float summed over the processes."""
+        if self.size == 1:
+            return value
+        total = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return total.item()
+
+    def gather(self, values):
+        """Per-task values of this process's share -> those of all shares in task order: (n,) -> (N,)."""
+        if self.size == 1:
+            return values
+        local = torch.as_tensor(values, dtype=torch.float64, device=self.device)
+        sizes = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.size)]
+        dist.all_gather(sizes, torch.tensor([len(local)], device=self.device))
+        longest = int(max(s.item() for s in sizes))
+        padded = torch.zeros(longest, dtype=torch.float64, device=self.device)
+        padded[:len(local)] = local
+        chunks = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(chunks, padded)
+        return np.concatenate([c[:int(s.item())].cpu().numpy() for c, s in zip(chunks, sizes)])
+
+    def finish(self):
+        """Wait for every process (rank 0 may still be writing), then leave the process group."""
+        if self.size > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+    def check_in_step(self, tensors, step):
+        """Raise if the processes' parameters have drifted apart (a float64 checksum each)."""
+        if self.size == 1:
+            return
+        checksum = torch.tensor([sum(t.detach().double().sum().item() for t in tensors)], dtype=torch.float64,
+                                device=self.device)
+        sums = [torch.empty_like(checksum) for _ in range(self.size)]
+        dist.all_gather(sums, checksum)
+        if len({s.item() for s in sums}) > 1:
+            raise RuntimeError(f'at step {step} the processes\' parameters differ (checksums '
+                               f'{[s.item() for s in sums]}): a bug in the gradient reduction, please report it')
+
+
+ONE = Processes()  # the one process of a run without torchrun
+
+
+def launched_by_torchrun():
+    return int(os.environ.get('WORLD_SIZE', '1')) > 1
+
+
+def start(device):
+    """Join torchrun's process group if there is one; returns Processes with this process's device
+    (cuda:LOCAL_RANK on CUDA)."""
+    if not launched_by_torchrun():
+        return Processes(device=device)
+    if device.type == 'cuda':
+        local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+        if local_rank >= torch.cuda.device_count():
+            raise util.UserError(f'{os.environ["WORLD_SIZE"]} processes on this machine but '
+                                 f'{torch.cuda.device_count()} GPU(s); lower --nproc_per_node')
+        device = torch.device('cuda', local_rank)
+        torch.cuda.set_device(device)
+    elif device.type != 'cpu':
+        raise util.UserError(f'--device {device.type}: several processes run on CUDA GPUs or CPUs only')
+    if not dist.is_initialized():
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    return Processes(dist.get_rank(), dist.get_world_size(), device)

@@ -1,0 +1,58 @@
+"""Run under torchrun: one meta-update's gradients (float64) of tiny ProtoNet, MAML
+(second-order, learned inner learning rates, 2 inner steps) and Reptile learners on
+5 synthetic tasks, split over the processes by the training loop; rank 0 saves
+them to the file named by argv[1]. tests/test_distributed.py compares them with
+one process's, and checks that drifted parameters are caught."""
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import distributed  # noqa: E402
+import training  # noqa: E402
+from test_maml import random_batch as maml_batch, tiny_maml  # noqa: E402
+from test_protonet import random_batch, tiny_encoder  # noqa: E402
+import protonet  # noqa: E402
+import reptile  # noqa: E402
+
+
+def learners():
+    """name -> (learner, batch of 5 tasks), float64, the same in every process."""
+    return {'protonet': (protonet.ProtoNet(tiny_encoder()), random_batch(num_tasks=5)),
+            'maml': (tiny_maml(num_inner_steps=2, learn_inner_lrs=True), maml_batch(num_tasks=5)),
+            'reptile': (tiny_maml(num_inner_steps=2, learner_class=reptile.Reptile), maml_batch(num_tasks=5))}
+
+
+def gradients(processes):
+    """name -> (logged metrics, [gradient of each trained tensor]) after one training step."""
+    results = {}
+    for name, (learner, batch) in learners().items():
+        optimizer = training.build_optimizer(learner, 1e-3)
+        metrics = training.train_step(learner, optimizer, batch, 0, 1e-3, 10, processes)
+        results[name] = (metrics, [p.grad.clone() for p in learner.parameters()])
+    return results
+
+
+def drift_is_caught(processes):
+    """Whether check_in_step raises once one process's parameter moves by 1e-9."""
+    learner, _ = learners()['maml']
+    processes.check_in_step(learner.parameters(), 0)  # equal: passes
+    with torch.no_grad():
+        learner.parameters()[0].view(-1)[0] += 1e-9 * processes.rank
+    try:
+        processes.check_in_step(learner.parameters(), 1)
+    except RuntimeError as error:
+        return 'parameters differ' in str(error)
+    return False
+
+
+if __name__ == '__main__':
+    processes = distributed.start(torch.device('cpu'))
+    results = gradients(processes)
+    results['drift_is_caught'] = drift_is_caught(processes)
+    if processes.is_main:
+        torch.save(results, sys.argv[1])
+    processes.finish()

@@ -3,6 +3,7 @@
     python bench.py --data_dir ./data            # everything, prints markdown tables
     python bench.py --data_dir ./data --only protonet
     python bench.py --data_dir ./data --device gpu --repeats 30   # the same on a GPU
+    python bench.py --data_dir ./data --only processes            # 1 process x 2 threads vs 2 x 1 (CPU)
 
 Each configuration runs in its own process (the allocator setting is
 process-wide, and peak memory is read per process). Timings are medians.
@@ -127,11 +128,14 @@ def child_protonet_naive(args, device):
 
 
 def timed_training_step(learner, sampler, args, device):
-    """Median seconds of one meta-update of 16 tasks by the training loop, sampling included."""
+    """Median seconds of one meta-update of 16 tasks by the training loop, sampling included
+    (under torchrun: each process's share, gradients summed across the processes)."""
+    import distributed
     import training
+    processes = distributed.start(device)
     optimizer = training.build_optimizer(learner, 1e-3)
-    step = lambda: training.train_step(learner, optimizer, sampler.sample(16), 0, 1e-3, 1)  # noqa: E731
-    return {'seconds': timed(step, args.repeats, device)}
+    step = lambda: training.train_step(learner, optimizer, sampler.sample(16), 0, 1e-3, 1, processes)  # noqa: E731
+    return {'seconds': timed(step, args.repeats, device), 'main': processes.is_main}
 
 
 def child_protonet(args, device):
@@ -162,13 +166,30 @@ def child_maml(args, device):
 CHILDREN = {'protonet_naive': child_protonet_naive, 'protonet': child_protonet, 'maml': child_maml}
 
 
-def run_child(kind, data_dir, repeats, device, **options):
-    command = [sys.executable, __file__, '--child', kind, '--data_dir', data_dir, '--repeats', str(repeats),
+def run_child(kind, data_dir, repeats, device, processes=1, **options):
+    """Run one configuration in a fresh process (or under torchrun in several); its result dict."""
+    launcher = [sys.executable] if processes == 1 else \
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(processes)]
+    command = [*launcher, __file__, '--child', kind, '--data_dir', data_dir, '--repeats', str(repeats),
                '--device', device]
     for key, value in options.items():
         command += [f'--{key}', str(value)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    return next(r for r in map(json.loads, output.strip().splitlines()[::-1]) if r.get('main', True))
+
+
+def bench_processes(data_dir, repeats):
+    """1 process x 2 threads against 2 processes x 1 thread (torchrun, gloo) on this CPU."""
+    print('\n## Several CPU processes: 16 tasks per step split over the processes (train step incl. sampling)\n')
+    print('| configuration | 1 process x 2 threads: ms / step | 2 processes x 1 thread: ms / step | tasks / s, 1 x 2 '
+          '| tasks / s, 2 x 1 | 2 x 1 vs 1 x 2 |')
+    print('|---|---|---|---|---|---|')
+    configs = [('ProtoNet 5w5s', 'protonet', dict(tasks_per_call=1)),
+               ('MAML 5w1s, second-order, 1 step', 'maml', dict(inner_steps=1))]
+    for name, kind, options in configs:
+        one = run_child(kind, data_dir, repeats, 'cpu', **options)['seconds']
+        two = run_child(kind, data_dir, repeats, 'cpu', processes=2, **options)['seconds']
+        print(f'| {name} | {1000 * one:.1f} | {1000 * two:.1f} | {16 / one:.1f} | {16 / two:.1f} | {one / two:.2f}x |')
 
 
 def bench_protonet(data_dir, repeats, device, peak):
@@ -211,7 +232,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data_dir', default='./data', help='holds omniglot_resized.zip (the naive pipeline reads it)')
     parser.add_argument('--repeats', type=util.positive_int, default=5)
-    parser.add_argument('--only', choices=['protonet', 'maml'])
+    parser.add_argument('--only', choices=['protonet', 'maml', 'processes'])
     parser.add_argument('--device', default='cpu', help='cpu, gpu, cuda, mps or auto, as in training')
     parser.add_argument('--child', choices=list(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument('--allocator', default='tuned', help=argparse.SUPPRESS)
@@ -238,6 +259,8 @@ def main():
         bench_protonet(args.data_dir, args.repeats, device.type, peak)
     if args.only in (None, 'maml'):
         bench_maml(args.data_dir, args.repeats, device.type)
+    if args.only in (None, 'processes') and device.type == 'cpu':
+        bench_processes(args.data_dir, args.repeats)
 
 
 if __name__ == '__main__':

@@ -8,6 +8,8 @@ an index.md.
 
 Runs whose last checkpoint exists are skipped; an interrupted run is resumed
 from its latest checkpoint. Delete a run's folder under OUT/runs to redo it.
+--jobs N trains up to N experiments at once, each in its own process (and
+its own GPU when several are visible), its output in OUT/runs/NAME.log.
 """
 import argparse
 import csv
@@ -75,28 +77,81 @@ def data_flags(script, args):
 
 def run_command(command):
     """Run `python script ...` from the project folder with this interpreter, echoing it."""
-    print('$ ' + ' '.join(command), flush=True)
-    result = subprocess.run([sys.executable, *command[1:]], cwd=ROOT)
-    if result.returncode != 0:
-        raise SystemExit(f'error: `{" ".join(command)}` failed (exit {result.returncode}), see above; '
-                         'fix it and run report.py again: finished runs are kept')
+    run_commands([command], jobs=1)
 
 
-def train_experiment(name, args):
-    """Train one experiment unless its last checkpoint exists; resume it if interrupted."""
+def run_commands(commands, jobs, gpus=(), logs=None):
+    """Run `python ...` commands from the project folder, up to `jobs` at once.
+
+    With jobs > 1 each command's output goes to the matching file of logs, and
+    with GPUs listed (`gpus`: CUDA device ids) each running command gets one of
+    them alone through CUDA_VISIBLE_DEVICES. Raises SystemExit naming the
+    commands that failed, after the others have finished.
+    """
+    import time
+    waiting, running, failed = list(enumerate(commands)), {}, []
+    free = list(gpus)
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            index, command = waiting.pop(0)
+            env = dict(os.environ)
+            gpu = free.pop(0) if free else None
+            if gpu is not None:
+                env['CUDA_VISIBLE_DEVICES'] = str(gpu)
+            print('$ ' + ' '.join(command) + (f'   (GPU {gpu})' if gpu is not None else ''), flush=True)
+            if jobs > 1:
+                os.makedirs(os.path.dirname(os.path.abspath(logs[index])), exist_ok=True)
+            output = open(logs[index], 'w') if jobs > 1 else None
+            running[index] = (subprocess.Popen([sys.executable, *command[1:]], cwd=ROOT, env=env, stdout=output,
+                                               stderr=subprocess.STDOUT if output else None), command, gpu, output)
+        for index, (process, command, gpu, output) in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[index]
+            if output:
+                output.close()
+            if gpu is not None:
+                free.append(gpu)
+            if process.returncode != 0:
+                failed.append(' '.join(command) + (f' (output: {logs[index]})' if output else ''))
+        time.sleep(0.1)
+    if failed:
+        raise SystemExit(f'error: {len(failed)} command(s) failed, see above: {"; ".join(failed)}; '
+                         'fix them and run report.py again: finished runs are kept')
+
+
+def training_command(name, args):
+    """The command that trains (or resumes) an experiment, or None if its last checkpoint exists."""
     script, flags, quick_steps, full_steps = EXPERIMENTS[name]
     steps = quick_steps if args.quick else full_steps
     log_dir = os.path.join(args.out, 'runs', name)
     saved = checkpoints.saved_steps(log_dir) if os.path.isdir(log_dir) else []
     if saved and saved[-1] == steps - 1:
         print(f'{name}: done ({log_dir}/state{steps - 1}.pt), skipped')
-        return log_dir
+        return None
     command = ['python', script, *flags, '--num_train_iterations', str(steps), '--log_dir', log_dir,
                '--device', args.device, *data_flags(script, args)]
     if saved:
         command += ['--checkpoint_step', str(saved[-1])]
-    run_command(command)
-    return log_dir
+    return command
+
+
+def train_experiments(names, args):
+    """Train the experiments that are not finished, up to args.jobs at once (one GPU each where several)."""
+    commands = {name: training_command(name, args) for name in names}
+    todo = [name for name in names if commands[name] is not None]
+    logs = [os.path.join(args.out, 'runs', f'{name}.log') for name in todo]
+    run_commands([commands[name] for name in todo], args.jobs, visible_gpus(args.device), logs)
+
+
+def visible_gpus(device):
+    """The CUDA device ids jobs may take, one each, when the report runs on GPUs."""
+    if device not in ('gpu', 'cuda'):
+        return []
+    import torch
+    listed = os.environ.get('CUDA_VISIBLE_DEVICES')
+    ids = [d for d in listed.split(',') if d.strip()] if listed else list(range(torch.cuda.device_count()))
+    return ids if len(ids) > 1 else []
 
 
 def test_experiment(name, args, csv_name, extra_flags):
@@ -192,8 +247,7 @@ def results_table(rows_by_label):
 
 def write_report(args):
     out = args.out
-    for name in EXPERIMENTS:
-        train_experiment(name, args)
+    train_experiments(list(EXPERIMENTS), args)
     sections = [f'# Homework report{quick_note(args.quick)}', '',
                 'Made by `python report.py ' + ' '.join(sys.argv[1:]) + '`. Steps per run: '
                 + ', '.join(f'{n} {EXPERIMENTS[n][2 if args.quick else 3]}' for n in EXPERIMENTS) + '.', '']
@@ -232,6 +286,8 @@ def parse_args(argv=None):
     parser.add_argument('--metabolism_dir', '--datadir', dest='metabolism_dir', default='./data/metabolism',
                         help='metabolism data folder (--datadir is the same flag)')
     parser.add_argument('--num_test_tasks', type=util.positive_int, default=600, help='tasks per test evaluation')
+    parser.add_argument('--jobs', type=util.positive_int, default=1,
+                        help='experiments trained at once (each its own process, and its own GPU where several)')
     args = parser.parse_args(argv)
     args.out = args.out or os.path.join('reports', 'quick' if args.quick else 'full')
     args.device = args.device or ('cpu' if args.quick else 'gpu')

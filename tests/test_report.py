@@ -54,21 +54,62 @@ def test_results_table_rows():
 
 
 def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path, monkeypatch):
-    commands = []
-    monkeypatch.setattr(report, 'run_command', commands.append)
+    ran = []
+    monkeypatch.setattr(report, 'run_commands', lambda commands, jobs, gpus, logs: ran.extend(commands))
     args = report.parse_args(['--quick', '--out', str(tmp_path), '--data_dir', 'D'])
     steps = report.EXPERIMENTS['protonet_5w5s'][2]
     runs = tmp_path / 'runs'
     os.makedirs(runs / 'protonet_5w5s')
     (runs / 'protonet_5w5s' / f'state{steps - 1}.pt').write_bytes(b'')
-    report.train_experiment('protonet_5w5s', args)
-    assert commands == []
+    report.train_experiments(['protonet_5w5s'], args)
+    assert ran == []
     os.makedirs(runs / 'protonet_5w1s')
     for step in (0, 100):
         (runs / 'protonet_5w1s' / f'state{step}.pt').write_bytes(b'')
-    report.train_experiment('protonet_5w1s', args)
-    report.train_experiment('maml_inner_lr_0.4', args)
-    resumed, fresh = commands
+    report.train_experiments(['protonet_5w1s', 'maml_inner_lr_0.4'], args)
+    resumed, fresh = ran
     assert resumed[:2] == ['python', 'protonet.py'] and resumed[-2:] == ['--checkpoint_step', '100']
     assert '--checkpoint_step' not in fresh and fresh[fresh.index('--inner_lr') + 1] == '0.4'
     assert fresh[fresh.index('--data_dir') + 1] == os.path.abspath('D')
+
+
+def marker_command(folder, name, seconds=1.0):
+    """A command that records when it started and ended, and the GPU it was given."""
+    code = (f"import os, time; start = time.time(); time.sleep({seconds}); "
+            f"open(os.path.join({str(folder)!r}, {name!r}), 'w').write("
+            f"f'{{start}} {{time.time()}} {{os.environ.get(\"CUDA_VISIBLE_DEVICES\")}}')")
+    return ['python', '-c', code]
+
+
+def test_jobs_run_at_once_each_with_its_own_gpu(tmp_path):
+    commands = [marker_command(tmp_path, name) for name in 'abc']
+    logs = [str(tmp_path / f'{name}.log') for name in 'abc']
+    report.run_commands(commands, jobs=2, gpus=['4', '7'], logs=logs)
+    marks = {name: (tmp_path / name).read_text().split() for name in 'abc'}
+    start = {name: float(mark[0]) for name, mark in marks.items()}
+    end = {name: float(mark[1]) for name, mark in marks.items()}
+    assert start['b'] < end['a'] and start['a'] < end['b']  # a and b ran together
+    assert start['c'] >= min(end['a'], end['b'])  # c waited for a free slot
+    assert {marks['a'][2], marks['b'][2]} == {'4', '7'} and marks['c'][2] in ('4', '7')  # one GPU each
+
+
+def test_a_failed_job_is_named_after_the_others_finish(tmp_path):
+    commands = [['python', '-c', 'raise SystemExit(3)'], marker_command(tmp_path, 'ok', 0.5)]
+    with pytest.raises(SystemExit, match='1 command\\(s\\) failed.*raise SystemExit\\(3\\)'):
+        report.run_commands(commands, jobs=2, logs=[str(tmp_path / 'x.log'), str(tmp_path / 'y.log')])
+    assert (tmp_path / 'ok').exists()
+
+
+def test_two_jobs_train_what_one_job_trains(tmp_path):
+    import checkpoints
+    import torch
+    runs = {}
+    for jobs in (1, 2):
+        log_dirs = [str(tmp_path / f'jobs{jobs}' / name) for name in ('first', 'second')]
+        commands = [['python', 'maml.py', '--dataset', 'sinusoid', '--num_train_iterations', '30', '--seed', seed,
+                     '--log_dir', log_dir] for seed, log_dir in zip(('1', '2'), log_dirs)]
+        report.run_commands(commands, jobs, logs=[d + '.log' for d in log_dirs])
+        runs[jobs] = [checkpoints.load(d, 29)['learner']['meta_parameters'] for d in log_dirs]
+    for one, two in zip(runs[1], runs[2]):
+        assert all(torch.equal(one[k], two[k]) for k in one)
+    assert not torch.equal(runs[1][0]['head'], runs[1][1]['head'])  # two different runs

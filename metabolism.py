@@ -342,6 +342,7 @@ DEFAULTS = dict(num_way=2, num_support=[5], num_query=10, batch_size=4, num_trai
                 num_val_tasks=600, inner_lr=0.1, data_dir='./data/metabolism')  # the course's Part 4
 ALGORITHM_DEFAULTS = {'protonet': dict(learning_rate=0.0005), 'maml': dict(learning_rate=0.0005)}
 ONE_ENCODER_CALL_PER_BATCH = True  # the MLP is too small to loop over tasks
+CHECKPOINT_FLAGS = ()
 ENCODER_SIZES = (FINGERPRINT_BITS, 500, 500)  # as in the course and MLTI
 
 

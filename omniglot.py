@@ -199,12 +199,44 @@ def load_omniglot(data_dir='./data', download=True):
     return images, names
 
 
-def split_indices(num_classes=NUM_CHARACTERS):
-    """Character indices of the train / val / test splits (1100 / 100 / 423), fixed seed."""
-    order = np.random.default_rng(SPLIT_SEED).permutation(num_classes)
-    train_end = NUM_TRAIN_CLASSES
-    val_end = train_end + NUM_VAL_CLASSES
-    return {'train': order[:train_end], 'val': order[train_end:val_end], 'test': order[val_end:]}
+CLASS_SPLITS = ('course', 'vinyals', 'lake')
+BACKGROUND_ALPHABETS = (  # Lake et al.'s images_background; the other 20 alphabets are images_evaluation
+    'Alphabet_of_the_Magi', 'Anglo-Saxon_Futhorc', 'Arcadian', 'Armenian', 'Asomtavruli_(Georgian)', 'Balinese',
+    'Bengali', 'Blackfoot_(Canadian_Aboriginal_Syllabics)', 'Braille', 'Burmese_(Myanmar)', 'Cyrillic',
+    'Early_Aramaic', 'Futurama', 'Grantha', 'Greek', 'Gujarati', 'Hebrew',
+    'Inuktitut_(Canadian_Aboriginal_Syllabics)', 'Japanese_(hiragana)', 'Japanese_(katakana)', 'Korean', 'Latin',
+    'Malay_(Jawi_-_Arabic)', 'Mkhedruli_(Georgian)', 'N_Ko', 'Ojibwe_(Canadian_Aboriginal_Syllabics)', 'Sanskrit',
+    'Syriac_(Estrangelo)', 'Tagalog', 'Tifinagh')
+VALIDATION_ALPHABETS = ('Armenian', 'Bengali', 'Early_Aramaic', 'Hebrew', 'Mkhedruli_(Georgian)')  # Vinyals et al.'s
+NUM_VINYALS_TRAINVAL = 1200
+
+
+def split_indices(class_split='course', names=None):
+    """Character indices (into the cache's sorted order) of the train / val / test splits.
+
+    course: the 1623 characters shuffled with a fixed seed, 1100 / 100 / 423.
+    vinyals (Vinyals et al., 2016): the 964 background characters then the 659
+        evaluation ones, each sorted by name; the first 1200 are train+val, the
+        last 423 test; val is the five VALIDATION_ALPHABETS: 1028 / 172 / 423.
+    lake (Lake et al., 2015): background characters to learn from, evaluation
+        ones to test on; val is the same five (background) alphabets: 792 / 172 / 659.
+    names: the 1623 'alphabet/character' names, sorted (vinyals and lake).
+    """
+    if class_split == 'course':
+        order = np.random.default_rng(SPLIT_SEED).permutation(NUM_CHARACTERS)
+        val_end = NUM_TRAIN_CLASSES + NUM_VAL_CLASSES
+        return {'train': order[:NUM_TRAIN_CLASSES], 'val': order[NUM_TRAIN_CLASSES:val_end], 'test': order[val_end:]}
+    alphabet = [name.split('/')[0] for name in names]
+    background = [i for i, a in enumerate(alphabet) if a in BACKGROUND_ALPHABETS]
+    evaluation = [i for i, a in enumerate(alphabet) if a not in BACKGROUND_ALPHABETS]
+    if class_split == 'vinyals':
+        order = background + evaluation
+        learn, test = order[:NUM_VINYALS_TRAINVAL], order[NUM_VINYALS_TRAINVAL:]
+    else:
+        learn, test = background, evaluation
+    val = [i for i in learn if alphabet[i] in VALIDATION_ALPHABETS]
+    train = [i for i in learn if alphabet[i] not in VALIDATION_ALPHABETS]
+    return {split: np.array(indices) for split, indices in (('train', train), ('val', val), ('test', test))}
 
 
 # ---------------------------------------------------------------- the dataset interface
@@ -214,10 +246,14 @@ TASK = tasks.CLASSIFICATION
 DEFAULTS = {}  # the common defaults are the course's Omniglot ones
 ALGORITHM_DEFAULTS = {}
 ONE_ENCODER_CALL_PER_BATCH = False  # conv activations: per-task calls are faster on a CPU (bench.py)
+CHECKPOINT_FLAGS = ('class_split',)  # at --test, the trained model's value
 
 
 def add_args(parser):
     """The Omniglot flags."""
+    parser.add_argument('--split', dest='class_split', choices=CLASS_SPLITS, default='course',
+                        help="the classes of train / val / test: the course's random one, Vinyals et al.'s, or "
+                             "Lake et al.'s background / evaluation (at --test: the checkpoint's)")
     parser.add_argument('--augment_rotations', default=False, action='store_true',
                         help='rotations by 90/180/270 degrees become new classes')
     parser.add_argument('--num_hidden_channels', type=util.positive_int, default=64, help='channels of each conv block')
@@ -230,7 +266,7 @@ def check_args(args):
 def build_sampler(split, args, seed, device):
     """The TaskSampler of one split ('train', 'val' or 'test') for the run's flags."""
     return omniglot_sampler(split, args.num_way, args.num_support, args.num_query, args.data_dir, seed, device,
-                            args.augment_rotations)
+                            args.augment_rotations, args.class_split)
 
 
 after_test = None
@@ -245,9 +281,9 @@ def network(args, num_outputs=None):
 
 # ---------------------------------------------------------------- the course's entry points
 
-def omniglot_split(images, split, augment_rotations=False):
+def omniglot_split(images, split, augment_rotations=False, class_split='course', names=None):
     """(C, 20, 1, 28, 28) uint8 tensor of one split's classes; with rotations, 4C classes."""
-    chosen = torch.from_numpy(images[split_indices()[split]]).unsqueeze(2)
+    chosen = torch.from_numpy(images[split_indices(class_split, names)[split]]).unsqueeze(2)
     if augment_rotations:  # class 4c + r is character c rotated by r * 90 degrees
         chosen = torch.stack([torch.rot90(chosen, r, dims=(-2, -1)) for r in range(4)], dim=1)
         chosen = chosen.flatten(0, 1)
@@ -255,11 +291,12 @@ def omniglot_split(images, split, augment_rotations=False):
 
 
 def omniglot_sampler(split, num_way, num_support, num_query, data_dir='./data', seed=0,
-                     device='cpu', augment_rotations=False):
-    """A TaskSampler over one Omniglot split ('train', 'val' or 'test')."""
-    images, _ = load_omniglot(data_dir)
-    examples = omniglot_split(images, split, augment_rotations)
-    return tasks.TaskSampler(examples, num_way, num_support, num_query, seed, device, f'the Omniglot {split} split')
+                     device='cpu', augment_rotations=False, class_split='course'):
+    """A TaskSampler over one Omniglot split ('train', 'val' or 'test') of a class split."""
+    images, names = load_omniglot(data_dir)
+    examples = omniglot_split(images, split, augment_rotations, class_split, names)
+    return tasks.TaskSampler(examples, num_way, num_support, num_query, seed, device,
+                             f'the Omniglot {split} split ({class_split})')
 
 
 def get_omniglot_dataloader(split, batch_size, num_way, num_support, num_query, num_tasks_per_epoch,

@@ -56,6 +56,7 @@ TASK = tasks.REGRESSION
 DEFAULTS = dict(num_way=1, num_support=[10], num_query=10, batch_size=25, inner_lr=0.01)  # Finn et al.'s
 ALGORITHM_DEFAULTS = {}
 ONE_ENCODER_CALL_PER_BATCH = True
+CHECKPOINT_FLAGS = ()
 
 
 def add_args(parser):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import conftest
 import omniglot
 from util import UserError
 
@@ -118,3 +119,55 @@ def test_corrupt_source_is_a_clear_error(tmp_path):
     (tmp_path / 'omniglot_resized.zip').write_bytes(b'PK\x03\x04 this is not a zip')
     with pytest.raises(UserError, match='omniglot_resized.zip is unreadable'):
         omniglot.load_omniglot(str(tmp_path))
+
+
+# ------------------------------------------------------------ the papers' class splits
+
+def published_vinyals(split):
+    """The classes of the published Vinyals et al. lists: {('alphabet/character', degrees)}."""
+    path = os.path.join(conftest.real_data('omniglot'), 'splits', 'vinyals', f'{split}.txt')
+    classes = set()
+    for line in open(path).read().split():
+        alphabet, character, rotation = line.split('/')
+        classes.add((f'{alphabet}/{character}', int(rotation[3:])))
+    return classes
+
+
+def project_classes(names, class_split, split):
+    """The (character, degrees) classes of a split as omniglot_split orders them: class 4c + r."""
+    return [(names[c], 90 * r) for c in omniglot.split_indices(class_split, names)[split] for r in range(4)]
+
+
+@pytest.mark.parametrize('split', ['train', 'val', 'test'])
+def test_vinyals_split_equals_the_published_lists(omniglot_dir, split):
+    _, names = omniglot.load_omniglot(omniglot_dir)
+    ours = project_classes(names, 'vinyals', split)
+    assert len(ours) == len(set(ours)) == {'train': 4112, 'val': 688, 'test': 1692}[split]
+    assert set(ours) == published_vinyals(split)
+    trainval = published_vinyals('trainval')
+    assert set(project_classes(names, 'vinyals', 'train')) | set(project_classes(names, 'vinyals', 'val')) == trainval
+
+
+def test_lake_split_is_background_against_evaluation(omniglot_dir):
+    _, names = omniglot.load_omniglot(omniglot_dir)
+    splits = omniglot.split_indices('lake', names)
+    assert [len(splits[s]) for s in ('train', 'val', 'test')] == [792, 172, 659]
+    alphabets = {s: {names[i].split('/')[0] for i in splits[s]} for s in splits}
+    assert alphabets['train'] | alphabets['val'] == set(omniglot.BACKGROUND_ALPHABETS)
+    assert len(alphabets['test']) == 20 and not alphabets['test'] & set(omniglot.BACKGROUND_ALPHABETS)
+    assert alphabets['val'] == set(omniglot.VALIDATION_ALPHABETS)
+    assert np.array_equal(np.sort(np.concatenate(list(splits.values()))), np.arange(1623))
+
+
+def test_test_uses_the_checkpoints_class_split(omniglot_dir, tmp_path, monkeypatch, capsys):
+    import protonet
+    flags = ['--data_dir', omniglot_dir, '--log_dir', str(tmp_path), '--num_hidden_channels', '4', '--batch_size', '2',
+             '--num_val_tasks', '2', '--num_query', '2']
+    protonet.main(['--split', 'lake', '--num_train_iterations', '1', *flags])
+    assert omniglot.CHECKPOINT_FLAGS == ('class_split',)
+    seen = []
+    real = omniglot.split_indices
+    monkeypatch.setattr(omniglot, 'split_indices', lambda class_split, names=None: seen.append(class_split) or
+                        real(class_split, names))
+    protonet.main(['--test', '--num_test_tasks', '2', *flags])  # no --split: the checkpoint's
+    assert seen == ['lake'] and 'Accuracy over 2 test tasks' in capsys.readouterr().out

@@ -17,6 +17,7 @@ import maml
 import omniglot
 import protonet
 import run_metabolism
+import tasks
 import training
 import util
 from test_metabolism import write_tables
@@ -236,3 +237,25 @@ def test_namespace_of_an_older_checkpoint_is_translated():
                                         'args': {'outer_lr': 0.2, 'dataset': 'sinusoid'}, 'metric_kind': 'loss'})
     assert older_maml['args'] == {'learning_rate': 0.2, 'dataset': 'sinusoid', 'algorithm': 'maml'}
     assert older_maml['metric_kind'] == 'loss'
+
+
+@pytest.mark.parametrize('algorithm', ['protonet', 'maml'])
+def test_twenty_way_trains_and_tests_with_a_k_sweep(tmp_path, capsys, algorithm):
+    """20-way tasks (MAML with a 20-output head); ProtoNet may test with other N than it trained with."""
+    def sampler(split, args, seed, device):
+        examples = torch.rand(25, 20, 1, 28, 28, generator=torch.Generator().manual_seed(len(split)))
+        return tasks.TaskSampler(examples, args.num_way, args.num_support, args.num_query, seed, device)
+    script = maml.SCRIPT if algorithm == 'maml' else protonet.SCRIPT
+    common = ['--num_hidden_channels', '4', '--batch_size', '2', '--num_query', '2', '--num_val_tasks', '2']
+    args, _, module, dataset = cli.parse(script, ['--num_way', '20', '--num_train_iterations', '2', *common])
+    build = lambda a, device: module.build_learner(a, dataset, device)  # noqa: E731
+    training.run(args, str(tmp_path), build, sampler)
+    if algorithm == 'maml':
+        assert checkpoints.load(str(tmp_path), 1)['learner']['meta_parameters']['head'].shape == (20, 4)
+    test_way = '20' if algorithm == 'maml' else '5'
+    sweep, _, _, _ = cli.parse(script, ['--test', '--num_way', test_way, '--num_support', '1', '3', '--num_query', '3',
+                                        '--num_test_tasks', '4', *common[:2]])
+    results = training.run(sweep, str(tmp_path), build, sampler, test_time_flags=module.TEST_TIME_FLAGS)
+    assert len(results) == 2 and all(0 <= mean <= 1 for mean, _ in results)
+    out = capsys.readouterr().out
+    assert 'num_support 1: Accuracy over 4 test tasks' in out and 'num_support 3: Accuracy over 4 test tasks' in out

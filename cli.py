@@ -105,6 +105,13 @@ def parse(script, argv=None):
     return args, vars(parser.parse_args([])), algorithm, dataset
 
 
+def changed_flags(args, defaults, names):
+    """'.name_value' for each of names whose value differs from its default; names the dataset
+    does not define are passed over."""
+    given = vars(args)
+    return ''.join(f'.{k}_{given[k]}' for k in names if k in given and given[k] != defaults[k])
+
+
 def default_log_dir(args, defaults, algorithm):
     """./logs/ALGORITHM/DATASET.HYPERPARAMETERS (metabolism: ./logs/metabolism/ALGORITHM.HYPERPARAMETERS,
     the course's Part 4 layout)."""

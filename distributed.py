@@ -66,6 +66,12 @@ class Processes:
         dist.all_reduce(total)
         return total.item()
 
+    def mean(self, values):
+        """The mean over all tasks of a (share,) tensor of per-task values, as a float."""
+        if self.size == 1:
+            return values.mean().item()
+        return float(self.gather(values.detach().cpu().numpy()).mean())
+
     def gather(self, values):
         """Per-task values of this process's share -> those of all shares in task order: (n,) -> (N,)."""
         if self.size == 1:

@@ -217,8 +217,7 @@ def log_name(args, defaults):
     name = (f'way_{args.num_way}.support_{args.num_support}.query_{args.num_query}'
             f'.inner_steps_{args.num_inner_steps or 1}.inner_lr_{args.inner_lr}.learn_inner_lrs_{args.learn_inner_lrs}'
             f'.outer_lr_{args.learning_rate}.batch_size_{args.batch_size}')
-    given = vars(args)  # a dataset may not define every flag named here
-    name += ''.join(f'.{k}_{given[k]}' for k in LOG_NAME_FLAGS if k in given and given[k] != defaults[k])
+    name += cli.changed_flags(args, defaults, LOG_NAME_FLAGS)
     if args.inner_optimizer == 'adagrad':
         name += f'.eps_{args.inner_adagrad_eps}'
     return name

@@ -130,11 +130,9 @@ def build_learner(args, dataset, device):
 
 def log_name(args, defaults):
     """The hyperparameters part of the default log dir (a class split other than the course's is named)."""
-    given = vars(args)  # a dataset may not define every flag named here
-    extra = ''.join(f'.{k}_{given[k]}' for k in ('class_split', 'augment_rotations')
-                    if k in given and given[k] != defaults[k])
     return (f'way_{args.num_way}.support_{args.num_support}.query_{args.num_query}.lr_{args.learning_rate}'
-            f'.batch_size_{args.batch_size}' + ('.joint_bn' if args.joint_batch_norm else '') + extra)
+            f'.batch_size_{args.batch_size}' + ('.joint_bn' if args.joint_batch_norm else '')
+            + cli.changed_flags(args, defaults, ('class_split', 'augment_rotations')))
 
 
 SCRIPT = cli.Script(description='Train or test a ProtoNet on Omniglot or the metabolism assays.',

@@ -91,20 +91,15 @@ def train_step(learner, optimizer, task_batch, step, learning_rate, total, proce
     for group in optimizer.param_groups:
         group['lr'] = learning_rate_at(learner.lr_schedule, learning_rate, step, total)
     optimizer.zero_grad(set_to_none=True)
-    if processes.size == 1:
-        objective, metrics = learner.loss(task_batch, step)
-        objective.backward()
-        optimizer.step()
-        return {'loss': objective.item(), **{k: v.mean().item() for k, v in metrics.items()}}
-    share = task_batch.select(processes.share(len(task_batch)))
+    share = task_batch if processes.size == 1 else task_batch.select(processes.share(len(task_batch)))
     objective, metrics = learner.loss(share, step)
-    objective = objective * (len(share) / len(task_batch))
+    if processes.size > 1:
+        objective = objective * (len(share) / len(task_batch))
     objective.backward()
     processes.sum_gradients(learner.parameters())
     optimizer.step()
     processes.average(learner.buffers())
-    return {'loss': processes.sum(objective.item()),
-            **{k: float(processes.gather(v.detach().cpu().numpy()).mean()) for k, v in metrics.items()}}
+    return {'loss': processes.sum(objective.item()), **{k: processes.mean(v) for k, v in metrics.items()}}
 
 
 # ---------------------------------------------------------------- evaluation

@@ -49,10 +49,24 @@ def drift_is_caught(processes):
     return False
 
 
+def buffers_agree(processes):
+    """Whether MAML++'s per-step batch-norm running statistics agree across processes after a step
+    (each process saw other tasks; the loop averages them)."""
+    learner = tiny_maml(num_inner_steps=1, per_step_bn=True)
+    training.train_step(learner, training.build_optimizer(learner, 1e-3), maml_batch(num_tasks=4), 0, 1e-3, 10,
+                        processes)
+    try:
+        processes.check_in_step(learner.buffers(), 0)
+    except RuntimeError:
+        return False
+    return True
+
+
 if __name__ == '__main__':
     processes = distributed.start(torch.device('cpu'))
     results = gradients(processes)
     results['drift_is_caught'] = drift_is_caught(processes)
+    results['buffers_agree'] = buffers_agree(processes)
     if processes.is_main:
         torch.save(results, sys.argv[1])
     processes.finish()

@@ -91,6 +91,7 @@ def test_gradients_summed_over_two_processes_equal_one_process_in_float64(tmp_pa
     launch(os.path.join('tests', 'distributed_gradients.py'), [out], 2)
     two, one = torch.load(out, weights_only=False), distributed_gradients.gradients(distributed.ONE)
     assert two.pop('drift_is_caught')  # and parameters that drift apart are caught
+    assert two.pop('buffers_agree')  # per-step batch-norm running statistics averaged
     for name in one:
         assert one[name][0].keys() == two[name][0].keys()
         for metric, value in one[name][0].items():  # accuracies are float32 means: 1e-7 apart

@@ -126,4 +126,5 @@ def main(script, argv=None):
     args, defaults, algorithm, dataset = parse(script, argv)
     log_dir = args.log_dir or default_log_dir(args, defaults, algorithm)
     return training.run(args, log_dir, lambda run_args, device: algorithm.build_learner(run_args, dataset, device),
-                        dataset.build_sampler, dataset.after_test, algorithm.TEST_TIME_FLAGS, dataset.CHECKPOINT_FLAGS)
+                        dataset.build_sampler, dataset.after_test, algorithm.TEST_TIME_FLAGS, dataset.CHECKPOINT_FLAGS,
+                        dataset.benchmark_test)

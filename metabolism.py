@@ -362,6 +362,7 @@ def build_sampler(split, args, seed, device):
 
 
 after_test = None
+benchmark_test = None
 
 
 def network(args, num_outputs=None):

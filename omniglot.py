@@ -257,10 +257,16 @@ def add_args(parser):
     parser.add_argument('--augment_rotations', default=False, action='store_true',
                         help='rotations by 90/180/270 degrees become new classes')
     parser.add_argument('--num_hidden_channels', type=util.positive_int, default=64, help='channels of each conv block')
+    parser.add_argument('--lake_runs', nargs='?', const='', metavar='PATH',
+                        help="with --test: score Lake et al.'s 20 one-shot runs instead of sampled tasks; PATH is "
+                             'all_runs.zip or its folder (none: all_runs.zip in --data_dir, downloaded if absent)')
 
 
 def check_args(args):
-    pass
+    if args.lake_runs is not None and not args.test:
+        raise UserError('--lake_runs scores a trained model: add --test and the --log_dir of a --split lake run')
+    if args.lake_runs and not os.path.exists(args.lake_runs):
+        raise UserError(f'--lake_runs {args.lake_runs} does not exist; give all_runs.zip or its extracted folder')
 
 
 def build_sampler(split, args, seed, device):
@@ -270,6 +276,15 @@ def build_sampler(split, args, seed, device):
 
 
 after_test = None
+
+
+def benchmark_test(learner, args, log_dir, processes):
+    """With --lake_runs, Lake et al.'s one-shot runs replace the sampled test tasks
+    (lake_runs.lake_test); otherwise None."""
+    if args.lake_runs is None:
+        return None
+    import lake_runs  # it imports this module
+    return lake_runs.lake_test(learner, args, log_dir, processes.is_main)
 
 
 def network(args, num_outputs=None):

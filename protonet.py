@@ -31,6 +31,7 @@ class ProtoNet:
     """A ProtoNet learner: an encoder and the ProtoNet loss."""
 
     key_metric = 'query'
+    num_outputs = None  # no classifier head: any N-way
     task = tasks.CLASSIFICATION
     optimizer = 'adam'
     lr_schedule, lr_tag = 'constant', None

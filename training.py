@@ -231,12 +231,15 @@ def trained_args(args, checkpoint, test_time_flags):
     return argparse.Namespace(**merged)
 
 
-def run(args, log_dir, build_learner, build_sampler, after_test=None, test_time_flags=(), checkpoint_flags=()):
+def run(args, log_dir, build_learner, build_sampler, after_test=None, test_time_flags=(), checkpoint_flags=(),
+        benchmark_test=None):
     """Train or test as the (parsed and checked) flags say.
 
     build_learner(args, device) -> learner; build_sampler(split, args, seed,
     device) -> a sampler with .sample(batch_size) and .generator;
-    after_test(learner, args, log_dir), if given, runs after --test (e.g. a figure).
+    after_test(learner, args, log_dir), if given, runs after --test (e.g. a figure);
+    benchmark_test(learner, test_args, log_dir, processes), if given, may test on a fixed
+    benchmark instead of sampled tasks (its results), or return None.
     At test time the learner is rebuilt from the flags it was trained with, and the
     checkpoint_flags (e.g. the class split) of the test tasks are the checkpoint's too.
     """
@@ -259,7 +262,9 @@ def run(args, log_dir, build_learner, build_sampler, after_test=None, test_time_
                   f'({checkpoint["val_score"]:.4f}) in {log_dir}')
         test_args = argparse.Namespace(**{**vars(args), **{flag: checkpoint['args'][flag] for flag in checkpoint_flags
                                                             if flag in checkpoint['args']}})
-        results = test_support_sweep(learner, build_sampler, test_args, processes, log_dir, step)
+        results = benchmark_test(learner, test_args, log_dir, processes) if benchmark_test else None
+        if results is None:
+            results = test_support_sweep(learner, build_sampler, test_args, processes, log_dir, step)
         if after_test is not None and processes.is_main:
             after_test(learner, args, log_dir)
         processes.finish()

@@ -1,0 +1,139 @@
+"""Lake et al.'s (2015) one-shot classification benchmark: 20 runs of 20-way
+within-alphabet one-shot classification of images_evaluation characters, where
+people make 4.5% errors.
+
+    python protonet.py --test --log_dir D --lake_runs              # the official all_runs.zip in --data_dir
+    python protonet.py --test --log_dir D --lake_runs PATH         # a copy: the zip or its extracted folder
+
+A run is a folder runNN with training/ (one image per class), test/ (one image
+per class) and class_labels.txt, one line per test image:
+'runNN/test/itemMM.png runNN/training/classKK.png'. Each run is scored as one
+20-way 1-shot task with one query per class; its error rate is the fraction of
+test images given the wrong training image's class.
+"""
+import os
+import posixpath
+import zipfile
+
+import numpy as np
+import torch
+
+import omniglot
+import tasks
+import util
+from util import UserError
+
+RUNS_ZIP = 'all_runs.zip'
+RUNS_MD5 = 'e8996daecdf12afeeb4a53a179f06b19'
+RUNS_URL = 'https://github.com/brendenlake/omniglot/raw/master/python/one-shot-classification/all_runs.zip'
+LABELS_FILE = 'class_labels.txt'
+
+
+def official_runs(data_dir):
+    """The path of all_runs.zip in data_dir, downloaded (md5-checked, with a progress bar) when absent."""
+    target = os.path.join(data_dir, RUNS_ZIP)
+    if os.path.isfile(target):
+        return target
+
+    def check(partial):
+        if util.file_digest(partial, 'md5') != RUNS_MD5:
+            raise ValueError(f'md5 mismatch for {RUNS_ZIP}')
+    try:
+        util.download_file(RUNS_URL, target, check)
+    except (OSError, ValueError) as error:
+        raise UserError(f'could not download Lake\'s runs ({error}); put {RUNS_ZIP} in {data_dir} or give '
+                        '--lake_runs PATH (the zip or its extracted folder)') from None
+    return target
+
+
+def _files(path):
+    """name -> a function returning its bytes, for every file of a zip or folder ('/'-separated names)."""
+    if os.path.isdir(path):
+        found = {}
+        for root, _, names in os.walk(path):
+            for name in names:
+                full = os.path.join(root, name)
+                found[os.path.relpath(full, path).replace(os.sep, '/')] = lambda full=full: open(full, 'rb').read()
+        return found
+    archive = zipfile.ZipFile(path)
+    return {name: lambda name=name: archive.read(name) for name in archive.namelist() if not name.endswith('/')}
+
+
+def _read_run(files, labels_name, path):
+    """One run -> (support (20, 1, 28, 28), query (20, 1, 28, 28), query labels (20,)).
+
+    The names in class_labels.txt are relative to the folder that holds the run folder."""
+    base = posixpath.dirname(posixpath.dirname(labels_name))
+    pairs = [line.split() for line in files[labels_name]().decode().splitlines() if line.strip()]
+    training = sorted({pair[1] for pair in pairs if len(pair) == 2})
+    if not pairs or any(len(pair) != 2 for pair in pairs) or len(training) != len(pairs):
+        raise UserError(f'{path}: {labels_name} should list one "test image, training image" pair per line, '
+                        'each training image once; replace the runs with a complete copy')
+
+    def image(name):
+        full = posixpath.join(base, name)
+        if full not in files:
+            raise UserError(f'{path}: {full}, named in {labels_name}, is missing; replace the runs with a complete copy')
+        return omniglot._png_to_ink(files[full](), resize=True)
+    support = np.stack([image(name) for name in training])
+    query = np.stack([image(test) for test, _ in pairs])
+    labels = np.array([training.index(train) for _, train in pairs])
+    return support, query, labels
+
+
+def read_runs(path):
+    """Every run under path (a zip or a folder), in name order.
+
+    Returns:
+        names: the R run folder names.
+        batch: a TaskBatch of R tasks: support (R, N, 1, 28, 28) labelled 0..N-1 by
+            training file name, query (R, N, 1, 28, 28) with the labels of class_labels.txt.
+    """
+    try:
+        files = _files(path)
+        labels_files = sorted(name for name in files if posixpath.basename(name) == LABELS_FILE)
+        if not labels_files:
+            raise UserError(f'--lake_runs {path} holds no runNN/{LABELS_FILE}; give all_runs.zip or its folder')
+        runs = [_read_run(files, name, path) for name in labels_files]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise UserError(f'--lake_runs {path} is unreadable ({error}); give all_runs.zip or its folder') from None
+    if len({run[0].shape for run in runs}) != 1:
+        raise UserError(f'--lake_runs {path}: runs of different sizes; give all_runs.zip or its folder')
+    support, query, labels = (torch.from_numpy(np.stack(parts)) for parts in zip(*runs))
+    num_way = support.shape[1]
+    names = [posixpath.basename(posixpath.dirname(name)) for name in labels_files]
+    batch = tasks.TaskBatch(support.unsqueeze(2).float(), torch.arange(num_way).expand(len(runs), -1).contiguous(),
+                            query.unsqueeze(2).float(), labels.long())
+    return names, batch
+
+
+def check_model(class_split, num_outputs, log_dir):
+    """Refuse a model that saw characters of the runs, or whose head has too few classes."""
+    if class_split != 'lake':
+        raise UserError(f'the model in {log_dir} was trained on the {class_split} split, whose training classes '
+                        'include characters of Lake\'s runs (images_evaluation); train with --split lake')
+    if num_outputs is not None and num_outputs < 20:
+        raise UserError(f'Lake\'s runs are 20-way and the model in {log_dir} has a {num_outputs}-way head; '
+                        'train it with --num_way 20 --split lake')
+
+
+def error_rates(learner, batch):
+    """(R,) error rate of each run: the fraction of its test images classified wrong."""
+    accuracy = learner.evaluate(batch.to(learner.parameters()[0].device))[learner.key_metric]
+    return 1 - accuracy.cpu().numpy().astype(np.float64)
+
+
+def lake_test(learner, args, log_dir, prints=True):
+    """Print (if prints) each run's error rate and the mean over runs; returns the (R,) error rates."""
+    check_model(args.class_split, learner.num_outputs, log_dir)
+    path = args.lake_runs or official_runs(args.data_dir)
+    names, batch = read_runs(path)
+    errors = error_rates(learner, batch)
+    if not prints:
+        return errors
+    num_items = batch.labels_query.shape[1]
+    for name, error in zip(names, errors):
+        print(f'{name}: error rate {100 * error:.1f}% ({round(error * num_items)} of {num_items} wrong)')
+    print(f'Lake one-shot runs: mean error rate {100 * errors.mean():.2f}% over {len(errors)} runs '
+          f'(accuracy {100 * (1 - errors.mean()):.2f}%)')
+    return errors

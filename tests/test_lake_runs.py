@@ -1,0 +1,173 @@
+"""Lake et al.'s one-shot runs: the reader, the scoring and the refusals, on runs
+built in the official all_runs.zip layout from images_evaluation drawings (the
+official zip is not available offline)."""
+import os
+import random
+import re
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import lake_runs
+import maml
+import omniglot
+import protonet
+from util import UserError
+
+NUM_RUNS, NUM_WAY = 20, 20
+
+
+def build_runs(evaluation_zip, target, seed=0):
+    """Write NUM_RUNS runs to the zip `target`: each run NUM_WAY characters of one alphabet,
+    the training image drawn by one person and the test image by another, test items
+    in shuffled order. Returns, per run, [(character, training drawing, test drawing)]
+    in class order and the class of each test item in item order."""
+    rng = random.Random(seed)
+    with zipfile.ZipFile(evaluation_zip) as source:
+        characters = {}
+        for entry in source.namelist():
+            parts = entry.split('/')
+            if entry.endswith('.png') and len(parts) == 4:
+                characters.setdefault(parts[1], {}).setdefault(parts[2], []).append(entry)
+        runs = []
+        with zipfile.ZipFile(target, 'w') as out:
+            for r in range(1, NUM_RUNS + 1):
+                alphabet = rng.choice(sorted(characters))
+                chosen = rng.sample(sorted(characters[alphabet]), NUM_WAY)
+                first, second = rng.sample(range(20), 2)
+                classes, order = [], rng.sample(range(NUM_WAY), NUM_WAY)
+                lines = []
+                for k, character in enumerate(chosen):
+                    drawings = sorted(characters[alphabet][character])
+                    out.writestr(f'run{r:02d}/training/class{k + 1:02d}.png', source.read(drawings[first]))
+                    classes.append((f'{alphabet}/{character}', first, second))
+                for m, k in enumerate(order):
+                    drawings = sorted(characters[alphabet][chosen[k]])
+                    out.writestr(f'run{r:02d}/test/item{m + 1:02d}.png', source.read(drawings[second]))
+                    lines.append(f'run{r:02d}/test/item{m + 1:02d}.png run{r:02d}/training/class{k + 1:02d}.png')
+                out.writestr(f'run{r:02d}/class_labels.txt', '\n'.join(lines) + '\n')
+                runs.append((classes, order))
+    return runs
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+    import conftest
+    data_dir = conftest.real_data('omniglot')
+    path = str(tmp_path_factory.mktemp('lake') / 'all_runs.zip')
+    built = build_runs(os.path.join(data_dir, 'images_evaluation.zip'), path)
+    images, names = omniglot.load_omniglot(data_dir)
+    return path, built, images, names, data_dir
+
+
+class PixelNearestNeighbour:
+    """A learner double: each test image takes the class of the nearest training image in pixels."""
+    key_metric, num_outputs = 'query', None
+
+    def parameters(self):
+        return [torch.zeros(1)]
+
+    def evaluate(self, batch):
+        distances = torch.cdist(batch.images_query.flatten(2), batch.images_support.flatten(2))  # (R, Q, N)
+        predicted = batch.labels_support.gather(1, distances.argmin(-1))
+        return {'query': (predicted == batch.labels_query).float().mean(1)}
+
+
+def test_reader_gives_the_cached_drawings_and_the_classes_of_class_labels(runs):
+    path, built, images, names, _ = runs
+    run_names, batch = lake_runs.read_runs(path)
+    assert run_names == [f'run{r:02d}' for r in range(1, NUM_RUNS + 1)]
+    assert batch.images_support.shape == batch.images_query.shape == (NUM_RUNS, NUM_WAY, 1, 28, 28)
+    for r, (classes, order) in enumerate(built):
+        for k, (character, first, second) in enumerate(classes):  # resized exactly as images_evaluation
+            assert torch.equal(batch.images_support[r, k, 0], torch.from_numpy(images[names.index(character), first]).float())
+        for m, k in enumerate(order):
+            character, _, second = classes[k]
+            assert torch.equal(batch.images_query[r, m, 0], torch.from_numpy(images[names.index(character), second]).float())
+        assert batch.labels_query[r].tolist() == order
+        assert batch.labels_support[r].tolist() == list(range(NUM_WAY))
+
+
+def test_extracted_folder_reads_like_the_zip(runs, tmp_path):
+    path = runs[0]
+    with zipfile.ZipFile(path) as archive:
+        archive.extractall(tmp_path / 'all_runs')
+    _, from_zip = lake_runs.read_runs(path)
+    names, from_folder = lake_runs.read_runs(str(tmp_path / 'all_runs'))
+    assert len(names) == NUM_RUNS
+    for a, b in zip(vars(from_zip).values(), vars(from_folder).values()):
+        assert torch.equal(a, b)
+
+
+def test_error_rates_match_an_independent_nearest_neighbour(runs, capsys):
+    path, built, images, names, data_dir = runs
+    expected = []
+    for classes, order in built:
+        training = np.stack([images[names.index(c), first] for c, first, _ in classes]).reshape(NUM_WAY, -1)
+        wrong = 0
+        for k in order:
+            character, _, second = classes[k]
+            test = images[names.index(character), second].reshape(1, -1).astype(np.int64)
+            wrong += int(np.argmin(((training - test) ** 2).sum(1)) != k)
+        expected.append(wrong / NUM_WAY)
+    args = type('Args', (), {'class_split': 'lake', 'lake_runs': path, 'data_dir': data_dir})
+    errors = lake_runs.lake_test(PixelNearestNeighbour(), args, 'D')
+    assert np.allclose(errors, expected) and 0 < np.mean(expected) < 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f'run01: error rate {100 * expected[0]:.1f}% ({round(expected[0] * 20)} of 20 wrong)'
+    assert out[-1] == (f'Lake one-shot runs: mean error rate {100 * np.mean(expected):.2f}% over 20 runs '
+                       f'(accuracy {100 * (1 - np.mean(expected)):.2f}%)')
+
+
+def test_broken_runs_are_one_line_errors(runs, tmp_path):
+    folder = tmp_path / 'all_runs'
+    with zipfile.ZipFile(runs[0]) as archive:
+        archive.extractall(folder)
+    os.remove(folder / 'run03' / 'test' / 'item07.png')
+    with pytest.raises(UserError, match=r'run03/test/item07.png, named in run03/class_labels.txt, is missing'):
+        lake_runs.read_runs(str(folder))
+    shutil.rmtree(folder / 'run03')
+    (folder / 'run04' / 'class_labels.txt').write_text('run04/test/item01.png\n')
+    with pytest.raises(UserError, match='one "test image, training image" pair per line'):
+        lake_runs.read_runs(str(folder))
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(UserError, match='holds no runNN/class_labels.txt'):
+        lake_runs.read_runs(str(tmp_path / 'empty'))
+
+
+def tiny_flags(data_dir, log_dir):
+    return ['--data_dir', data_dir, '--log_dir', str(log_dir), '--num_hidden_channels', '4', '--batch_size', '2',
+            '--num_val_tasks', '2', '--num_query', '2', '--num_train_iterations', '1']
+
+
+def test_protonet_trained_on_lake_split_scores_the_runs(runs, tmp_path, capsys):
+    path, _, _, _, data_dir = runs
+    flags = tiny_flags(data_dir, tmp_path)
+    protonet.main(['--split', 'lake', *flags])
+    capsys.readouterr()
+    errors = protonet.main(['--test', '--lake_runs', path, *flags])
+    out = capsys.readouterr().out
+    rates = [float(x) for x in re.findall(r'run\d\d: error rate ([\d.]+)%', out)]
+    assert len(rates) == len(errors) == NUM_RUNS and np.allclose(rates, 100 * errors, atol=0.05)
+    mean = float(re.search(r'Lake one-shot runs: mean error rate ([\d.]+)% over 20 runs', out).group(1))
+    assert mean == pytest.approx(np.mean(rates), abs=0.006)
+    assert 'Accuracy over' not in out  # the runs replace the sampled test tasks
+
+
+def test_models_that_saw_the_runs_characters_or_lack_20_outputs_are_refused(runs, tmp_path):
+    path, _, _, _, data_dir = runs
+    course = tiny_flags(data_dir, tmp_path / 'course')
+    protonet.main(course)
+    with pytest.raises(UserError, match=r'trained on the course split.*train with --split lake'):
+        protonet.main(['--test', '--lake_runs', path, *course])
+    five_way = tiny_flags(data_dir, tmp_path / 'maml')
+    maml.main(['--split', 'lake', *five_way])
+    with pytest.raises(UserError, match=r'5-way head; train it with --num_way 20 --split lake'):
+        maml.main(['--test', '--lake_runs', path, *five_way])
+    with pytest.raises(UserError, match='--lake_runs scores a trained model: add --test'):
+        protonet.main(['--lake_runs', path, *course])
+    with pytest.raises(UserError, match='--lake_runs nowhere.zip does not exist'):
+        protonet.main(['--test', '--lake_runs', 'nowhere.zip', *course])

@@ -1,10 +1,10 @@
-"""Reproduce the homework report: run its experiments with the same command
-lines a user would type, then draw the validation curves, the ProtoNet test
-table, the test-time K sweep and the metabolism result into one folder with
-an index.md.
+"""Reproduce the homework report or the papers' Omniglot table: run the
+experiments with the same command lines a user would type, then write the
+figures and tables into one folder with an index.md.
 
     python report.py --quick --data_dir DIR --metabolism_dir DIR/metabolism   # about an hour on 2 CPU cores
     python report.py --device gpu --data_dir ...                       # the full protocol
+    python report.py --protocol papers --device gpu --data_dir DIR     # the papers' table (--quick: shortened)
 
 Runs whose last checkpoint exists are skipped; an interrupted run is resumed
 from its latest checkpoint. Delete a run's folder under OUT/runs to redo it.
@@ -68,6 +68,40 @@ COMPARISONS = {
 }
 KEY_TAGS = ['val_accuracy/query', 'val_accuracy/post_adapt_query']
 
+# The papers' Omniglot protocols (docs/results.md cites each setting): Vinyals et al.'s split with
+# rotations; ProtoNet (Snell et al., 2017) trains 60-way episodes with 5 queries per class, one
+# episode per step, Adam at 1e-3 halved every 2000 episodes; MAML (Finn et al., 2017) trains with
+# K queries per class, 32 tasks per step and one inner step of 0.4 (5-way) or 16 tasks and five
+# steps of 0.1 (20-way).
+VINYALS = ['--split', 'vinyals', '--augment_rotations']
+PROTONET_PAPER = [*VINYALS, '--num_way', '60', '--num_query', '5', '--batch_size', '1', '--lr_halving_steps', '2000']
+MAML_5WAY_PAPER = [*VINYALS, '--batch_size', '32', '--inner_lr', '0.4', '--num_inner_steps', '1']
+MAML_20WAY_PAPER = [*VINYALS, '--num_way', '20', '--batch_size', '16', '--inner_lr', '0.1', '--num_inner_steps', '5']
+PAPER_EXPERIMENTS = {
+    'protonet_60w1s': ('protonet.py', [*PROTONET_PAPER, '--num_support', '1'], 1500, 30000),
+    'protonet_60w5s': ('protonet.py', [*PROTONET_PAPER, '--num_support', '5'], 1000, 30000),
+    'maml_5w1s': ('maml.py', [*MAML_5WAY_PAPER, '--num_support', '1', '--num_query', '1'], 300, 60000),
+    'maml_5w5s': ('maml.py', [*MAML_5WAY_PAPER, '--num_support', '5', '--num_query', '5'], 150, 60000),
+    'maml_20w1s': ('maml.py', [*MAML_20WAY_PAPER, '--num_support', '1', '--num_query', '1'], 100, 60000),
+    'maml_20w5s': ('maml.py', [*MAML_20WAY_PAPER, '--num_support', '5', '--num_query', '5'], 40, 60000),
+}
+# the papers' table: (algorithm, N, K) -> (experiment, test queries per class, test tasks, test flags, paper's %)
+PAPER_TESTS = {
+    ('ProtoNet', 5, 1): ('protonet_60w1s', 5, 1000, [], 98.8),
+    ('ProtoNet', 5, 5): ('protonet_60w5s', 5, 1000, [], 99.7),
+    ('ProtoNet', 20, 1): ('protonet_60w1s', 5, 1000, [], 96.0),
+    ('ProtoNet', 20, 5): ('protonet_60w5s', 5, 1000, [], 98.9),
+    ('MAML', 5, 1): ('maml_5w1s', 1, 600, ['--num_inner_steps', '3'], 98.7),
+    ('MAML', 5, 5): ('maml_5w5s', 5, 600, ['--num_inner_steps', '3'], 99.9),
+    ('MAML', 20, 1): ('maml_20w1s', 1, 600, ['--num_inner_steps', '5'], 95.8),
+    ('MAML', 20, 5): ('maml_20w5s', 5, 600, ['--num_inner_steps', '5'], 98.9),
+}
+
+
+def experiments(args):
+    """The experiments of the chosen protocol: name -> (script, flags, quick steps, full steps)."""
+    return PAPER_EXPERIMENTS if args.protocol == 'papers' else EXPERIMENTS
+
 
 # ---------------------------------------------------------------- running
 
@@ -122,7 +156,7 @@ def run_commands(commands, jobs, gpus=(), logs=None):
 
 def training_command(name, args):
     """The command that trains (or resumes) an experiment, or None if its last checkpoint exists."""
-    script, flags, quick_steps, full_steps = EXPERIMENTS[name]
+    script, flags, quick_steps, full_steps = experiments(args)[name]
     steps = quick_steps if args.quick else full_steps
     log_dir = os.path.join(args.out, 'runs', name)
     saved = checkpoints.saved_steps(log_dir) if os.path.isdir(log_dir) else []
@@ -155,8 +189,9 @@ def visible_gpus(device):
 
 
 def test_experiment(name, args, csv_name, extra_flags):
-    """Test the best checkpoint of an experiment; the CSV is reused while newer than the checkpoints."""
-    script = EXPERIMENTS[name][0]
+    """Test the best checkpoint of an experiment; the CSV is reused while newer than the checkpoints.
+    extra_flags come last, so they may replace --num_test_tasks."""
+    script = experiments(args)[name][0]
     log_dir = os.path.join(args.out, 'runs', name)
     table = os.path.join(args.out, 'tests', csv_name)
     newest = max(os.path.getmtime(p) for p in glob.glob(os.path.join(log_dir, 'state*.pt')))
@@ -245,7 +280,37 @@ def results_table(rows_by_label):
 
 # ---------------------------------------------------------------- the report
 
+def paper_table(args):
+    """Markdown table of the papers' cells: our test accuracy (mean ± 95% CI) beside the paper's."""
+    lines = ['| algorithm | N-way | K-shot | trained by | test queries per class | test tasks | '
+             'accuracy % (mean ± 95% CI) | paper % |', '|---|---|---|---|---|---|---|---|']
+    for (algorithm, way, shot), (name, queries, num_tasks, flags, paper) in PAPER_TESTS.items():
+        test_flags = ['--num_way', str(way), '--num_support', str(shot), '--num_query', str(queries),
+                      '--num_test_tasks', str(num_tasks), *flags]
+        row = test_experiment(name, args, f'{name}_{way}w{shot}s.csv', test_flags)[0]
+        lines.append(f'| {algorithm} | {way} | {shot} | `{name}` | {queries} | {num_tasks} | '
+                     f'{100 * float(row["mean"]):.1f} ± {100 * float(row["ci95"]):.1f} | {paper} |')
+    return '\n'.join(lines)
+
+
+def write_papers_report(args):
+    """Train the papers' experiments, test each cell of their table as the paper did, write index.md."""
+    names = list(PAPER_EXPERIMENTS)
+    train_experiments(names, args)
+    steps = ', '.join(f'{n} {PAPER_EXPERIMENTS[n][2 if args.quick else 3]}' for n in names)
+    commands = ['| experiment | command (plus `--data_dir D --device ...`) |', '|---|---|'] + [
+        f'| `{n}` | `python {PAPER_EXPERIMENTS[n][0]} {" ".join(PAPER_EXPERIMENTS[n][1])}` |' for n in names]
+    sections = [f'# The papers\' Omniglot table{quick_note(args.quick)}', '',
+                'Made by `python report.py ' + ' '.join(sys.argv[1:]) + f'`. Steps per run: {steps}. '
+                'Settings and their sources: docs/results.md.', '', *commands, '', paper_table(args), '']
+    with open(os.path.join(args.out, 'index.md'), 'w') as f:
+        f.write('\n'.join(sections))
+    print(f'report written to {os.path.join(args.out, "index.md")}')
+
+
 def write_report(args):
+    if args.protocol == 'papers':
+        return write_papers_report(args)
     out = args.out
     train_experiments(list(EXPERIMENTS), args)
     sections = [f'# Homework report{quick_note(args.quick)}', '',
@@ -279,6 +344,8 @@ def write_report(args):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Run the report\'s experiments and draw its figures and tables.')
+    parser.add_argument('--protocol', choices=('homework', 'papers'), default='homework',
+                        help="the course homework's experiments, or the papers' Omniglot table (Vinyals split)")
     parser.add_argument('--quick', action='store_true', help='shortened runs (about an hour on 2 CPU cores)')
     parser.add_argument('--out', default=None, help='output folder (default reports/quick or reports/full)')
     parser.add_argument('--device', default=None, help='default: cpu with --quick, else gpu')
@@ -289,7 +356,8 @@ def parse_args(argv=None):
     parser.add_argument('--jobs', type=util.positive_int, default=1,
                         help='experiments trained at once (each its own process, and its own GPU where several)')
     args = parser.parse_args(argv)
-    args.out = args.out or os.path.join('reports', 'quick' if args.quick else 'full')
+    args.out = args.out or os.path.join('reports', ('quick' if args.quick else 'full')
+                                        + ('_papers' if args.protocol == 'papers' else ''))
     args.device = args.device or ('cpu' if args.quick else 'gpu')
     args.data_dir, args.metabolism_dir = os.path.abspath(args.data_dir), os.path.abspath(args.metabolism_dir)
     args.out = os.path.abspath(args.out)

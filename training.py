@@ -45,6 +45,8 @@ def add_common_args(parser):
     parser.add_argument('--learning_rate', '--outer_lr', dest='learning_rate', type=util.positive_float, default=0.001,
                         help='learning rate of the meta-update (--outer_lr is the same flag): Adam for ProtoNet '
                              'and MAML, the initial meta step size for Reptile')
+    parser.add_argument('--lr_halving_steps', type=util.non_negative_int, default=0,
+                        help='halve the learning rate every this many steps (Snell et al.: 2000); 0: never')
     parser.add_argument('--num_train_iterations', type=util.positive_int, default=5000, help='meta-updates in the whole run')
     parser.add_argument('--test', default=False, action='store_true', help='test a checkpoint instead of training')
     parser.add_argument('--checkpoint_step', type=util.checkpoint_step, default=-1,
@@ -72,6 +74,11 @@ def check_common_args(args):
 def build_optimizer(learner, learning_rate):
     kind = {'adam': torch.optim.Adam, 'sgd': torch.optim.SGD}[learner.optimizer]
     return kind(learner.parameters(), lr=learning_rate)
+
+
+def halved_learning_rate(args, step):
+    """--learning_rate halved every --lr_halving_steps steps (constant when 0)."""
+    return args.learning_rate * 0.5 ** (step // args.lr_halving_steps) if args.lr_halving_steps else args.learning_rate
 
 
 def learning_rate_at(schedule, base, step, total):
@@ -144,8 +151,8 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
     progress = tqdm(range(start_step, args.num_train_iterations), initial=start_step,
                     total=args.num_train_iterations, dynamic_ncols=True, disable=not processes.is_main)
     for step in progress:
-        metrics = train_step(learner, optimizer, train_sampler.sample(args.batch_size), step, args.learning_rate,
-                             args.num_train_iterations, processes)
+        metrics = train_step(learner, optimizer, train_sampler.sample(args.batch_size), step,
+                             halved_learning_rate(args, step), args.num_train_iterations, processes)
         if step % distributed.DRIFT_CHECK_INTERVAL == 0:
             processes.check_in_step(learner.parameters(), step)
         if step % VAL_INTERVAL == 0 or step == last:

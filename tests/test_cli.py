@@ -259,3 +259,15 @@ def test_twenty_way_trains_and_tests_with_a_k_sweep(tmp_path, capsys, algorithm)
     assert len(results) == 2 and all(0 <= mean <= 1 for mean, _ in results)
     out = capsys.readouterr().out
     assert 'num_support 1: Accuracy over 4 test tasks' in out and 'num_support 3: Accuracy over 4 test tasks' in out
+
+
+def test_lr_halving_steps_halve_the_loops_learning_rate(omniglot_dir, tmp_path, monkeypatch):
+    import protonet
+    import training
+    rates, real = [], training.train_step
+    monkeypatch.setattr(training, 'train_step', lambda learner, optimizer, batch, step, lr, *rest:
+                        rates.append((lr, step)) or real(learner, optimizer, batch, step, lr, *rest))
+    protonet.main(['--data_dir', omniglot_dir, '--log_dir', str(tmp_path), '--num_hidden_channels', '4',
+                   '--batch_size', '1', '--num_val_tasks', '1', '--num_query', '1', '--num_train_iterations', '5',
+                   '--lr_halving_steps', '2', '--learning_rate', '0.004'])
+    assert rates == [(0.004, 0), (0.004, 1), (0.002, 2), (0.002, 3), (0.001, 4)]

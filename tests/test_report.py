@@ -113,3 +113,39 @@ def test_two_jobs_train_what_one_job_trains(tmp_path):
     for one, two in zip(runs[1], runs[2]):
         assert all(torch.equal(one[k], two[k]) for k in one)
     assert not torch.equal(runs[1][0]['head'], runs[1][1]['head'])  # two different runs
+
+
+# ---------------------------------------------------------------- the papers' protocol
+
+@pytest.mark.parametrize('name', list(report.PAPER_EXPERIMENTS))
+def test_papers_experiments_parse_to_the_cited_settings(name):
+    import cli
+    import maml
+    import protonet
+    script, flags, _, _ = report.PAPER_EXPERIMENTS[name]
+    args = cli.parse(protonet.SCRIPT if script == 'protonet.py' else maml.SCRIPT, flags)[0]
+    assert (args.class_split, args.augment_rotations, args.learning_rate) == ('vinyals', True, 0.001)
+    if script == 'protonet.py':
+        assert (args.num_way, args.num_query, args.batch_size, args.lr_halving_steps) == (60, 5, 1, 2000)
+    else:
+        assert args.num_query == args.num_support and args.lr_halving_steps == 0
+        assert (args.batch_size, args.inner_lr, args.num_inner_steps) == \
+            ((32, 0.4, 1) if args.num_way == 5 else (16, 0.1, 5))
+
+
+def test_papers_table_tests_each_cell_as_its_paper(tmp_path, monkeypatch):
+    calls = {}
+
+    def fake_test(name, args, csv_name, flags):
+        calls[csv_name] = (name, flags)
+        return [{'mean': '0.9876', 'ci95': '0.0012'}]
+    monkeypatch.setattr(report, 'test_experiment', fake_test)
+    args = report.parse_args(['--protocol', 'papers', '--quick', '--out', str(tmp_path)])
+    assert args.out.endswith(str(tmp_path)) and args.protocol == 'papers'
+    lines = report.paper_table(args).splitlines()
+    assert len(lines) == 2 + 8 and lines[2].endswith('| 98.8 ± 0.1 | 98.8 |')
+    name, flags = calls['protonet_60w1s_20w1s.csv']
+    assert name == 'protonet_60w1s' and flags == ['--num_way', '20', '--num_support', '1', '--num_query', '5',
+                                                  '--num_test_tasks', '1000']
+    name, flags = calls['maml_5w1s_5w1s.csv']
+    assert name == 'maml_5w1s' and flags[-4:] == ['--num_test_tasks', '600', '--num_inner_steps', '3']

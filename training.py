@@ -47,6 +47,9 @@ def add_common_args(parser):
                              'and MAML, the initial meta step size for Reptile')
     parser.add_argument('--lr_halving_steps', type=util.non_negative_int, default=0,
                         help='halve the learning rate every this many steps (Snell et al.: 2000); 0: never')
+    parser.add_argument('--tasks_per_backward', type=util.non_negative_int, default=0,
+                        help='tasks per backward pass within a meta-batch: holds one group\'s graph at a time '
+                             '(second-order MAML\'s memory), same gradient; 0: the whole meta-batch at once')
     parser.add_argument('--num_train_iterations', type=util.positive_int, default=5000, help='meta-updates in the whole run')
     parser.add_argument('--test', default=False, action='store_true', help='test a checkpoint instead of training')
     parser.add_argument('--checkpoint_step', type=util.checkpoint_step, default=-1,
@@ -90,23 +93,33 @@ def learning_rate_at(schedule, base, step, total):
     return base
 
 
-def train_step(learner, optimizer, task_batch, step, learning_rate, total, processes=distributed.ONE):
+def train_step(learner, optimizer, task_batch, step, learning_rate, total, processes=distributed.ONE,
+               tasks_per_backward=0):
     """One meta-update: the schedule's learning rate, zero_grad, the learner's objective on this
-    process's share of the tasks (weighted by share / B), backward, the gradients summed over the
-    processes, the optimizer step, buffers averaged. Returns the metrics' means over all B tasks
-    as floats, 'loss' among them."""
+    process's share of the tasks, backward, the gradients summed over the processes, the optimizer
+    step, buffers averaged. With tasks_per_backward, the share is taken that many tasks at a time,
+    a backward each, so that only one group's graph is held (second-order MAML's memory); each
+    group's objective is weighted by its size / B, so the gradient is the same. Returns the
+    metrics' means over all B tasks as floats, 'loss' among them."""
     for group in optimizer.param_groups:
         group['lr'] = learning_rate_at(learner.lr_schedule, learning_rate, step, total)
     optimizer.zero_grad(set_to_none=True)
     share = task_batch if processes.size == 1 else task_batch.select(processes.share(len(task_batch)))
-    objective, metrics = learner.loss(share, step)
-    if processes.size > 1:
-        objective = objective * (len(share) / len(task_batch))
-    objective.backward()
+    size = min(tasks_per_backward or len(share), len(share))
+    objective_sum, parts = 0.0, []
+    for start in range(0, len(share), size):
+        group = share if size == len(share) else share.select(slice(start, start + size))
+        objective, metrics = learner.loss(group, step)
+        if len(group) != len(task_batch):
+            objective = objective * (len(group) / len(task_batch))
+        objective.backward()
+        objective_sum += objective.item()
+        parts.append(metrics)
+    metrics = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
     processes.sum_gradients(learner.parameters())
     optimizer.step()
     processes.average(learner.buffers())
-    return {'loss': processes.sum(objective.item()), **{k: processes.mean(v) for k, v in metrics.items()}}
+    return {'loss': processes.sum(objective_sum), **{k: processes.mean(v) for k, v in metrics.items()}}
 
 
 # ---------------------------------------------------------------- evaluation
@@ -152,7 +165,8 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
                     total=args.num_train_iterations, dynamic_ncols=True, disable=not processes.is_main)
     for step in progress:
         metrics = train_step(learner, optimizer, train_sampler.sample(args.batch_size), step,
-                             halved_learning_rate(args, step), args.num_train_iterations, processes)
+                             halved_learning_rate(args, step), args.num_train_iterations, processes,
+                             args.tasks_per_backward)
         if step % distributed.DRIFT_CHECK_INTERVAL == 0:
             processes.check_in_step(learner.parameters(), step)
         if step % VAL_INTERVAL == 0 or step == last:

@@ -12,6 +12,7 @@ import cli
 import maml
 import networks
 import omniglot
+import reptile
 import tasks
 import training
 import util
@@ -284,3 +285,23 @@ def test_short_real_run_is_clearly_above_chance(omniglot_dir, tmp_path):
     maml.main(['--num_train_iterations', '80', '--batch_size', '8', '--data_dir', omniglot_dir,
                '--num_val_tasks', '64', '--log_dir', str(tmp_path)])
     assert checkpoints.load(str(tmp_path), 79)['val_score'] > 0.5
+
+
+@pytest.mark.parametrize('options', [dict(num_inner_steps=5, learn_inner_lrs=True),
+                                     dict(num_inner_steps=3, multi_step_loss=True, vmap_tasks=True),
+                                     dict(num_inner_steps=2, learner_class=reptile.Reptile)])
+def test_a_backward_per_group_of_tasks_gives_the_same_update(options):
+    """--tasks_per_backward: the meta-gradient (float64) and the logged metrics equal one backward's."""
+    batch = random_batch(num_tasks=5)
+    results = []
+    for tasks_per_backward in (0, 1, 2):
+        learner = tiny_maml(**options)
+        optimizer = training.build_optimizer(learner, 1e-3)
+        logged = training.train_step(learner, optimizer, batch, 0, 1e-3, 10, tasks_per_backward=tasks_per_backward)
+        results.append((logged, [p.grad.clone() for p in learner.parameters()]))
+    (logged, grads), others = results[0], results[1:]
+    assert all(g.abs().sum() > 0 for g in grads)
+    for other_logged, other_grads in others:
+        assert other_logged == pytest.approx(logged, rel=1e-12)
+        for g, h in zip(grads, other_grads):
+            torch.testing.assert_close(h, g, rtol=1e-10, atol=1e-13)

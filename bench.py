@@ -20,6 +20,7 @@ import time
 import zipfile
 
 import torch
+import torch.nn.functional as F
 
 import util
 
@@ -158,12 +159,110 @@ def child_maml(args, device):
         util.tune_cpu_allocator()
     sampler = omniglot.omniglot_sampler('train', 5, 1, 15, args.data_dir, seed=0, device=device)
     learner = maml.MAML(networks.init_conv_params(4, 1, 64, num_outputs=5), networks.conv_net,
-                        num_inner_steps=args.inner_steps, inner_lr=0.4, learn_inner_lrs=bool(args.learn_inner_lrs),
+                        num_inner_steps=args.inner_steps, inner_lr=args.inner_lr, learn_inner_lrs=bool(args.learn_inner_lrs),
                         first_order=bool(args.first_order), device=device, vmap_tasks=args.vmap == 'yes')
     return timed_training_step(learner, sampler, args, device)
 
 
-CHILDREN = {'protonet_naive': child_protonet_naive, 'protonet': child_protonet, 'maml': child_maml}
+# ------------------------------------------------------------ MAML compute: ours, naive, higher
+
+def fixed_maml_batches(args, device):
+    """Three seeded 5w1s batches of args.tasks tasks (15 queries), the same in every process."""
+    import omniglot
+    sampler = omniglot.omniglot_sampler('train', 5, 1, 15, args.data_dir, seed=0, device=device)
+    return [sampler.sample(args.tasks) for _ in range(3)]
+
+
+def cycling(batches):
+    """A function returning the batches in turn."""
+    state = {'next': 0}
+
+    def next_batch():
+        state['next'] += 1
+        return batches[(state['next'] - 1) % len(batches)]
+    return next_batch
+
+
+def naive_forward(params, x):
+    """The course-style functional conv net: 4 x [conv, batch norm (batch statistics), ReLU, max-pool], linear."""
+    for i in range(4):
+        x = F.conv2d(x, params[f'conv{i}'], params[f'conv{i}_bias'], padding=1)
+        x = F.batch_norm(x, None, None, params[f'bn{i}_weight'], params[f'bn{i}_bias'], training=True)
+        x = F.max_pool2d(F.relu(x), 2)
+    return F.linear(x.flatten(1), params['head'], params['head_bias'])
+
+
+def child_maml_naive(args, device):
+    """Naive second-order MAML: a params dict, a per-task Python loop, autograd.grad(create_graph=True),
+    one backward of the mean outer loss (every task's graph held until then)."""
+    import networks
+    torch.manual_seed(0)
+    params = {k: v.to(device).requires_grad_() for k, v in
+              networks.init_conv_params(4, 1, 64, num_outputs=5).items()}
+    optimizer = torch.optim.Adam(params.values(), lr=1e-3)
+    next_batch = cycling(fixed_maml_batches(args, device))
+
+    def step():
+        outer = []
+        for xs, ys, xq, yq in next_batch():
+            phi = dict(params)
+            for _ in range(args.inner_steps):
+                grads = torch.autograd.grad(F.cross_entropy(naive_forward(phi, xs), ys), list(phi.values()),
+                                            create_graph=True)
+                phi = {k: v - args.inner_lr * g for (k, v), g in zip(phi.items(), grads)}
+            outer.append(F.cross_entropy(naive_forward(phi, xq), yq))
+        optimizer.zero_grad()
+        torch.stack(outer).mean().backward()
+        optimizer.step()
+    return {'seconds': timed(step, args.repeats, device)}
+
+
+def child_maml_higher(args, device):
+    """Second-order MAML with `higher` (pip install -r requirements-bench.txt), task by task:
+    each task's outer loss / B is back-propagated before the next task's inner loop."""
+    import higher
+    torch.manual_seed(0)
+    layers = []
+    for i in range(4):
+        layers += [torch.nn.Conv2d(1 if i == 0 else 64, 64, 3, padding=1),
+                   torch.nn.BatchNorm2d(64, track_running_stats=False), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+    network = torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(64, 5)).to(device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+    inner_optimizer = torch.optim.SGD(network.parameters(), lr=args.inner_lr)
+    next_batch = cycling(fixed_maml_batches(args, device))
+
+    def step():
+        optimizer.zero_grad()
+        batch = next_batch()
+        for xs, ys, xq, yq in batch:
+            with higher.innerloop_ctx(network, inner_optimizer, copy_initial_weights=False) as (adapted, diffopt):
+                for _ in range(args.inner_steps):
+                    diffopt.step(F.cross_entropy(adapted(xs), ys))
+                (F.cross_entropy(adapted(xq), yq) / len(batch)).backward()
+        optimizer.step()
+    return {'seconds': timed(step, args.repeats, device)}
+
+
+def child_maml_fixed(args, device):
+    """Our second-order MAML through the training loop on the fixed batches (no sampling)."""
+    import maml
+    import networks
+    import training
+    if device.type == 'cpu':
+        util.tune_cpu_allocator()
+    torch.manual_seed(0)
+    learner = maml.MAML(networks.init_conv_params(4, 1, 64, num_outputs=5), networks.conv_net,
+                        num_inner_steps=args.inner_steps, inner_lr=args.inner_lr, device=device,
+                        vmap_tasks=args.vmap == 'yes')
+    optimizer = training.build_optimizer(learner, 1e-3)
+    next_batch = cycling(fixed_maml_batches(args, device))
+    step = lambda: training.train_step(learner, optimizer, next_batch(), 0, 1e-3, 1,  # noqa: E731
+                                       tasks_per_backward=args.tasks_per_backward)
+    return {'seconds': timed(step, args.repeats, device)}
+
+
+CHILDREN = {'protonet_naive': child_protonet_naive, 'protonet': child_protonet, 'maml': child_maml,
+            'maml_naive': child_maml_naive, 'maml_higher': child_maml_higher, 'maml_fixed': child_maml_fixed}
 
 
 def run_child(kind, data_dir, repeats, device, processes=1, **options):
@@ -228,11 +327,61 @@ def bench_maml(data_dir, repeats, device):
               f'| {loop["seconds"] / vmap["seconds"]:.2f}x | {loop["peak_mb"]:.0f} | {vmap["peak_mb"]:.0f} |')
 
 
+def higher_installed():
+    import importlib.util
+    return importlib.util.find_spec('higher') is not None
+
+
+def bench_maml_compute(data_dir, repeats, device, rounds):
+    """Second-order MAML 5w1s on the same fixed tasks: ours, naive and `higher`; interleaved rounds."""
+    variants = [('naive: params dict, per-task loop, one backward', 'maml_naive', {}),
+                ('ours: one backward per meta-batch (default)', 'maml_fixed', {}),
+                ('ours: `--tasks_per_backward 1`', 'maml_fixed', dict(tasks_per_backward=1))]
+    if higher_installed():
+        variants.append(('`higher`, task by task', 'maml_higher', {}))
+    for inner_steps, inner_lr in ((1, 0.4), (5, 0.04)):
+        print(f'\n## MAML 5w1s, second-order, {inner_steps} inner step(s) at {inner_lr}, 15 queries, 16 tasks per '
+              f'step: compute only, the same tasks for every variant ({rounds} interleaved rounds)\n')
+        results = {name: [] for name, _, _ in variants}
+        for _ in range(rounds):
+            for name, kind, options in variants:
+                results[name].append(run_child(kind, data_dir, repeats, device, tasks=16, inner_steps=inner_steps,
+                                               inner_lr=inner_lr, **options))
+        seconds = {name: statistics.median(r['seconds'] for r in rs) for name, rs in results.items()}
+        naive = seconds[variants[0][0]]
+        reference = seconds.get(variants[-1][0]) if higher_installed() else None
+        print('| variant | ms / step (median of rounds) | peak RSS MB | vs naive | vs `higher` |')
+        print('|---|---|---|---|---|')
+        for name, rs in results.items():
+            versus = f'{reference / seconds[name]:.2f}x' if reference else 'not installed'
+            print(f'| {name} | {1000 * seconds[name]:.1f} | {max(r["peak_mb"] for r in rs):.0f} | '
+                  f'{naive / seconds[name]:.2f}x | {versus} |')
+
+
+def bench_maml_memory(data_dir, repeats, device):
+    """Peak memory of second-order MAML with 5 inner steps as the tasks per step grow."""
+    sizes = (1, 4, 16)
+    variants = [('naive, one backward', 'maml_naive', {}), ('ours, one backward (default)', 'maml_fixed', {}),
+                ('ours, `--tasks_per_backward 1`', 'maml_fixed', dict(tasks_per_backward=1))]
+    if higher_installed():
+        variants.append(('`higher`, task by task', 'maml_higher', {}))
+    memory = 'peak GPU MB' if device == 'cuda' else 'peak RSS MB'
+    print(f'\n## MAML 5w1s, second-order, 5 inner steps at 0.04: {memory} (ms / step) by tasks per step\n')
+    print('| variant | ' + ' | '.join(f'{b} tasks' for b in sizes) + f' | growth 1 -> {sizes[-1]} tasks, MB |')
+    print('|---|' + '---|' * (len(sizes) + 1))
+    for name, kind, options in variants:
+        rs = [run_child(kind, data_dir, repeats, device, tasks=b, inner_steps=5, inner_lr=0.04, **options)
+              for b in sizes]
+        cells = ' | '.join(f'{r["peak_mb"]:.0f} ({1000 * r["seconds"]:.0f} ms)' for r in rs)
+        print(f'| {name} | {cells} | {rs[-1]["peak_mb"] - rs[0]["peak_mb"]:.0f} |')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data_dir', default='./data', help='holds omniglot_resized.zip (the naive pipeline reads it)')
     parser.add_argument('--repeats', type=util.positive_int, default=5)
-    parser.add_argument('--only', choices=['protonet', 'maml', 'processes'])
+    parser.add_argument('--only', choices=['protonet', 'maml', 'processes', 'maml_compute', 'maml_memory'])
+    parser.add_argument('--rounds', type=util.positive_int, default=3, help='interleaved rounds (maml_compute)')
     parser.add_argument('--device', default='cpu', help='cpu, gpu, cuda, mps or auto, as in training')
     parser.add_argument('--child', choices=list(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument('--allocator', default='tuned', help=argparse.SUPPRESS)
@@ -241,6 +390,9 @@ def main():
     parser.add_argument('--first_order', type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument('--learn_inner_lrs', type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument('--vmap', default='no', help=argparse.SUPPRESS)
+    parser.add_argument('--tasks', type=int, default=16, help=argparse.SUPPRESS)
+    parser.add_argument('--inner_lr', type=float, default=0.4, help=argparse.SUPPRESS)
+    parser.add_argument('--tasks_per_backward', type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = util.resolve_device(args.device)
     if args.child:
@@ -261,6 +413,10 @@ def main():
         bench_maml(args.data_dir, args.repeats, device.type)
     if args.only in (None, 'processes') and device.type == 'cpu':
         bench_processes(args.data_dir, args.repeats)
+    if args.only in (None, 'maml_compute'):
+        bench_maml_compute(args.data_dir, args.repeats, device.type, args.rounds)
+    if args.only in (None, 'maml_memory'):
+        bench_maml_memory(args.data_dir, args.repeats, device.type)
 
 
 if __name__ == '__main__':

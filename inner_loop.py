@@ -92,12 +92,13 @@ class InnerLoop:
         self.num_inner_steps = num_inner_steps
         self.variants = variants or Variants()
         self.vmap_tasks = self.device.type != 'cpu' if vmap_tasks is None else vmap_tasks
+        self.tunable = vmap_tasks is None
         self._network = forward
         self.per_step_bn = None
         if self.variants.per_step_bn:
             self.per_step_bn = PerStepBatchNorm(params, num_inner_steps, self.device)
             params = self.per_step_bn.expand(params)
-            self.vmap_tasks = False  # running statistics are updated in place: per-task loop only
+            self.vmap_tasks = self.tunable = False  # running statistics are updated in place: per-task loop only
         self.meta_parameters = {k: v.to(self.device).requires_grad_() for k, v in params.items()}
         self.adapted_keys = [k for k in params if self._adapts(k)]
         per_step = self.variants.learn_inner_lrs_per_step

@@ -129,6 +129,21 @@ class MAML:
         return self._task_metrics(task_batch, train=True, second_order=self._second_order_at(step),
                                   loss_weights=weights)
 
+    execution_flag = '--vmap_tasks'
+
+    @property
+    def tasks_per_backward(self):
+        """A backward per task for the per-task loop (one task's graph held at a time, as fast on a
+        CPU: bench.py), one per meta-batch with vmap."""
+        return 0 if self.inner.vmap_tasks else 1
+
+    def execution_options(self):
+        """{name: switch to it}: a per-task loop or vmap over tasks (the same numbers to round-off)."""
+        if not self.inner.tunable:
+            return {}
+        return {'per-task inner loops': lambda: setattr(self.inner, 'vmap_tasks', False),
+                'vmap over tasks': lambda: setattr(self.inner, 'vmap_tasks', True)}
+
     def evaluate(self, task_batch):
         """(B,) per-task metrics after adapting to each support set, and the query loss."""
         loss, metrics = self._task_metrics(task_batch, train=False)
@@ -175,7 +190,9 @@ def add_args(parser):
                         help='learn one inner learning rate per parameter tensor')
     parser.add_argument('--first_order', default=False, action='store_true', help='first-order MAML (FOMAML)')
     parser.add_argument('--vmap_tasks', choices=['auto', 'yes', 'no'], default='auto',
-                        help='adapt the tasks of a meta-batch with torch.vmap; auto: no on CPU, yes on GPU')
+                        help='adapt the tasks of a meta-batch with torch.vmap (same numbers); auto: the faster on '
+                             'this machine, timed once at the start of training and cached (at --test and under '
+                             'torchrun: no on a CPU, yes on a GPU)')
     parser.add_argument('--inner_optimizer', choices=['sgd', 'adagrad'], default=Variants.inner_optimizer)
     parser.add_argument('--inner_adagrad_eps', type=util.positive_float, default=Variants.inner_adagrad_eps,
                         help='Adagrad inner eps (the NTU report: 0.7)')

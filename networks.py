@@ -95,6 +95,9 @@ def conv_features(params, images, num_tasks=1, num_blocks=4, fused_bn=True, norm
     return x.flatten(1)
 
 
+ALL_TASKS = 1 << 30  # tasks_per_call above any meta-batch: one batched call
+
+
 def per_task_calls(network, inputs, tasks_per_call):
     """Run network over a meta-batch in groups of tasks, each task with its own BN statistics.
 

@@ -32,20 +32,32 @@ class ProtoNet:
 
     key_metric = 'query'
     num_outputs = None  # no classifier head: any N-way
+    tasks_per_backward = 0  # one backward per meta-batch
     task = tasks.CLASSIFICATION
     optimizer = 'adam'
     lr_schedule, lr_tag = 'constant', None
 
     def __init__(self, network, device='cpu', tasks_per_call=None, joint_batch_norm=False):
         """network: maps (T*M, ...) examples of T tasks (num_tasks=T) to (T*M, D) embeddings.
-        tasks_per_call: tasks per encoder call (default: measured best for the device).
+        tasks_per_call: tasks per encoder call; None: the device's default, and the learner
+            offers both ways to tuning.choose (execution_options).
         joint_batch_norm: a task's support and query examples share batch-norm statistics.
             By default each set has its own, as in the course, whose step encodes
             support and query in two calls."""
         self.device = torch.device(device)
         self._network = network.to(self.device)
         self.tasks_per_call = tasks_per_call
+        self.tunable = tasks_per_call is None
         self.joint_batch_norm = joint_batch_norm
+
+    execution_flag = '--encoder_calls'
+
+    def execution_options(self):
+        """{name: switch to it}: the ways to encode a meta-batch (the same numbers to round-off)."""
+        if not self.tunable:
+            return {}
+        return {'per-task encoder calls': lambda: setattr(self, 'tasks_per_call', 1),
+                'one batched encoder call': lambda: setattr(self, 'tasks_per_call', networks.ALL_TASKS)}
 
     def parameters(self):
         return list(self._network.parameters())
@@ -113,6 +125,9 @@ TEST_TIME_FLAGS = ()
 
 
 def add_args(parser):
+    parser.add_argument('--encoder_calls', choices=['auto', 'per_task', 'batched'], default='auto',
+                        help='encode a meta-batch task by task or in one call (same numbers); auto: the faster '
+                             'on this machine, timed once at the start of training and cached')
     parser.add_argument('--joint_batch_norm', default=False, action='store_true',
                         help="normalise a task's support and query images together "
                              '(default: separately, as the course does)')
@@ -125,7 +140,8 @@ def check_args(args):
 def build_learner(args, dataset, device):
     params, forward = dataset.network(args)
     encoder = networks.FunctionalNet(forward, params)
-    return ProtoNet(encoder, device, tasks_per_call=args.batch_size if dataset.ONE_ENCODER_CALL_PER_BATCH else None,
+    calls = 'batched' if dataset.ONE_ENCODER_CALL_PER_BATCH else args.encoder_calls
+    return ProtoNet(encoder, device, tasks_per_call={'auto': None, 'per_task': 1, 'batched': networks.ALL_TASKS}[calls],
                     joint_batch_norm=args.joint_batch_norm)
 
 

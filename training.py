@@ -24,6 +24,7 @@ import torch
 
 import checkpoints
 import distributed
+import tuning
 import util
 
 LOG_INTERVAL = 10
@@ -47,9 +48,10 @@ def add_common_args(parser):
                              'and MAML, the initial meta step size for Reptile')
     parser.add_argument('--lr_halving_steps', type=util.non_negative_int, default=0,
                         help='halve the learning rate every this many steps (Snell et al.: 2000); 0: never')
-    parser.add_argument('--tasks_per_backward', type=util.non_negative_int, default=0,
+    parser.add_argument('--tasks_per_backward', type=util.non_negative_int, default=None,
                         help='tasks per backward pass within a meta-batch: holds one group\'s graph at a time '
-                             '(second-order MAML\'s memory), same gradient; 0: the whole meta-batch at once')
+                             '(second-order MAML\'s memory), same gradient; 0: the whole meta-batch at once; '
+                             'default: the learner\'s (1 for a per-task MAML loop, else 0)')
     parser.add_argument('--num_train_iterations', type=util.positive_int, default=5000, help='meta-updates in the whole run')
     parser.add_argument('--test', default=False, action='store_true', help='test a checkpoint instead of training')
     parser.add_argument('--checkpoint_step', type=util.checkpoint_step, default=-1,
@@ -164,9 +166,9 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
     progress = tqdm(range(start_step, args.num_train_iterations), initial=start_step,
                     total=args.num_train_iterations, dynamic_ncols=True, disable=not processes.is_main)
     for step in progress:
+        per_backward = learner.tasks_per_backward if args.tasks_per_backward is None else args.tasks_per_backward
         metrics = train_step(learner, optimizer, train_sampler.sample(args.batch_size), step,
-                             halved_learning_rate(args, step), args.num_train_iterations, processes,
-                             args.tasks_per_backward)
+                             halved_learning_rate(args, step), args.num_train_iterations, processes, per_backward)
         if step % distributed.DRIFT_CHECK_INTERVAL == 0:
             processes.check_in_step(learner.parameters(), step)
         if step % VAL_INTERVAL == 0 or step == last:
@@ -300,6 +302,9 @@ def run(args, log_dir, build_learner, build_sampler, after_test=None, test_time_
     train_sampler = build_sampler('train', args, args.seed, device)
     val_sampler = build_sampler('val', args, VAL_SEED, device)
     start = 0 if resumed is None else checkpoints.resume(resumed, learner, optimizer, train_sampler.generator)
+    if processes.size == 1:  # the fastest way to compute a step on this machine (the same numbers)
+        tuning.choose(learner, lambda: build_sampler('train', args, tuning.TUNE_SEED, device).sample(args.batch_size),
+                      args, device)
     if processes.is_main:
         print(f'logging to {log_dir}' + (f' ({processes.size} processes)' if processes.size > 1 else ''))
     train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start, processes)

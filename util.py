@@ -148,14 +148,19 @@ def temporary_path(path):
 
 
 def atomic_save(obj, path):
-    """torch.save to a temporary file in the same folder (created with the umask's
+    """torch.save obj to path atomically (atomic_write)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write(path, write):
+    """write(binary file) to a temporary file in the same folder (created with the umask's
     permissions), fsync, then rename; the temporary file is removed on any failure."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = temporary_path(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -306,3 +311,14 @@ def download_file(url, target, check):
         if os.path.exists(partial):
             os.remove(partial)
         raise
+
+
+def cpu_name():
+    """The processor's model name (Linux /proc/cpuinfo, else platform's guess)."""
+    import platform
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')),
+                        platform.processor() or platform.machine())
+    except OSError:
+        return platform.processor() or platform.machine()

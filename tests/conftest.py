@@ -3,10 +3,14 @@
 when it is missing; under CI (CI=true) a missing data folder is a failure."""
 import os
 import sys
+import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# one user cache for the whole session (tuning.py's choices: runs with the same settings
+# share one), away from the user's own; subprocesses inherit it
+os.environ['XDG_CACHE_HOME'] = tempfile.mkdtemp(prefix='fewshot-test-cache-')
 sys.path.insert(0, ROOT)
 DATA_ROOT = os.environ.get('FEWSHOT_DATA', os.path.join(ROOT, '..', 'shared', 'data'))
 

@@ -3,9 +3,13 @@ summary of the weights they end with: a sha256 per tensor (bit-for-bit
 comparisons) and per-tensor statistics (round-off comparisons).
 
     python tests/reference_runs.py DATA_ROOT tests/reference_weights.json
+    python tests/reference_runs.py DATA_ROOT tests/reference_weights.json --add_platform
 
 records the summary that tests/test_reference.py compares every later version
-of the code against (DATA_ROOT holds omniglot/ and metabolism/).
+of the code against (DATA_ROOT holds omniglot/ and metabolism/); with
+--add_platform, only the sha256s of this platform are added to the file (for
+bit-for-bit comparisons here), once the runs agree with the recorded summary
+to round-off.
 """
 import hashlib
 import json
@@ -19,15 +23,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 SMALL = ['--num_train_iterations', '4', '--batch_size', '3', '--num_val_tasks', '3', '--seed', '3']
+# the way these were recorded (a per-task loop, one backward per meta-batch), not chosen per machine
+LOOP = ['--vmap_tasks', 'no', '--tasks_per_backward', '0']
 # name -> (script module, flags; the data folder is appended)
 RUNS = {
-    'protonet': ('protonet', [*SMALL, '--num_support', '2', '--num_query', '3']),
-    'maml_second_order_learned_lrs': ('maml', [*SMALL, '--num_inner_steps', '2', '--learn_inner_lrs',
+    'protonet': ('protonet', [*SMALL, '--num_support', '2', '--num_query', '3', '--encoder_calls', 'per_task']),
+    'maml_second_order_learned_lrs': ('maml', [*SMALL, *LOOP, '--num_inner_steps', '2', '--learn_inner_lrs',
                                                '--num_query', '3']),
-    'reptile': ('maml', [*SMALL, '--algorithm', 'reptile', '--num_inner_steps', '3', '--inner_lr', '0.1',
+    'reptile': ('maml', [*SMALL, *LOOP, '--algorithm', 'reptile', '--num_inner_steps', '3', '--inner_lr', '0.1',
                          '--num_query', '3']),
-    'maml_sinusoid': ('maml', ['--dataset', 'sinusoid', '--num_train_iterations', '30', '--num_val_tasks', '4']),
-    'metabolism_maml': ('run_metabolism', [*SMALL, '--algorithm', 'maml', '--num_support', '3', '--num_query', '4']),
+    'maml_sinusoid': ('maml', [*LOOP, '--dataset', 'sinusoid', '--num_train_iterations', '30',
+                               '--num_val_tasks', '4']),
+    'metabolism_maml': ('run_metabolism', [*SMALL, *LOOP, '--algorithm', 'maml', '--num_support', '3',
+                                           '--num_query', '4']),
 }
 
 
@@ -69,16 +77,24 @@ def run(name, data_root, log_dir):
 
 def platform():
     """What must match for bit-for-bit equality to be expected."""
+    import util
     return {'torch': torch.__version__, 'cpu_capability': torch.backends.cpu.get_cpu_capability(),
-            'threads': torch.get_num_threads()}
+            'threads': torch.get_num_threads(), 'cpu': util.cpu_name()}
 
 
 def main():
     data_root, out = sys.argv[1:3]
-    results = {'platform': platform(), 'runs': {}}
+    runs = {}
     for name in RUNS:
         with tempfile.TemporaryDirectory() as log_dir:
-            results['runs'][name] = run(name, data_root, log_dir)
+            runs[name] = run(name, data_root, log_dir)
+    if '--add_platform' in sys.argv:
+        with open(out) as f:
+            results = json.load(f)
+        hashes = {name: {k: v['sha256'] for k, v in tensors.items()} for name, tensors in runs.items()}
+        results.setdefault('other_platforms', []).append({'platform': platform(), 'sha256': hashes})
+    else:
+        results = {'platform': platform(), 'runs': runs}
     with open(out, 'w') as f:
         json.dump(results, f, indent=1)
 

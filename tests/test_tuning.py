@@ -1,0 +1,81 @@
+"""tuning.choose: the fastest way is timed once, cached per machine and run settings, and
+leaves the run's state, tasks and numbers as they were."""
+import argparse
+
+import pytest
+import torch
+
+import networks
+import protonet
+import tasks
+import tuning
+
+
+def tiny_protonet(tasks_per_call=None, dtype=torch.float32):
+    torch.manual_seed(0)
+    params = networks.init_conv_params(4, 1, 4, dtype=dtype)
+    return protonet.ProtoNet(networks.FunctionalNet(networks.conv_features, params), tasks_per_call=tasks_per_call)
+
+
+def batch(seed=0, dtype=torch.float32):
+    examples = torch.rand(6, 20, 1, 28, 28, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return tasks.TaskSampler(examples, 3, 2, 2, seed=seed).sample(4)
+
+
+ARGS = argparse.Namespace(algorithm='protonet', num_way=3, num_support=2, log_dir='a', seed=0)
+
+
+def test_the_faster_way_is_chosen_cached_and_reused(tmp_path, monkeypatch, capsys):
+    path = str(tmp_path / 'tuning.json')
+    speeds = {1: 0.2, networks.ALL_TASKS: 0.1}  # a fake clock: batched calls "faster"
+    timed = []
+
+    def fake_seconds(learner, task_batch, repeats=2):
+        timed.append(learner.tasks_per_call)
+        return speeds[learner.tasks_per_call]
+    monkeypatch.setattr(tuning, 'seconds_per_step', fake_seconds)
+    learner = tiny_protonet()
+    assert tuning.choose(learner, batch, ARGS, torch.device('cpu'), path) == 'one batched encoder call'
+    assert learner.tasks_per_call == networks.ALL_TASKS and sorted(timed) == sorted(speeds)
+    assert 'one batched encoder call (100 ms per step) against per-task encoder calls 200 ms' in capsys.readouterr().out
+    speeds.update({1: 0.05})  # cached: not timed again, even if the clock now says otherwise
+    other = tiny_protonet()
+    assert tuning.choose(other, batch, argparse.Namespace(**{**vars(ARGS), 'seed': 3, 'log_dir': 'b'}),
+                         torch.device('cpu'), path) == 'one batched encoder call'
+    assert len(timed) == 2 and capsys.readouterr().out == ''
+    changed = argparse.Namespace(**{**vars(ARGS), 'num_way': 5})  # another task shape: timed anew
+    assert tuning.choose(tiny_protonet(), batch, changed, torch.device('cpu'), path) == 'per-task encoder calls'
+    assert len(timed) == 4
+
+
+def test_a_forced_way_is_not_timed(tmp_path):
+    learner = tiny_protonet(tasks_per_call=1)
+    assert learner.execution_options() == {}
+    assert tuning.choose(learner, pytest.fail, ARGS, torch.device('cpu'), str(tmp_path / 't.json')) is None
+
+
+def test_timing_leaves_parameters_gradients_and_rng_as_found(tmp_path):
+    learner = tiny_protonet()
+    before = [p.detach().clone() for p in learner.parameters()]
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    tuning.choose(learner, batch, ARGS, torch.device('cpu'), str(tmp_path / 't.json'))
+    assert torch.equal(torch.rand(3), expected)
+    assert all(torch.equal(a, b) and b.grad is None for a, b in zip(before, learner.parameters()))
+
+
+def test_every_way_gives_the_same_loss_and_gradient():
+    """In float64 (in float32 the conv biases' gradients, zero but for round-off under batch norm, differ)."""
+    task_batch = batch(dtype=torch.float64)
+    results = []
+    for use in tiny_protonet().execution_options():
+        learner = tiny_protonet(dtype=torch.float64)
+        learner.execution_options()[use]()
+        objective, _ = learner.loss(task_batch, 0)
+        objective.backward()
+        results.append((objective.detach(), [p.grad for p in learner.parameters()]))
+    (loss, grads), (other_loss, other_grads) = results
+    torch.testing.assert_close(other_loss, loss)
+    for g, h in zip(grads, other_grads):
+        torch.testing.assert_close(h, g, rtol=1e-9, atol=1e-12)

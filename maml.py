@@ -178,7 +178,7 @@ TASK_KINDS = ('classification', 'regression')
 TEST_TIME_FLAGS = ('num_inner_steps', 'vmap_tasks')  # given at --test, they replace the trained values
 LOG_NAME_FLAGS = ('class_split', 'first_order', 'num_hidden_channels', 'augment_rotations', 'inner_optimizer',
                   'learn_inner_lrs_per_step', 'anil', 'anneal_derivative_order', 'multi_step_loss',
-                  'cosine_outer_lr', 'per_step_bn', 'lr_halving_steps')  # named in the default log dir when not at their defaults
+                  'cosine_outer_lr', 'per_step_bn', 'lr_halving_steps', 'label_order')  # named in the default log dir when not at their defaults
 
 
 def add_args(parser):

@@ -299,12 +299,15 @@ def split_pools(data, split):
 class MoleculeTaskSampler:
     """2-way tasks (label 0 vs label 1) within one assay chosen uniformly at random.
 
-    The two labels come in random order per task, as task labels 0 and 1;
-    K support and Q query molecules per label are disjoint draws without
-    replacement. All randomness comes from one CPU generator (checkpointed).
+    The two labels come in random order per task, as task labels 0 and 1
+    (fixed_labels: task label j is assay label j, as the course's generator
+    does); K support and Q query molecules per label are disjoint draws without
+    replacement. Each task's group is its assay (group_names). All randomness
+    comes from one CPU generator (checkpointed).
     """
 
-    def __init__(self, pools, num_way, num_support, num_query, seed=0, device='cpu', where='the split'):
+    def __init__(self, pools, num_way, num_support, num_query, seed=0, device='cpu', where='the split',
+                 fixed_labels=False):
         if num_way != NUM_LABELS:
             raise UserError(f'--num_way {num_way}: metabolism tasks are 2-way (label 0 vs label 1); use --num_way 2')
         if min(num_support, num_query) < 1:
@@ -314,7 +317,8 @@ class MoleculeTaskSampler:
             if num_support + num_query > smallest:
                 raise UserError(f'--num_support {num_support} + --num_query {num_query} exceeds the {smallest} '
                                 f'molecules of the smaller label of {assay} in {where}; lower them')
-        self.assays = list(pools)
+        self.assays = self.group_names = list(pools)
+        self.fixed_labels = fixed_labels
         sizes = [len(c) for a in self.assays for c in pools[a]]
         self.sizes = torch.tensor(sizes).view(len(self.assays), NUM_LABELS)
         self.offsets = (torch.tensor([0] + sizes[:-1]).cumsum(0)).view(len(self.assays), NUM_LABELS)
@@ -328,10 +332,13 @@ class MoleculeTaskSampler:
         rows = torch.empty(batch_size, NUM_LABELS, draw, dtype=torch.int64)
         assays = torch.randint(len(self.assays), (batch_size,), generator=g)
         for task, assay in enumerate(assays.tolist()):
-            for way, label in enumerate(torch.randperm(NUM_LABELS, generator=g).tolist()):
+            order = range(NUM_LABELS) if self.fixed_labels else torch.randperm(NUM_LABELS, generator=g).tolist()
+            for way, label in enumerate(order):
                 picks = torch.randperm(int(self.sizes[assay, label]), generator=g)[:draw]
                 rows[task, way] = self.offsets[assay, label] + picks
-        return tasks.task_batch_from_draws(self.examples[rows.to(self.examples.device)], self.num_support)
+        batch = tasks.task_batch_from_draws(self.examples[rows.to(self.examples.device)], self.num_support)
+        batch.groups = assays.to(self.examples.device)
+        return batch
 
 
 # ---------------------------------------------------------------- the dataset interface
@@ -342,12 +349,15 @@ DEFAULTS = dict(num_way=2, num_support=[5], num_query=10, batch_size=4, num_trai
                 num_val_tasks=600, inner_lr=0.1, data_dir='./data/metabolism')  # the course's Part 4
 ALGORITHM_DEFAULTS = {'protonet': dict(learning_rate=0.0005), 'maml': dict(learning_rate=0.0005)}
 ONE_ENCODER_CALL_PER_BATCH = True  # the MLP is too small to loop over tasks
-CHECKPOINT_FLAGS = ()
+CHECKPOINT_FLAGS = ('label_order',)  # at --test, the trained model's value
 ENCODER_SIZES = (FINGERPRINT_BITS, 500, 500)  # as in the course and MLTI
 
 
 def add_args(parser):
-    """The metabolism data take no flags beyond --data_dir."""
+    """The metabolism flags."""
+    parser.add_argument('--label_order', choices=['random', 'fixed'], default='random',
+                        help="task label j is assay label j (fixed, the course's generator) or a random order "
+                             'per task (the default: a model cannot learn which label is active)')
 
 
 def check_args(args):
@@ -358,7 +368,7 @@ def build_sampler(split, args, seed, device):
     """The sampler of one split ('train', 'val' or 'test') for the run's flags."""
     pools = split_pools(load_metabolism(args.data_dir), split)
     return MoleculeTaskSampler(pools, args.num_way, args.num_support, args.num_query, seed, device,
-                               f'the metabolism {split} split')
+                               f'the metabolism {split} split', fixed_labels=args.label_order == 'fixed')
 
 
 after_test = None

@@ -21,6 +21,8 @@ class TaskBatch:
     labels_support: (B, N*K) int64 in 0..N-1 (regression: (B, K, outputs) float targets)
     images_query:   (B, N*Q, *example_shape) float32
     labels_query:   (B, N*Q) int64 (regression: (B, Q, outputs))
+    groups:         (B,) int64, the group of each task (metabolism: its assay, an index
+                    into the sampler's group_names), or None
     Iterating yields one (images_support, labels_support, images_query,
     labels_query) tuple per task, as course-style code expects.
     """
@@ -28,6 +30,7 @@ class TaskBatch:
     labels_support: torch.Tensor
     images_query: torch.Tensor
     labels_query: torch.Tensor
+    groups: torch.Tensor = None
 
     def __len__(self):
         return self.labels_support.shape[0]
@@ -35,12 +38,15 @@ class TaskBatch:
     def __iter__(self):
         return iter(zip(self.images_support, self.labels_support, self.images_query, self.labels_query))
 
+    def _map(self, function):
+        return TaskBatch(**{name: None if t is None else function(t) for name, t in vars(self).items()})
+
     def to(self, device):
-        return TaskBatch(*(t.to(device) for t in dataclasses.astuple(self)))
+        return self._map(lambda t: t.to(device))
 
     def select(self, index):
         """The tasks picked by a slice or index tensor along B."""
-        return TaskBatch(*(t[index] for t in dataclasses.astuple(self)))
+        return self._map(lambda t: t[index])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -127,26 +127,46 @@ def train_step(learner, optimizer, task_batch, step, learning_rate, total, proce
 # ---------------------------------------------------------------- evaluation
 
 def evaluate_tasks(learner, sampler, num_tasks, batch_size, processes=distributed.ONE):
-    """Per-task metrics over num_tasks tasks: dict name -> (num_tasks,) numpy array.
+    """Per-task metrics over num_tasks tasks: dict name -> (num_tasks,) numpy array, and
+    GROUP -> each task's group when the sampler's tasks have groups (metabolism: the assay).
     Each process evaluates its share of every batch; the shares are gathered in task order."""
     results = {}
     for start in range(0, num_tasks, batch_size):
         batch = sampler.sample(min(batch_size, num_tasks - start))
         share = processes.share(len(batch))
         empty = share.start == share.stop  # fewer tasks than processes: evaluate one, contribute none
-        metrics = learner.evaluate(batch.select(slice(0, 1) if empty else share) if processes.size > 1 else batch)
+        mine = batch.select(slice(0, 1) if empty else share) if processes.size > 1 else batch
+        metrics = learner.evaluate(mine)
+        if mine.groups is not None:
+            metrics = {**metrics, GROUP: mine.groups}
         for name, values in metrics.items():
             values = values.detach().cpu().numpy()
             results.setdefault(name, []).append(processes.gather(values[:0] if empty else values))
     return {name: np.concatenate(chunks) for name, chunks in results.items()}
 
 
+GROUP = 'group'
+
+
+def group_results(per_task, key_metric, group_names):
+    """{group name: (mean, 95% CI half-width, tasks)} of the key metric over each group's tasks;
+    {} when the tasks have no groups."""
+    if GROUP not in per_task:
+        return {}
+    values, groups = per_task[key_metric], per_task[GROUP]
+    return {name: (*util.mean_ci95(values[groups == g]), int((groups == g).sum()))
+            for g, name in enumerate(group_names) if (groups == g).any()}
+
+
 def validate(learner, sampler, args, processes=distributed.ONE):
-    """Mean metrics over the fixed validation tasks, and 'ci95': the 95% CI half-width of the key metric."""
+    """Mean metrics over the fixed validation tasks, 'ci95': the 95% CI half-width of the key
+    metric, and the key metric's mean per group of tasks (metabolism: per assay)."""
     sampler.generator.manual_seed(VAL_SEED)
     per_task = evaluate_tasks(learner, sampler, args.num_val_tasks, args.batch_size, processes)
-    metrics = {name: float(values.mean()) for name, values in per_task.items()}
+    groups = group_results(per_task, learner.key_metric, getattr(sampler, 'group_names', ()))
+    metrics = {name: float(values.mean()) for name, values in per_task.items() if name != GROUP}
     metrics['ci95'] = float(util.mean_ci95(per_task[learner.key_metric])[1])
+    metrics.update({name: float(mean) for name, (mean, _, _) in groups.items()})
     return metrics
 
 
@@ -206,6 +226,9 @@ def test(learner, test_sampler, num_tasks, batch_size, processes=distributed.ONE
     word = learner.task.metric_kind.capitalize()
     if processes.is_main:
         print(f'{word} over {num_tasks} test tasks: mean {mean:.3f}, 95% confidence interval {ci95:.3f}')
+        groups = group_results(metrics, learner.key_metric, getattr(test_sampler, 'group_names', ()))
+        for name, (group_mean, group_ci95, count) in groups.items():
+            print(f'  {name}: mean {group_mean:.3f}, 95% confidence interval {group_ci95:.3f} over {count} tasks')
     return mean, ci95
 
 

@@ -1,5 +1,6 @@
 """The metabolism data path (tables or pickle -> fingerprints -> splits -> tasks),
 run_metabolism.py, and a short run on the real TDC tables."""
+import argparse
 import os
 import pickle
 
@@ -246,3 +247,60 @@ def test_real_tables_short_protonet_run_beats_chance(metabolism_dir, tmp_path):
     # measured: 0.530 before, 0.579 +- 0.009 after 1000 steps (chance 0.5)
     assert after['query'] - after['ci95'] > 0.55, after
     assert after['query'] > before['query'] + 0.02, (before, after)
+
+
+def test_each_tasks_group_is_its_assay_and_fixed_order_labels_class_j_as_label_j():
+    data = coded_data()
+    for fixed in (False, True):
+        sampler = metabolism.MoleculeTaskSampler(metabolism.split_pools(data, 'val'), 2, 3, 2, seed=0,
+                                                 fixed_labels=fixed)
+        batch = sampler.sample(60)
+        names = list(metabolism.ASSAYS)
+        assay, _, label = decode(batch.images_support)
+        assert [sampler.group_names[g] for g in batch.groups.tolist()] == [names[a] for a in assay[:, 0].tolist()]
+        same = (label == batch.labels_support).all(1)
+        assert same.all() if fixed else 0 < same.sum() < len(batch)  # random order: both orders occur
+
+
+class AssayBiasedLearner:
+    """A learner double: task accuracy depends on the task's assay (read from the coded features)."""
+    key_metric, task = 'query', metabolism.TASK
+
+    def evaluate(self, batch):
+        assay = batch.images_query[:, 0, 0]
+        return {'query': assay / 10 + batch.images_query[:, :, 1].mean(1) / 1000, 'loss': assay}
+
+
+def test_per_assay_results_add_up_to_the_overall_ones(capsys):
+    sampler = metabolism.MoleculeTaskSampler(metabolism.split_pools(coded_data(), 'val'), 2, 3, 2, seed=0)
+    args = argparse.Namespace(num_val_tasks=50, batch_size=7)
+    metrics = training.validate(AssayBiasedLearner(), sampler, args)
+    sampler.generator.manual_seed(training.VAL_SEED)
+    batches = [sampler.sample(min(7, 50 - start)) for start in range(0, 50, 7)]  # the same tasks again
+    expected = np.concatenate([AssayBiasedLearner().evaluate(b)['query'].numpy() for b in batches])
+    groups = np.concatenate([b.groups.numpy() for b in batches])
+    names = list(metabolism.ASSAYS)
+    counts = {}
+    for assay in metabolism.HELDOUT_ASSAYS:
+        chosen = groups == metabolism.HELDOUT_ASSAYS.index(assay)
+        counts[assay] = chosen.sum()
+        assert metrics[assay] == pytest.approx(expected[chosen].mean())
+        assert metrics[assay] == pytest.approx(names.index(assay) / 10, abs=0.1)
+    assert sum(counts.values()) == 50 and min(counts.values()) > 0
+    assert metrics['query'] == pytest.approx(sum(metrics[a] * counts[a] for a in counts) / 50)
+    sampler.generator.manual_seed(training.VAL_SEED)
+    training.test(AssayBiasedLearner(), sampler, 50, 7)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith('Accuracy over 50 test tasks: mean')
+    assert lines[1] == (f'  {metabolism.HELDOUT_ASSAYS[0]}: mean {metrics[metabolism.HELDOUT_ASSAYS[0]]:.3f}, '
+                        f'95% confidence interval {lines[1].split("interval ")[1].split(" ")[0]} over '
+                        f'{counts[metabolism.HELDOUT_ASSAYS[0]]} tasks')
+
+
+def test_per_assay_validation_is_logged(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    train_tiny(write_tables(tmp_path / 'data'), str(tmp_path / 'log'))
+    events = EventAccumulator(str(tmp_path / 'log'))
+    events.Reload()
+    tags = events.Tags()['scalars']
+    assert {f'val_accuracy/{a}' for a in metabolism.HELDOUT_ASSAYS} <= set(tags)

@@ -113,9 +113,11 @@ def test_per_task_batch_norm_differs_from_one_shared_group():
 
 def synthetic_args(**overrides):
     """Checked flags as cli.parse makes them (num_support may be a list, a K sweep at --test)."""
-    args = dict(num_way=3, num_support=2, num_query=3, batch_size=2, num_train_iterations=6, test=False,
-                checkpoint_step=-1, num_test_tasks=8, num_val_tasks=4, device='cpu', num_workers=2, seed=0,
-                learning_rate=1e-2, csv=None, joint_batch_norm=False)
+    parser = argparse.ArgumentParser()
+    training.add_common_args(parser)  # every common flag at its default, then the tiny settings here
+    args = vars(parser.parse_args([]))
+    args.update(num_way=3, num_support=2, num_query=3, batch_size=2, num_train_iterations=6, num_test_tasks=8,
+                num_val_tasks=4, learning_rate=1e-2, joint_batch_norm=False)
     args.update(overrides)
     if not isinstance(args['num_support'], list):
         args['num_support'] = [args['num_support']]

@@ -79,11 +79,11 @@ MAML_5WAY_PAPER = [*VINYALS, '--batch_size', '32', '--inner_lr', '0.4', '--num_i
 MAML_20WAY_PAPER = [*VINYALS, '--num_way', '20', '--batch_size', '16', '--inner_lr', '0.1', '--num_inner_steps', '5']
 PAPER_EXPERIMENTS = {
     'protonet_60w1s': ('protonet.py', [*PROTONET_PAPER, '--num_support', '1'], 1500, 30000),
-    'protonet_60w5s': ('protonet.py', [*PROTONET_PAPER, '--num_support', '5'], 1000, 30000),
-    'maml_5w1s': ('maml.py', [*MAML_5WAY_PAPER, '--num_support', '1', '--num_query', '1'], 300, 60000),
-    'maml_5w5s': ('maml.py', [*MAML_5WAY_PAPER, '--num_support', '5', '--num_query', '5'], 150, 60000),
-    'maml_20w1s': ('maml.py', [*MAML_20WAY_PAPER, '--num_support', '1', '--num_query', '1'], 100, 60000),
-    'maml_20w5s': ('maml.py', [*MAML_20WAY_PAPER, '--num_support', '5', '--num_query', '5'], 40, 60000),
+    'protonet_60w5s': ('protonet.py', [*PROTONET_PAPER, '--num_support', '5'], 600, 30000),
+    'maml_5w1s': ('maml.py', [*MAML_5WAY_PAPER, '--num_support', '1', '--num_query', '1'], 200, 60000),
+    'maml_5w5s': ('maml.py', [*MAML_5WAY_PAPER, '--num_support', '5', '--num_query', '5'], 100, 60000),
+    'maml_20w1s': ('maml.py', [*MAML_20WAY_PAPER, '--num_support', '1', '--num_query', '1'], 60, 60000),
+    'maml_20w5s': ('maml.py', [*MAML_20WAY_PAPER, '--num_support', '5', '--num_query', '5'], 25, 60000),
 }
 # the papers' table: (algorithm, N, K) -> (experiment, test queries per class, test tasks, test flags, paper's %)
 PAPER_TESTS = {

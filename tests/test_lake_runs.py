@@ -171,3 +171,16 @@ def test_models_that_saw_the_runs_characters_or_lack_20_outputs_are_refused(runs
         protonet.main(['--lake_runs', path, *course])
     with pytest.raises(UserError, match='--lake_runs nowhere.zip does not exist'):
         protonet.main(['--test', '--lake_runs', 'nowhere.zip', *course])
+
+
+def test_official_runs_offline_is_one_line_naming_where_to_put_them(tmp_path, monkeypatch):
+    import util
+
+    def offline(url, target, check):
+        assert url == lake_runs.RUNS_URL and target == str(tmp_path / 'all_runs.zip')
+        raise OSError('no network')
+    monkeypatch.setattr(util, 'download_file', offline)
+    with pytest.raises(UserError, match=r"could not download Lake's runs \(no network\); put all_runs.zip in"):
+        lake_runs.official_runs(str(tmp_path))
+    (tmp_path / 'all_runs.zip').write_bytes(b'')  # present: used as it is, not downloaded
+    assert lake_runs.official_runs(str(tmp_path)) == str(tmp_path / 'all_runs.zip')

@@ -17,6 +17,8 @@ import torch
 import util
 
 TUNE_SEED = 12345  # the timed tasks come from their own sampler: the run's tasks are not touched
+TUNE_TASKS = 4  # tasks timed per step, at most: one batched call or vmap over a whole large meta-batch
+                # could hold more memory than the run (20-way 5-shot MAML with 5 steps: tens of GB)
 NOT_IN_KEY = ('log_dir', 'data_dir', 'seed', 'num_train_iterations', 'checkpoint_step', 'test', 'csv',
               'num_val_tasks', 'num_test_tasks', 'num_workers', 'lake_runs', 'support_sweep')
 
@@ -58,12 +60,15 @@ def write_cache(path, key, choice):
 
 
 def seconds_per_step(learner, batch, repeats=2):
-    """Median seconds of the learner's objective and its backward on batch, after one warm-up."""
+    """Median seconds of the learner's objective and its backward on batch, after one warm-up,
+    a backward per learner.tasks_per_backward tasks as in training."""
     times = []
+    size = learner.tasks_per_backward or len(batch)
     for _ in range(repeats + 1):
         start = time.perf_counter()
-        objective, _ = learner.loss(batch, 0)
-        objective.backward()
+        for first in range(0, len(batch), size):
+            objective, _ = learner.loss(batch.select(slice(first, first + size)), 0)
+            objective.backward()
         if batch.images_support.is_cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
@@ -85,9 +90,9 @@ def fastest(options, learner, batch):
 
 
 def choose(learner, sample_batch, args, device, path=None):
-    """Switch the learner to its fastest way for this run: the cached choice, else timed now
-    (sample_batch() -> a TaskBatch of the run's shape). Prints the choice once; returns its name,
-    or None when the learner offers no choice (a flag forced one)."""
+    """Switch the learner to its fastest way for this run: the cached choice, else timed now on
+    up to TUNE_TASKS tasks of sample_batch() (-> a TaskBatch of the run's shape). Prints the
+    choice once; returns its name, or None when the learner offers no choice (a flag forced one)."""
     options = learner.execution_options()
     if len(options) < 2:
         return None
@@ -97,7 +102,7 @@ def choose(learner, sample_batch, args, device, path=None):
     if cached in options:
         options[cached]()
         return cached
-    times = fastest(options, learner, sample_batch())
+    times = fastest(options, learner, sample_batch().select(slice(0, TUNE_TASKS)))
     best = min(times, key=times.get)
     options[best]()
     write_cache(path, key, best)

@@ -9,6 +9,7 @@ Each configuration runs in its own process (the allocator setting is
 process-wide, and peak memory is read per process). Timings are medians.
 """
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -173,16 +174,6 @@ def fixed_maml_batches(args, device):
     return [sampler.sample(args.tasks) for _ in range(3)]
 
 
-def cycling(batches):
-    """A function returning the batches in turn."""
-    state = {'next': 0}
-
-    def next_batch():
-        state['next'] += 1
-        return batches[(state['next'] - 1) % len(batches)]
-    return next_batch
-
-
 def naive_forward(params, x):
     """The course-style functional conv net: 4 x [conv, batch norm (batch statistics), ReLU, max-pool], linear."""
     for i in range(4):
@@ -200,7 +191,7 @@ def child_maml_naive(args, device):
     params = {k: v.to(device).requires_grad_() for k, v in
               networks.init_conv_params(4, 1, 64, num_outputs=5).items()}
     optimizer = torch.optim.Adam(params.values(), lr=1e-3)
-    next_batch = cycling(fixed_maml_batches(args, device))
+    next_batch = itertools.cycle(fixed_maml_batches(args, device)).__next__
 
     def step():
         outer = []
@@ -229,7 +220,7 @@ def child_maml_higher(args, device):
     network = torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(64, 5)).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
     inner_optimizer = torch.optim.SGD(network.parameters(), lr=args.inner_lr)
-    next_batch = cycling(fixed_maml_batches(args, device))
+    next_batch = itertools.cycle(fixed_maml_batches(args, device)).__next__
 
     def step():
         optimizer.zero_grad()
@@ -255,7 +246,7 @@ def child_maml_fixed(args, device):
                         num_inner_steps=args.inner_steps, inner_lr=args.inner_lr, device=device,
                         vmap_tasks=args.vmap == 'yes')
     optimizer = training.build_optimizer(learner, 1e-3)
-    next_batch = cycling(fixed_maml_batches(args, device))
+    next_batch = itertools.cycle(fixed_maml_batches(args, device)).__next__
     step = lambda: training.train_step(learner, optimizer, next_batch(), 0, 1e-3, 1,  # noqa: E731
                                        tasks_per_backward=args.tasks_per_backward)
     return {'seconds': timed(step, args.repeats, device)}

@@ -95,29 +95,35 @@ def learning_rate_at(schedule, base, step, total):
     return base
 
 
+def backward_in_groups(learner, tasks, step, tasks_per_backward, total_tasks):
+    """learner.loss on tasks, tasks_per_backward at a time (0: all at once), a backward each;
+    each group's objective is weighted by its size / total_tasks, so the summed gradient is
+    that of one objective over total_tasks tasks while only one group's graph is held.
+    Returns (the weighted objectives' sum as a float, {name: (len(tasks),) metric})."""
+    size = min(tasks_per_backward or len(tasks), len(tasks))
+    objective_sum, parts = 0.0, []
+    for start in range(0, len(tasks), size):
+        group = tasks if size == len(tasks) else tasks.select(slice(start, start + size))
+        objective, metrics = learner.loss(group, step)
+        if len(group) != total_tasks:
+            objective = objective * (len(group) / total_tasks)
+        objective.backward()
+        objective_sum += objective.item()
+        parts.append(metrics)
+    return objective_sum, {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+
+
 def train_step(learner, optimizer, task_batch, step, learning_rate, total, processes=distributed.ONE,
                tasks_per_backward=0):
     """One meta-update: the schedule's learning rate, zero_grad, the learner's objective on this
-    process's share of the tasks, backward, the gradients summed over the processes, the optimizer
-    step, buffers averaged. With tasks_per_backward, the share is taken that many tasks at a time,
-    a backward each, so that only one group's graph is held (second-order MAML's memory); each
-    group's objective is weighted by its size / B, so the gradient is the same. Returns the
+    process's share of the tasks with a backward per tasks_per_backward tasks (backward_in_groups),
+    the gradients summed over the processes, the optimizer step, buffers averaged. Returns the
     metrics' means over all B tasks as floats, 'loss' among them."""
     for group in optimizer.param_groups:
         group['lr'] = learning_rate_at(learner.lr_schedule, learning_rate, step, total)
     optimizer.zero_grad(set_to_none=True)
     share = task_batch if processes.size == 1 else task_batch.select(processes.share(len(task_batch)))
-    size = min(tasks_per_backward or len(share), len(share))
-    objective_sum, parts = 0.0, []
-    for start in range(0, len(share), size):
-        group = share if size == len(share) else share.select(slice(start, start + size))
-        objective, metrics = learner.loss(group, step)
-        if len(group) != len(task_batch):
-            objective = objective * (len(group) / len(task_batch))
-        objective.backward()
-        objective_sum += objective.item()
-        parts.append(metrics)
-    metrics = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+    objective_sum, metrics = backward_in_groups(learner, share, step, tasks_per_backward, len(task_batch))
     processes.sum_gradients(learner.parameters())
     optimizer.step()
     processes.average(learner.buffers())
@@ -185,8 +191,8 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
     val_metrics = {}
     progress = tqdm(range(start_step, args.num_train_iterations), initial=start_step,
                     total=args.num_train_iterations, dynamic_ncols=True, disable=not processes.is_main)
+    per_backward = learner.tasks_per_backward if args.tasks_per_backward is None else args.tasks_per_backward
     for step in progress:
-        per_backward = learner.tasks_per_backward if args.tasks_per_backward is None else args.tasks_per_backward
         metrics = train_step(learner, optimizer, train_sampler.sample(args.batch_size), step,
                              halved_learning_rate(args, step), args.num_train_iterations, processes, per_backward)
         if step % distributed.DRIFT_CHECK_INTERVAL == 0:

@@ -79,3 +79,33 @@ def test_every_way_gives_the_same_loss_and_gradient():
     torch.testing.assert_close(other_loss, loss)
     for g, h in zip(grads, other_grads):
         torch.testing.assert_close(h, g, rtol=1e-9, atol=1e-12)
+
+
+class CountingLearner:
+    """A learner double whose forward pass updates a buffer in place (like running statistics)."""
+    tasks_per_backward, execution_flag = 0, '--way'
+
+    def __init__(self):
+        self.weight, self.calls, self.way = torch.ones(1, requires_grad=True), torch.zeros(1), 'a'
+
+    def execution_options(self):
+        return {'a': lambda: setattr(self, 'way', 'a'), 'b': lambda: setattr(self, 'way', 'b')}
+
+    def parameters(self):
+        return [self.weight]
+
+    def loss(self, task_batch, step):
+        self.calls += 1
+        return self.weight.sum() * len(task_batch), {'query': torch.zeros(len(task_batch))}
+
+    def state(self):
+        return {'calls': self.calls}
+
+    def load_state(self, state):
+        self.calls.copy_(state['calls'])
+
+
+def test_timing_restores_state_the_forward_passes_changed(tmp_path):
+    learner = CountingLearner()
+    tuning.choose(learner, batch, ARGS, torch.device('cpu'), str(tmp_path / 't.json'))
+    assert learner.calls.item() == 0 and learner.weight.grad is None

@@ -17,7 +17,7 @@ import training
 import util
 
 # --algorithm and --dataset names -> their modules (the interfaces: docs/architecture.md)
-ALGORITHMS = {'protonet': 'protonet', 'maml': 'maml', 'reptile': 'reptile'}
+ALGORITHMS = {'protonet': 'protonet', 'maml': 'maml', 'reptile': 'reptile', 'baseline': 'baseline'}
 DATASETS = {'omniglot': 'omniglot', 'metabolism': 'metabolism', 'sinusoid': 'sinusoid'}
 
 
@@ -103,6 +103,12 @@ def parse(script, argv=None):
     dataset.check_args(args)
     algorithm.check_args(args)
     return args, vars(parser.parse_args([])), algorithm, dataset
+
+
+# flags of every algorithm named in the default log dir when not at their defaults (those a dataset
+# does not define are passed over)
+SHARED_LOG_NAME_FLAGS = ('class_split', 'augment_rotations', 'lr_halving_steps', 'weight_decay', 'label_order',
+                         'features', 'validation_protocol', 'dropout')
 
 
 def changed_flags(args, defaults, names):

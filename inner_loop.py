@@ -196,7 +196,7 @@ class InnerLoop:
             return history, torch.stack(metrics)
 
         with torch.set_grad_enabled(train):
-            return torch.vmap(adapt)(images, labels)
+            return torch.vmap(adapt, randomness='different')(images, labels)
 
     def state(self):
         state = {'meta_parameters': {k: v.detach().cpu() for k, v in self.meta_parameters.items()},

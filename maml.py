@@ -92,7 +92,7 @@ class MAML:
                                                    create_graph, train)
 
             def query_outputs(step):
-                return torch.vmap(inner.forward)(images_query, history[step])
+                return torch.vmap(inner.forward, randomness='different')(images_query, history[step])
         else:
             adapted = [inner.adapt(x, y, create_graph, train)
                        for x, y in zip(task_batch.images_support, task_batch.labels_support)]
@@ -176,9 +176,9 @@ NAME = 'maml'
 DEFAULTS = dict(num_train_iterations=15000)  # overrides of the flags' own defaults
 TASK_KINDS = ('classification', 'regression')
 TEST_TIME_FLAGS = ('num_inner_steps', 'vmap_tasks')  # given at --test, they replace the trained values
-LOG_NAME_FLAGS = ('class_split', 'first_order', 'num_hidden_channels', 'augment_rotations', 'inner_optimizer',
-                  'learn_inner_lrs_per_step', 'anil', 'anneal_derivative_order', 'multi_step_loss',
-                  'cosine_outer_lr', 'per_step_bn', 'lr_halving_steps', 'label_order')  # named in the default log dir when not at their defaults
+LOG_NAME_FLAGS = ('first_order', 'num_hidden_channels', 'inner_optimizer', 'learn_inner_lrs_per_step', 'anil',
+                  'anneal_derivative_order', 'multi_step_loss', 'cosine_outer_lr', 'per_step_bn',
+                  *cli.SHARED_LOG_NAME_FLAGS)  # named in the default log dir when not at their defaults
 
 
 def add_args(parser):

@@ -6,7 +6,9 @@ transductive setting, no running statistics). With `num_tasks = B`, the
 leading dimension holds B tasks of equal size and every task is normalised
 with its own statistics, exactly as if each task went through alone.
 """
+import contextlib
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -141,19 +143,41 @@ def init_mlp_params(sizes=(1024, 500, 500), num_outputs=None, dtype=torch.float3
     return params
 
 
-def mlp_features(params, x, num_tasks=1, fused_bn=True, norm=None):
+def mlp_features(params, x, num_tasks=1, fused_bn=True, norm=None, dropout=0.0):
     """The MLP body of MLTI and the course's metabolism runs:
-    (T*M, 1024) fingerprints -> (T*M, 500) features. norm: as in conv_features."""
+    (T*M, D) fingerprints -> (T*M, 500) features. norm: as in conv_features.
+    dropout: the probability of zeroing a hidden unit, inside `training()` only."""
     i = 0
     while f'fc{i}' in params:
         x = F.linear(x, params[f'fc{i}'], params[f'fc{i}_bias'])
         x = norm(x, i) if norm else task_batch_norm(x, params[f'bn{i}_weight'], params[f'bn{i}_bias'], num_tasks,
                                                     fused_bn)
         x = F.leaky_relu(x)
+        if dropout and is_training():
+            x = F.dropout(x, dropout)
         i += 1
     return x
 
 
-def mlp_net(params, x, num_tasks=1, fused_bn=True, norm=None):
+def mlp_net(params, x, num_tasks=1, fused_bn=True, norm=None, dropout=0.0):
     """MLP body then the linear head: (T*M, D_in) -> (T*M, num_outputs) logits."""
-    return F.linear(mlp_features(params, x, num_tasks, fused_bn, norm), params['head'], params['head_bias'])
+    return F.linear(mlp_features(params, x, num_tasks, fused_bn, norm, dropout), params['head'], params['head_bias'])
+
+
+_mode = threading.local()
+
+
+def is_training():
+    """Whether the forward passes run inside `training()` (dropout active)."""
+    return getattr(_mode, 'training', False)
+
+
+@contextlib.contextmanager
+def training():
+    """Forward passes inside are training ones (the loop's meta-update); outside, evaluation."""
+    before = is_training()
+    _mode.training = True
+    try:
+        yield
+    finally:
+        _mode.training = before

@@ -149,7 +149,7 @@ def log_name(args, defaults):
     """The hyperparameters part of the default log dir (a class split other than the course's is named)."""
     return (f'way_{args.num_way}.support_{args.num_support}.query_{args.num_query}.lr_{args.learning_rate}'
             f'.batch_size_{args.batch_size}' + ('.joint_bn' if args.joint_batch_norm else '')
-            + cli.changed_flags(args, defaults, ('class_split', 'augment_rotations', 'lr_halving_steps', 'label_order')))
+            + cli.changed_flags(args, defaults, cli.SHARED_LOG_NAME_FLAGS))
 
 
 SCRIPT = cli.Script(description='Train or test a ProtoNet on Omniglot or the metabolism assays.',

@@ -23,6 +23,8 @@ class TaskBatch:
     labels_query:   (B, N*Q) int64 (regression: (B, Q, outputs))
     groups:         (B,) int64, the group of each task (metabolism: its assay, an index
                     into the sampler's group_names), or None
+    classes:        (B, N) int64, the sampler's class of each task label (metabolism:
+                    assay * 2 + assay label, below the sampler's num_classes), or None
     Iterating yields one (images_support, labels_support, images_query,
     labels_query) tuple per task, as course-style code expects.
     """
@@ -31,6 +33,7 @@ class TaskBatch:
     images_query: torch.Tensor
     labels_query: torch.Tensor
     groups: torch.Tensor = None
+    classes: torch.Tensor = None
 
     def __len__(self):
         return self.labels_support.shape[0]

@@ -24,6 +24,7 @@ import torch
 
 import checkpoints
 import distributed
+import networks
 import tuning
 import util
 
@@ -52,6 +53,8 @@ def add_common_args(parser):
                         help='tasks per backward pass within a meta-batch: holds one group\'s graph at a time '
                              '(second-order MAML\'s memory), same gradient; 0: the whole meta-batch at once; '
                              'default: the learner\'s (1 for a per-task MAML loop, else 0)')
+    parser.add_argument('--weight_decay', type=util.non_negative_float, default=0.0,
+                        help="L2 penalty of the meta-update (the optimizer's weight_decay); 0: none")
     parser.add_argument('--num_train_iterations', type=util.positive_int, default=5000, help='meta-updates in the whole run')
     parser.add_argument('--test', default=False, action='store_true', help='test a checkpoint instead of training')
     parser.add_argument('--checkpoint_step', type=util.checkpoint_step, default=-1,
@@ -76,9 +79,9 @@ def check_common_args(args):
 
 # ---------------------------------------------------------------- one meta-update
 
-def build_optimizer(learner, learning_rate):
+def build_optimizer(learner, learning_rate, weight_decay=0.0):
     kind = {'adam': torch.optim.Adam, 'sgd': torch.optim.SGD}[learner.optimizer]
-    return kind(learner.parameters(), lr=learning_rate)
+    return kind(learner.parameters(), lr=learning_rate, weight_decay=weight_decay)
 
 
 def halved_learning_rate(args, step):
@@ -99,12 +102,14 @@ def backward_in_groups(learner, tasks, step, tasks_per_backward, total_tasks):
     """learner.loss on tasks, tasks_per_backward at a time (0: all at once), a backward each;
     each group's objective is weighted by its size / total_tasks, so the summed gradient is
     that of one objective over total_tasks tasks while only one group's graph is held.
+    Forward passes run in networks.training() (dropout active).
     Returns (the weighted objectives' sum as a float, {name: (len(tasks),) metric})."""
     size = min(tasks_per_backward or len(tasks), len(tasks))
     objective_sum, parts = 0.0, []
     for start in range(0, len(tasks), size):
         group = tasks if size == len(tasks) else tasks.select(slice(start, start + size))
-        objective, metrics = learner.loss(group, step)
+        with networks.training():
+            objective, metrics = learner.loss(group, step)
         if len(group) != total_tasks:
             objective = objective * (len(group) / total_tasks)
         objective.backward()
@@ -235,6 +240,9 @@ def test(learner, test_sampler, num_tasks, batch_size, processes=distributed.ONE
         groups = group_results(metrics, learner.key_metric, getattr(test_sampler, 'group_names', ()))
         for name, (group_mean, group_ci95, count) in groups.items():
             print(f'  {name}: mean {group_mean:.3f}, 95% confidence interval {group_ci95:.3f} over {count} tasks')
+        if getattr(test_sampler, 'meta_batch_ci', False):
+            print(f"  the course's 95% confidence interval (std of {batch_size}-task meta-batch means / "
+                  f"sqrt({num_tasks})): {util.course_ci95(metrics[learner.key_metric], batch_size):.3f}")
     return mean, ci95
 
 
@@ -327,7 +335,7 @@ def run(args, log_dir, build_learner, build_sampler, after_test=None, test_time_
         checkpoints.check_settings(resumed, checkpoints.path(log_dir, args.checkpoint_step), args)
     util.seed_everything(args.seed)
     learner = build_learner(args, device)
-    optimizer = build_optimizer(learner, args.learning_rate)
+    optimizer = build_optimizer(learner, args.learning_rate, args.weight_decay)
     train_sampler = build_sampler('train', args, args.seed, device)
     val_sampler = build_sampler('val', args, VAL_SEED, device)
     start = 0 if resumed is None else checkpoints.resume(resumed, learner, optimizer, train_sampler.generator)

@@ -3,6 +3,7 @@ run_metabolism.py, and a short run on the real TDC tables."""
 import argparse
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import maml
 import metabolism
 import networks
 import run_metabolism
+import tasks
 import training
 import util
 
@@ -47,17 +49,46 @@ def coded_data(sizes=None):
     return data
 
 
-def test_fingerprints_equal_rdkit_bit_vectors():
-    from rdkit import Chem
-    from rdkit.Chem import AllChem
-    smiles = ['CC(=O)Oc1ccccc1C(=O)O', 'Cn1cnc2c1c(=O)n(C)c(=O)n2C', 'CCO', 'c1ccccc1']
-    bits, canonical = metabolism.fingerprints(smiles)
-    assert bits.shape == (4, 1024) and bits.dtype == np.uint8
-    for row, text in zip(bits, smiles):
-        reference = AllChem.GetMorganFingerprintAsBitVect(Chem.MolFromSmiles(text), 2, nBits=1024)
-        assert sorted(np.flatnonzero(row)) == list(reference.GetOnBits())
-        assert row.sum() == reference.GetNumOnBits() > 0
+KNOWN_MOLECULES = ['CC(=O)Oc1ccccc1C(=O)O', 'Cn1cnc2c1c(=O)n(C)c(=O)n2C', 'CCO', 'c1ccccc1', 'C' * 300]
+
+
+def rdkit_reference(name, smiles):
+    """RDKit's own (older, separate API) computation of one featurisation, as a dense row."""
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem import AllChem, Descriptors, MACCSkeys
+    RDLogger.DisableLog('rdApp.*')  # the older Morgan API prints deprecation warnings
+    mol = Chem.MolFromSmiles(smiles)
+    if name == 'rdkit2d':
+        return np.array([function(mol) for _, function in Descriptors._descList])
+    if name == 'morgan_counts':
+        row = np.zeros(1024)
+        for bit, count in AllChem.GetHashedMorganFingerprint(mol, 2, nBits=1024).GetNonzeroElements().items():
+            row[bit] = min(count, 255)
+        return row
+    vector = MACCSkeys.GenMACCSKeys(mol) if name == 'maccs' else AllChem.GetMorganFingerprintAsBitVect(
+        mol, {'morgan3': 3}.get(name, 2), nBits={'morgan2048': 2048}.get(name, 1024), useFeatures=name == 'fcfp4')
+    row = np.zeros(vector.GetNumBits())
+    row[list(vector.GetOnBits())] = 1
+    return row
+
+
+@pytest.mark.parametrize('name', list(metabolism.FEATURES))
+def test_features_equal_rdkit_for_known_molecules(name):
+    features, canonical = metabolism.fingerprints(KNOWN_MOLECULES, name)
+    assert features.shape == (5, metabolism.feature_width(name))
+    for row, text in zip(features, KNOWN_MOLECULES):
+        np.testing.assert_allclose(row, rdkit_reference(name, text), rtol=1e-12)
+    assert features.dtype == (np.float64 if name == 'rdkit2d' else np.uint8)
     assert canonical[2] == 'CCO'
+    if name == 'morgan_counts':
+        assert features[4].max() == 255  # the 298 CH2 groups of C300, clipped
+
+
+def test_feature_combinations_and_bad_names():
+    assert metabolism.feature_width('morgan+maccs') == 1024 + 167
+    for bad in ('ecfp', 'morgan+morgan', 'morgan+', ''):
+        with pytest.raises(util.UserError, match=re.escape(f'--features {bad}: give one or more of morgan, ')):
+            metabolism.feature_names(bad)
 
 
 def test_invalid_smiles_counted_and_dropped_not_zeroed():
@@ -217,7 +248,7 @@ def test_test_flag_uses_the_metabolism_test_split(tmp_path, monkeypatch, capsys,
     train_tiny(folder, str(tmp_path / 'log'), '--algorithm', algorithm)
     splits = []
     real = metabolism.split_pools
-    monkeypatch.setattr(metabolism, 'split_pools', lambda data, split: splits.append(split) or real(data, split))
+    monkeypatch.setattr(metabolism, 'split_pools', lambda data, split, protocol: splits.append(split) or real(data, split, protocol))
     run_metabolism.main(['--test', '--datadir', folder, '--log_dir', str(tmp_path / 'log'), '--checkpoint_step', '2',
                          '--num_support', '2', '--num_query', '3', '--num_test_tasks', '8'])
     assert splits == ['test']
@@ -304,3 +335,118 @@ def test_per_assay_validation_is_logged(tmp_path):
     events.Reload()
     tags = events.Tags()['scalars']
     assert {f'val_accuracy/{a}' for a in metabolism.HELDOUT_ASSAYS} <= set(tags)
+
+
+def test_each_featurisation_is_cached_and_combinations_concatenate(tmp_path, monkeypatch):
+    folder = write_tables(tmp_path, extra=[('CCN', 0), ('NCC', 0)])  # ethylamine twice, merged
+    smiles, labels = metabolism.read_table(metabolism.table_path(folder, 'CYP1A2_Veith'))
+    for name in ('morgan_counts', 'maccs'):
+        features = metabolism.load_metabolism(folder, download=False, features=name)['CYP1A2_Veith'][0]
+        expected, _, _ = metabolism.clean_assay(smiles, labels, name)
+        assert np.array_equal(features, expected) and features.dtype == np.uint8
+        assert os.path.isfile(metabolism.cache_path(folder, name))
+    monkeypatch.setattr(metabolism, 'featurize_tables', lambda *a: pytest.fail('cache not used'))
+    both = metabolism.load_metabolism(folder, download=False, features='morgan_counts+maccs')
+    counts, maccs = (metabolism.load_tables(folder, name)['CYP1A2_Veith'][0] for name in ('morgan_counts', 'maccs'))
+    assert both['CYP1A2_Veith'][0].dtype == np.float32
+    assert np.array_equal(both['CYP1A2_Veith'][0], np.concatenate([counts, maccs], 1))
+    assert len(both['CYP1A2_Veith'][1]) == len(smiles) - 1
+
+
+def test_real_features_are_standardised_with_training_statistics_only():
+    rng = np.random.default_rng(0)
+    data = {a: (rng.normal(5, 3, size=(400, 3)), np.zeros(400, dtype=np.int64)) for a in metabolism.ASSAYS}
+    for a in metabolism.TRAIN_ASSAYS:
+        data[a][0][:, 2] = 7.0  # a constant column
+    data['CYP2C19_Veith'][0][:2] = [[1e30, np.nan, 1.0], [-np.inf, 5.0, 1.0]]
+    result = metabolism.standardized(data)
+    train = np.concatenate([result[a][0] for a in metabolism.TRAIN_ASSAYS])
+    assert train.dtype == np.float32
+    np.testing.assert_allclose(train[:, :2].mean(0), 0, atol=0.02)
+    np.testing.assert_allclose(train[:, :2].std(0), 1, atol=0.03)
+    assert (train[:, 2] == 0).all()
+    heldout = result['CYP2C19_Veith'][0]
+    assert 0 < heldout[0, 0] == train[:, 0].max()  # clipped to the training range
+    assert heldout[0, 1] == 0 and heldout[1, 0] == 0  # non-finite: the training mean
+    np.testing.assert_allclose(heldout[2:, :2].mean(0), 0, atol=0.2)  # the same distribution, the train scale
+    data['CYP2C19_Veith'][0][:] = 1e6  # held-out values leave the statistics alone
+    again = metabolism.standardized(data)
+    for a in metabolism.TRAIN_ASSAYS:
+        assert np.array_equal(again[a][0], result[a][0])
+
+
+def test_features_other_than_the_pickles_are_refused_with_it(tmp_path):
+    with open(tmp_path / metabolism.PICKLE_NAME, 'wb') as f:
+        pickle.dump({}, f)
+    with pytest.raises(util.UserError, match='--features maccs: .* holds its own features; move it out'):
+        metabolism.load_metabolism(str(tmp_path), features='maccs')
+
+
+def test_the_network_takes_the_checkpoints_features_at_test(tmp_path, capsys):
+    folder = write_tables(tmp_path / 'data')
+    train_tiny(folder, str(tmp_path / 'log'), '--features', 'maccs+morgan_counts')
+    state = torch.load(tmp_path / 'log' / 'state2.pt', weights_only=False)
+    assert state['learner']['network']['params.fc0'].shape == (500, 167 + 1024)
+    run_metabolism.main(['--test', '--datadir', folder, '--log_dir', str(tmp_path / 'log'), '--num_support', '2',
+                         '--num_query', '3', '--num_test_tasks', '8'])  # no --features: the checkpoint's
+    assert 'Accuracy over 8 test tasks' in capsys.readouterr().out
+    assert '.features_maccs+morgan_counts' in cli.default_log_dir(
+        *cli.parse(run_metabolism.SCRIPT, ['--features', 'maccs+morgan_counts'])[:2], __import__('protonet'))
+
+
+def test_course_protocol_validates_and_tests_on_all_heldout_molecules(capsys):
+    data = coded_data()
+    val, test = (metabolism.split_pools(data, split, 'course') for split in ('val', 'test'))
+    halves = [metabolism.split_pools(data, split) for split in ('val', 'test')]
+    for assay in metabolism.HELDOUT_ASSAYS:
+        for label in range(2):
+            assert np.array_equal(val[assay][label], test[assay][label])
+            rows = sorted(val[assay][label][:, 1].tolist())
+            assert rows == sorted(np.concatenate([h[assay][label][:, 1] for h in halves]).tolist())
+    sampler = metabolism.MoleculeTaskSampler(test, 2, 3, 2, seed=0, meta_batch_ci=True)
+    training.test(AssayBiasedLearner(), sampler, 48, 4)
+    sampler.generator.manual_seed(0)
+    values = np.concatenate([AssayBiasedLearner().evaluate(sampler.sample(4))['query'].numpy() for _ in range(12)])
+    means = values.reshape(12, 4).mean(1)  # the course's formula, written out
+    expected = 1.96 * np.sqrt(((means - means.mean()) ** 2).mean()) / np.sqrt(48)
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line == ("  the course's 95% confidence interval (std of 4-task meta-batch means / sqrt(48)): "
+                    f'{expected:.3f}')
+    assert util.course_ci95(values, 4) == pytest.approx(expected)
+
+
+def test_dropout_only_inside_training_and_the_loop_trains_inside_it():
+    params = networks.init_mlp_params((6, 400))  # one layer: its output is what dropout sees
+    x = torch.randn(40, 6)
+    plain = networks.mlp_features(params, x)
+    assert torch.equal(networks.mlp_features(params, x, dropout=0.5), plain)  # evaluation: no dropout
+    with networks.training():
+        dropped = networks.mlp_features(params, x, dropout=0.5)
+        assert torch.equal(networks.mlp_features(params, x), plain)  # dropout 0: unchanged
+    kept = dropped != 0
+    assert 0.4 < 1 - kept.float().mean().item() < 0.6
+    assert torch.allclose(dropped[kept], 2 * plain[kept])  # the rest scaled by 1 / (1 - p)
+    assert not networks.is_training()
+
+    class ModeRecorder:
+        tasks_per_backward = 0
+
+        def __init__(self):
+            self.weight, self.modes = torch.ones(1, requires_grad=True), []
+
+        def loss(self, batch, step):
+            self.modes.append(networks.is_training())
+            return self.weight.sum(), {'query': torch.zeros(len(batch))}
+    learner = ModeRecorder()
+    batch = tasks.TaskBatch(torch.zeros(4, 2, 1), torch.zeros(4, 2), torch.zeros(4, 2, 1), torch.zeros(4, 2))
+    training.backward_in_groups(learner, batch, 0, 2, 4)
+    assert learner.modes == [True, True]
+
+
+def test_weight_decay_reaches_the_optimizer():
+    learner = argparse.Namespace(optimizer='sgd', parameters=lambda: [weight])
+    weight = torch.tensor([2.0, -4.0], requires_grad=True)
+    optimizer = training.build_optimizer(learner, 0.1, weight_decay=0.5)
+    weight.grad = torch.zeros(2)
+    optimizer.step()
+    assert torch.allclose(weight.detach(), torch.tensor([2.0, -4.0]) * (1 - 0.1 * 0.5))  # L2: grad += 0.5 w

@@ -156,11 +156,11 @@ def test_a_new_dataset_plugs_in_with_its_module_and_one_table_entry(tmp_path, mo
 
 def test_a_new_algorithm_plugs_in_with_its_module_and_one_table_entry(tmp_path, monkeypatch, capsys):
     """The example algorithm of docs/architecture.md, a classifier trained without adaptation."""
-    monkeypatch.setitem(sys.modules, 'baseline', module_from_docs('baseline'))
+    monkeypatch.setitem(sys.modules, 'classifier', module_from_docs('classifier'))
     monkeypatch.setitem(sys.modules, 'clusters', module_from_docs('clusters'))
-    monkeypatch.setitem(cli.ALGORITHMS, 'baseline', 'baseline')
+    monkeypatch.setitem(cli.ALGORITHMS, 'classifier', 'classifier')
     monkeypatch.setitem(cli.DATASETS, 'clusters', 'clusters')
-    script = cli.Script('baseline', ('baseline',), ('clusters',))
+    script = cli.Script('classifier', ('classifier',), ('clusters',))
     log_dir = str(tmp_path)
     cli.main(script, ['--log_dir', log_dir, '--num_train_iterations', '20', '--num_val_tasks', '4'])
     first, last = checkpoints.load(log_dir, 0)['learner'], checkpoints.load(log_dir, 19)['learner']

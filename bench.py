@@ -4,6 +4,7 @@
     python bench.py --data_dir ./data --only protonet
     python bench.py --data_dir ./data --device gpu --repeats 30   # the same on a GPU
     python bench.py --data_dir ./data --only processes            # 1 process x 2 threads vs 2 x 1 (CPU)
+    python bench.py --data_dir ./data --only growth --plot docs/benchmark_growth.png   # cost vs N, K, steps, tasks
 
 Each configuration runs in its own process (the allocator setting is
 process-wide, and peak memory is read per process). Timings are medians.
@@ -168,9 +169,10 @@ def child_maml(args, device):
 # ------------------------------------------------------------ MAML compute: ours, naive, higher
 
 def fixed_maml_batches(args, device):
-    """Three seeded 5w1s batches of args.tasks tasks (15 queries), the same in every process."""
+    """Three seeded args.way-way args.shot-shot batches of args.tasks tasks (15 queries per
+    class), the same in every process."""
     import omniglot
-    sampler = omniglot.omniglot_sampler('train', 5, 1, 15, args.data_dir, seed=0, device=device)
+    sampler = omniglot.omniglot_sampler('train', args.way, args.shot, 15, args.data_dir, seed=0, device=device)
     return [sampler.sample(args.tasks) for _ in range(3)]
 
 
@@ -238,22 +240,40 @@ def child_maml_fixed(args, device):
     """Our second-order MAML through the training loop on the fixed batches (no sampling)."""
     import maml
     import networks
-    import training
     if device.type == 'cpu':
         util.tune_cpu_allocator()
     torch.manual_seed(0)
-    learner = maml.MAML(networks.init_conv_params(4, 1, 64, num_outputs=5), networks.conv_net,
+    learner = maml.MAML(networks.init_conv_params(4, 1, 64, num_outputs=args.way), networks.conv_net,
                         num_inner_steps=args.inner_steps, inner_lr=args.inner_lr, device=device,
                         vmap_tasks=args.vmap == 'yes')
+    return fixed_batch_steps(learner, args, device)
+
+
+def child_protonet_fixed(args, device):
+    """Our ProtoNet through the training loop on the fixed batches (no sampling), per-task encoder calls."""
+    import networks
+    import protonet
+    if device.type == 'cpu':
+        util.tune_cpu_allocator()
+    torch.manual_seed(0)
+    encoder = networks.FunctionalNet(networks.conv_features, networks.init_conv_params(4, 1, 64))
+    return fixed_batch_steps(protonet.ProtoNet(encoder, device, tasks_per_call=1), args, device)
+
+
+def fixed_batch_steps(learner, args, device):
+    """Median seconds of the training loop's meta-update on the fixed batches, cycled."""
+    import training
     optimizer = training.build_optimizer(learner, 1e-3)
     next_batch = itertools.cycle(fixed_maml_batches(args, device)).__next__
+    per_backward = learner.tasks_per_backward if args.tasks_per_backward < 0 else args.tasks_per_backward
     step = lambda: training.train_step(learner, optimizer, next_batch(), 0, 1e-3, 1,  # noqa: E731
-                                       tasks_per_backward=args.tasks_per_backward)
+                                       tasks_per_backward=per_backward)
     return {'seconds': timed(step, args.repeats, device)}
 
 
 CHILDREN = {'protonet_naive': child_protonet_naive, 'protonet': child_protonet, 'maml': child_maml,
-            'maml_naive': child_maml_naive, 'maml_higher': child_maml_higher, 'maml_fixed': child_maml_fixed}
+            'maml_naive': child_maml_naive, 'maml_higher': child_maml_higher, 'maml_fixed': child_maml_fixed,
+            'protonet_fixed': child_protonet_fixed}
 
 
 def run_child(kind, data_dir, repeats, device, processes=1, **options):
@@ -368,11 +388,66 @@ def bench_maml_memory(data_dir, repeats, device):
         print(f'| {name} | {cells} | {rs[-1]["peak_mb"] - rs[0]["peak_mb"]:.0f} |')
 
 
+GROWTH_BASE = dict(way=5, shot=1, inner_steps=1, tasks=16)  # one factor at a time moves from here
+GROWTH_FACTORS = [('way', 'N-way', (5, 20)), ('shot', 'K-shot', (1, 5)), ('inner_steps', 'inner steps', (1, 2, 3, 5)),
+                  ('tasks', 'tasks per step', (4, 8, 16, 32))]
+
+
+def bench_growth(data_dir, repeats, device, plot_path):
+    """Time and peak memory per training step (compute only, the project's defaults) of ProtoNet
+    and second-order MAML as N, K, inner steps and tasks per step grow, one at a time."""
+    memory = 'peak GPU MB' if device == 'cuda' else 'peak RSS MB'
+    print(f'\n## How cost grows: ms / step and {memory}, one factor at a time from 5-way 1-shot, 15 queries per '
+          'class, 1 inner step at 0.4, 16 tasks (compute only; the defaults: ProtoNet per-task encoder calls, '
+          'MAML a per-task loop with a backward per task)\n')
+    print(f'| factor | value | ProtoNet ms | ProtoNet {memory} | MAML ms | MAML {memory} |')
+    print('|---|---|---|---|---|---|')
+    rows = []
+    for key, label, values in GROWTH_FACTORS:
+        if key == 'inner_steps':
+            results = [(None, run_child('maml_fixed', data_dir, repeats, device, tasks_per_backward=-1,
+                                        **{**GROWTH_BASE, key: v})) for v in values]
+        else:
+            results = [tuple(run_child(kind, data_dir, repeats, device, tasks_per_backward=-1, **{**GROWTH_BASE, key: v})
+                             for kind in ('protonet_fixed', 'maml_fixed')) for v in values]
+        for value, (proto, meta) in zip(values, results):
+            cells = ['-', '-'] if proto is None else [f'{1000 * proto["seconds"]:.0f}', f'{proto["peak_mb"]:.0f}']
+            print(f'| {label} | {value} | {cells[0]} | {cells[1]} | {1000 * meta["seconds"]:.0f} | '
+                  f'{meta["peak_mb"]:.0f} |')
+        rows.append((label, values, results))
+    if plot_path:
+        plot_growth(rows, memory, plot_path)
+
+
+def plot_growth(rows, memory, path):
+    """Two rows of panels (ms / step, peak memory), one column per factor."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(2, len(rows), figsize=(3.2 * len(rows), 5.5))
+    for column, (label, values, results) in enumerate(rows):
+        for index, name in enumerate(('ProtoNet', 'MAML')):
+            points = [(v, r[index]) for v, r in zip(values, results) if r[index] is not None]
+            if points:
+                axes[0, column].plot([v for v, _ in points], [1000 * r['seconds'] for _, r in points], 'o-', label=name)
+                axes[1, column].plot([v for v, _ in points], [r['peak_mb'] for _, r in points], 'o-', label=name)
+        axes[1, column].set_xlabel(label)
+        axes[0, column].set_xticks(values)
+        axes[1, column].set_xticks(values)
+    axes[0, 0].set_ylabel('ms / step')
+    axes[1, 0].set_ylabel(memory)
+    axes[0, 0].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    print(f'\n![how cost grows]({path})')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data_dir', default='./data', help='holds omniglot_resized.zip (the naive pipeline reads it)')
     parser.add_argument('--repeats', type=util.positive_int, default=5)
-    parser.add_argument('--only', choices=['protonet', 'maml', 'processes', 'maml_compute', 'maml_memory'])
+    parser.add_argument('--only', choices=['protonet', 'maml', 'processes', 'maml_compute', 'maml_memory', 'growth'])
+    parser.add_argument('--plot', default=None, help='with growth: write its figure to this PNG file')
     parser.add_argument('--rounds', type=util.positive_int, default=3, help='interleaved rounds (maml_compute)')
     parser.add_argument('--device', default='cpu', help='cpu, gpu, cuda, mps or auto, as in training')
     parser.add_argument('--child', choices=list(CHILDREN), help=argparse.SUPPRESS)
@@ -383,6 +458,8 @@ def main():
     parser.add_argument('--learn_inner_lrs', type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument('--vmap', default='no', help=argparse.SUPPRESS)
     parser.add_argument('--tasks', type=int, default=16, help=argparse.SUPPRESS)
+    parser.add_argument('--way', type=int, default=5, help=argparse.SUPPRESS)
+    parser.add_argument('--shot', type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument('--inner_lr', type=float, default=0.4, help=argparse.SUPPRESS)
     parser.add_argument('--tasks_per_backward', type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -409,6 +486,8 @@ def main():
         bench_maml_compute(args.data_dir, args.repeats, device.type, args.rounds)
     if args.only in (None, 'maml_memory'):
         bench_maml_memory(args.data_dir, args.repeats, device.type)
+    if args.only in (None, 'growth'):
+        bench_growth(args.data_dir, args.repeats, device.type, args.plot)
 
 
 if __name__ == '__main__':

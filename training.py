@@ -65,6 +65,9 @@ def add_common_args(parser):
     parser.add_argument('--device', type=str, default='cpu', help='cpu, gpu (CUDA, else MPS), cuda, mps or auto')
     parser.add_argument('--num_workers', type=util.non_negative_int, default=2, help='accepted for compatibility; unused')
     parser.add_argument('--seed', type=util.seed, default=0, help='seeds initialisation and task sampling')
+    parser.add_argument('--precision', choices=['fp32', 'bf16'], default='fp32',
+                        help='bf16: convolutions and matrix products in bfloat16 (torch.autocast), on GPUs and on '
+                             'CPUs with AVX512-BF16 or AMX; parameters, optimizer and losses stay float32')
 
 
 def check_common_args(args):
@@ -312,6 +315,15 @@ def run(args, log_dir, build_learner, build_sampler, after_test=None, test_time_
         check_outputs(args, log_dir)
     if device.type == 'cpu':
         util.tune_cpu_allocator()
+    with util.autocast(device, args.precision):
+        return _train_or_test(args, log_dir, build_learner, build_sampler, processes, after_test, test_time_flags,
+                              checkpoint_flags, benchmark_test)
+
+
+def _train_or_test(args, log_dir, build_learner, build_sampler, processes, after_test, test_time_flags,
+                   checkpoint_flags, benchmark_test):
+    """run() from the device on: test a checkpoint or train (resuming if asked)."""
+    device = processes.device
     if args.test:
         step = args.checkpoint_step if args.checkpoint_step >= 0 else checkpoints.best_step(log_dir)
         checkpoint = checkpoints.load(log_dir, step)

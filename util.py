@@ -2,6 +2,7 @@
 atomic checkpoints, seeding, device resolution, one-line user errors, and
 the data files' digests, cache locations and downloads."""
 import argparse
+import contextlib
 import ctypes
 import hashlib
 import math
@@ -139,6 +140,28 @@ def resolve_device(name):
             raise UserError('--device mps: no MPS device is available here; use --device cpu')
         return torch.device('mps')
     raise UserError(f'--device {name}: unknown device; use one of cpu, gpu, cuda, mps, auto')
+
+
+def cpu_has_bf16():
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), from /proc/cpuinfo."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            flags = next((line.split(':', 1)[1].split() for line in f if line.startswith('flags')), [])
+    except OSError:
+        return False
+    return 'avx512_bf16' in flags or 'amx_bf16' in flags
+
+
+def autocast(device, precision):
+    """The context a run computes in: --precision bf16 is torch.autocast to bfloat16 (refused in
+    one line where the device has no native bfloat16), fp32 a no-op."""
+    if precision == 'fp32':
+        return contextlib.nullcontext()
+    native = cpu_has_bf16() if device.type == 'cpu' else device.type == 'cuda' and torch.cuda.is_bf16_supported()
+    if not native:
+        raise UserError(f'--precision bf16: the {device.type} device here has no native bfloat16 '
+                        '(a CPU needs AVX512-BF16 or AMX); use --precision fp32')
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def tune_cpu_allocator():

@@ -3,8 +3,10 @@ and a device without native bfloat16 is refused in one line."""
 import pytest
 import torch
 
+import networks
 import protonet
 import run_metabolism
+import tasks
 import util
 from test_metabolism import write_tables
 
@@ -37,11 +39,9 @@ def test_bf16_runs_the_loop_under_autocast_and_fp32_does_not(tmp_path, monkeypat
 
 
 def test_bf16_protonet_loss_and_gradient_are_close_to_fp32():
-    import networks
     torch.manual_seed(0)
     encoder = networks.FunctionalNet(networks.conv_features, networks.init_conv_params(4, 1, 16))
     learner = protonet.ProtoNet(encoder, tasks_per_call=1)
-    import tasks
     batch = tasks.task_batch_from_draws(torch.rand(2, 5, 6, 1, 28, 28), 1)
     results = []
     for enabled in (False, True):

@@ -168,7 +168,7 @@ def child_maml(args, device):
 
 # ------------------------------------------------------------ MAML compute: ours, naive, higher
 
-def fixed_maml_batches(args, device):
+def fixed_batches(args, device):
     """Three seeded args.way-way args.shot-shot batches of args.tasks tasks (15 queries per
     class), the same in every process."""
     import omniglot
@@ -193,7 +193,7 @@ def child_maml_naive(args, device):
     params = {k: v.to(device).requires_grad_() for k, v in
               networks.init_conv_params(4, 1, 64, num_outputs=5).items()}
     optimizer = torch.optim.Adam(params.values(), lr=1e-3)
-    next_batch = itertools.cycle(fixed_maml_batches(args, device)).__next__
+    next_batch = itertools.cycle(fixed_batches(args, device)).__next__
 
     def step():
         outer = []
@@ -222,7 +222,7 @@ def child_maml_higher(args, device):
     network = torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(64, 5)).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
     inner_optimizer = torch.optim.SGD(network.parameters(), lr=args.inner_lr)
-    next_batch = itertools.cycle(fixed_maml_batches(args, device)).__next__
+    next_batch = itertools.cycle(fixed_batches(args, device)).__next__
 
     def step():
         optimizer.zero_grad()
@@ -243,9 +243,9 @@ def child_maml_fixed(args, device):
     if device.type == 'cpu':
         util.tune_cpu_allocator()
     torch.manual_seed(0)
-    learner = maml.MAML(networks.init_conv_params(4, 1, 64, num_outputs=args.way), networks.conv_net,
-                        num_inner_steps=args.inner_steps, inner_lr=args.inner_lr, device=device,
-                        vmap_tasks=args.vmap == 'yes')
+    learner = maml.MAML(networks.init_conv_params(4, 1, 64, num_outputs=args.way),
+                        in_memory_format(networks.conv_net, args), num_inner_steps=args.inner_steps,
+                        inner_lr=args.inner_lr, device=device, vmap_tasks=args.vmap == 'yes')
     return fixed_batch_steps(learner, args, device)
 
 
@@ -256,24 +256,56 @@ def child_protonet_fixed(args, device):
     if device.type == 'cpu':
         util.tune_cpu_allocator()
     torch.manual_seed(0)
-    encoder = networks.FunctionalNet(networks.conv_features, networks.init_conv_params(4, 1, 64))
-    return fixed_batch_steps(protonet.ProtoNet(encoder, device, tasks_per_call=1), args, device)
+    encoder = networks.FunctionalNet(in_memory_format(networks.conv_features, args),
+                                     networks.init_conv_params(4, 1, 64))
+    return fixed_batch_steps(protonet.ProtoNet(encoder, device, tasks_per_call=args.tasks_per_call), args, device)
+
+
+def in_memory_format(forward, args):
+    """forward with its (N, C, H, W) input in channels_last when args.channels_last."""
+    if not args.channels_last:
+        return forward
+    return lambda params, x, *rest, **options: forward(params, x.contiguous(memory_format=torch.channels_last),
+                                                        *rest, **options)
 
 
 def fixed_batch_steps(learner, args, device):
-    """Median seconds of the training loop's meta-update on the fixed batches, cycled."""
+    """Median seconds of the training loop's meta-update on the fixed batches, cycled, in
+    args.precision (bf16: autocast)."""
     import training
     optimizer = training.build_optimizer(learner, 1e-3)
-    next_batch = itertools.cycle(fixed_maml_batches(args, device)).__next__
+    next_batch = itertools.cycle(fixed_batches(args, device)).__next__
     per_backward = learner.tasks_per_backward if args.tasks_per_backward < 0 else args.tasks_per_backward
-    step = lambda: training.train_step(learner, optimizer, next_batch(), 0, 1e-3, 1,  # noqa: E731
-                                       tasks_per_backward=per_backward)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == 'bf16'):
+            training.train_step(learner, optimizer, next_batch(), 0, 1e-3, 1, tasks_per_backward=per_backward)
+    return {'seconds': timed(step, args.repeats, device)}
+
+
+def child_protonet_naive_fixed(args, device):
+    """The course's ProtoNet step on the fixed batches: nn layers, a per-task loop, support and
+    query encoded separately, torch.cdist to the prototypes."""
+    torch.manual_seed(0)
+    network = naive_network().to(device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+    next_batch = itertools.cycle(fixed_batches(args, device)).__next__
+
+    def step():
+        losses = []
+        for xs, ys, xq, yq in next_batch():
+            support, query = network(xs), network(xq)
+            prototypes = torch.stack([support[ys == c].mean(0) for c in range(args.way)])
+            losses.append(F.cross_entropy(-torch.cdist(query, prototypes) ** 2, yq))
+        optimizer.zero_grad()
+        torch.stack(losses).mean().backward()
+        optimizer.step()
     return {'seconds': timed(step, args.repeats, device)}
 
 
 CHILDREN = {'protonet_naive': child_protonet_naive, 'protonet': child_protonet, 'maml': child_maml,
             'maml_naive': child_maml_naive, 'maml_higher': child_maml_higher, 'maml_fixed': child_maml_fixed,
-            'protonet_fixed': child_protonet_fixed}
+            'protonet_fixed': child_protonet_fixed, 'protonet_naive_fixed': child_protonet_naive_fixed}
 
 
 def run_child(kind, data_dir, repeats, device, processes=1, **options):
@@ -388,6 +420,34 @@ def bench_maml_memory(data_dir, repeats, device):
         print(f'| {name} | {cells} | {rs[-1]["peak_mb"] - rs[0]["peak_mb"]:.0f} |')
 
 
+def bench_levers(data_dir, repeats, device, rounds, peak):
+    """Compute-only steps on fixed tasks against naive code: ProtoNet 5w5s and second-order MAML 5w1s,
+    fp32 and bf16 (autocast), contiguous and channels_last inputs; interleaved rounds."""
+    setups = [('ProtoNet 5w5s', dict(way=5, shot=5, tasks=16), 'protonet_naive_fixed', 'protonet_fixed'),
+              ('MAML 5w1s, second-order, 1 step at 0.4', dict(way=5, shot=1, tasks=16, inner_steps=1, inner_lr=0.4),
+               'maml_naive', 'maml_fixed')]
+    levers = [('fp32', {}), ('fp32, channels_last', dict(channels_last=1)), ('bf16', dict(precision='bf16')),
+              ('bf16, channels_last', dict(precision='bf16', channels_last=1))]
+    for title, shape, naive_kind, ours_kind in setups:
+        print(f'\n## {title}, 15 queries per class, 16 tasks: compute only, the same tasks for every variant '
+              f'({rounds} interleaved rounds)\n')
+        variants = [('naive (course-style), fp32', naive_kind, {})] + \
+            [(f'ours, {name}', ours_kind, dict(options, tasks_per_backward=-1)) for name, options in levers]
+        results = {name: [] for name, _, _ in variants}
+        for _ in range(rounds):
+            for name, kind, options in variants:
+                results[name].append(run_child(kind, data_dir, repeats, device, **shape, **options))
+        seconds = {name: statistics.median(r['seconds'] for r in rs) for name, rs in results.items()}
+        naive = seconds[variants[0][0]]
+        rate = ' | fraction of fp32 matmul rate' if title.startswith('ProtoNet') else ''
+        print(f'| variant | ms / step | peak RSS MB | vs naive{rate} |')
+        print('|---|---|---|---|' + ('---|' if rate else ''))
+        for name, rs in results.items():
+            fraction = f' | {PROTONET_GFLOP / seconds[name] / peak:.2f}' if rate else ''
+            print(f'| {name} | {1000 * seconds[name]:.1f} | {max(r["peak_mb"] for r in rs):.0f} | '
+                  f'{naive / seconds[name]:.2f}x{fraction} |')
+
+
 GROWTH_BASE = dict(way=5, shot=1, inner_steps=1, tasks=16)  # one factor at a time moves from here
 GROWTH_FACTORS = [('way', 'N-way', (5, 20)), ('shot', 'K-shot', (1, 5)), ('inner_steps', 'inner steps', (1, 2, 3, 5)),
                   ('tasks', 'tasks per step', (4, 8, 16, 32))]
@@ -408,8 +468,9 @@ def bench_growth(data_dir, repeats, device, plot_path):
             results = [(None, run_child('maml_fixed', data_dir, repeats, device, tasks_per_backward=-1,
                                         **{**GROWTH_BASE, key: v})) for v in values]
         else:
-            results = [tuple(run_child(kind, data_dir, repeats, device, tasks_per_backward=-1, **{**GROWTH_BASE, key: v})
-                             for kind in ('protonet_fixed', 'maml_fixed')) for v in values]
+            results = [tuple(run_child(kind, data_dir, repeats, device, tasks_per_backward=-1,
+                                       **{**GROWTH_BASE, key: v}) for kind in ('protonet_fixed', 'maml_fixed'))
+                       for v in values]
         for value, (proto, meta) in zip(values, results):
             cells = ['-', '-'] if proto is None else [f'{1000 * proto["seconds"]:.0f}', f'{proto["peak_mb"]:.0f}']
             print(f'| {label} | {value} | {cells[0]} | {cells[1]} | {1000 * meta["seconds"]:.0f} | '
@@ -446,7 +507,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data_dir', default='./data', help='holds omniglot_resized.zip (the naive pipeline reads it)')
     parser.add_argument('--repeats', type=util.positive_int, default=5)
-    parser.add_argument('--only', choices=['protonet', 'maml', 'processes', 'maml_compute', 'maml_memory', 'growth'])
+    parser.add_argument('--only', choices=['protonet', 'maml', 'processes', 'maml_compute', 'maml_memory', 'levers',
+                                           'growth'])
     parser.add_argument('--plot', default=None, help='with growth: write its figure to this PNG file')
     parser.add_argument('--rounds', type=util.positive_int, default=3, help='interleaved rounds (maml_compute)')
     parser.add_argument('--device', default='cpu', help='cpu, gpu, cuda, mps or auto, as in training')
@@ -459,6 +521,8 @@ def main():
     parser.add_argument('--vmap', default='no', help=argparse.SUPPRESS)
     parser.add_argument('--tasks', type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument('--way', type=int, default=5, help=argparse.SUPPRESS)
+    parser.add_argument('--precision', default='fp32', help=argparse.SUPPRESS)
+    parser.add_argument('--channels_last', type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument('--shot', type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument('--inner_lr', type=float, default=0.4, help=argparse.SUPPRESS)
     parser.add_argument('--tasks_per_backward', type=int, default=0, help=argparse.SUPPRESS)
@@ -486,6 +550,8 @@ def main():
         bench_maml_compute(args.data_dir, args.repeats, device.type, args.rounds)
     if args.only in (None, 'maml_memory'):
         bench_maml_memory(args.data_dir, args.repeats, device.type)
+    if args.only in (None, 'levers'):
+        bench_levers(args.data_dir, args.repeats, device.type, args.rounds, peak)
     if args.only in (None, 'growth'):
         bench_growth(args.data_dir, args.repeats, device.type, args.plot)
 

@@ -87,9 +87,19 @@ class Processes:
         return np.concatenate([c[:int(s.item())].cpu().numpy() for c, s in zip(chunks, sizes)])
 
     def finish(self):
-        """Wait for every process (rank 0 may still be writing), then leave the process group."""
+        """Wait for every process (rank 0 may still be writing), then leave the process group.
+
+        With gloo, a process that tears its group down as soon as its barrier returns can
+        abort another still finishing that barrier (pytorch/gloo#155); so each process
+        leaves only once every process has returned from the barrier, counted in the
+        rendezvous store, outside gloo."""
         if self.size > 1 and dist.is_initialized():
             dist.barrier()
+            if dist.get_backend() == 'gloo':
+                store = dist.distributed_c10d._get_default_store()
+                if store.add('finished', 1) == self.size:
+                    store.set('all_finished', '1')
+                store.wait(['all_finished'])
             dist.destroy_process_group()
 
     def check_in_step(self, tensors, step):

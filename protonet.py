@@ -20,11 +20,15 @@ def prototype_logits(support, labels_support, query, num_way):
         support: (B, N*K, D) support embeddings; labels_support: (B, N*K).
         query: (B, M, D) embeddings to classify.
     Returns:
-        (B, M, N) logits.
+        (B, M, N) logits, at least float32: under --precision bf16 too, whose 8-bit
+        mantissa would round the small differences between squared distances away.
     """
-    one_hot = F.one_hot(labels_support, num_way).to(support.dtype)  # (B, N*K, N)
-    prototypes = one_hot.transpose(1, 2) @ support / one_hot.sum(1).unsqueeze(-1)  # (B, N, D)
-    return -(query.unsqueeze(2) - prototypes.unsqueeze(1)).square().sum(-1)
+    with torch.autocast(support.device.type, enabled=False):
+        dtype = torch.promote_types(support.dtype, torch.float32)
+        support, query = support.to(dtype), query.to(dtype)
+        one_hot = F.one_hot(labels_support, num_way).to(support.dtype)  # (B, N*K, N)
+        prototypes = one_hot.transpose(1, 2) @ support / one_hot.sum(1).unsqueeze(-1)  # (B, N, D)
+        return -(query.unsqueeze(2) - prototypes.unsqueeze(1)).square().sum(-1)
 
 
 class ProtoNet:

@@ -59,3 +59,12 @@ def test_bf16_without_native_support_is_one_line_naming_the_flag(tmp_path, monke
     monkeypatch.setattr(util, 'cpu_has_bf16', lambda: False)
     with pytest.raises(util.UserError, match='--precision bf16: the cpu device here has no native bfloat16'):
         tiny_run(write_tables(tmp_path / 'data'), str(tmp_path / 'log'), '--precision', 'bf16')
+
+
+def test_prototype_distances_are_float32_under_bf16_autocast():
+    support, query = torch.randn(2, 10, 64).bfloat16(), torch.randn(2, 6, 64).bfloat16() + 30
+    labels = torch.arange(5).repeat_interleave(2).expand(2, -1)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        logits = protonet.prototype_logits(support, labels, query, 5)
+    assert logits.dtype == torch.float32
+    assert torch.equal(logits, protonet.prototype_logits(support.float(), labels, query.float(), 5))

@@ -33,6 +33,11 @@ def saved_steps(log_dir):
     return sorted(int(m.group(1)) for m in steps if m)
 
 
+# what a checkpoint written before a flag existed was trained with (whatever today's default)
+FLAGS_BEFORE_THEY_EXISTED = {'metabolism': {'features': 'morgan', 'validation_protocol': 'halves', 'dropout': 0.0,
+                                            'label_order': 'random'}}
+
+
 def translate(checkpoint):
     """A checkpoint in the current layout (older layouts are converted in place)."""
     learner = checkpoint['learner']
@@ -48,6 +53,8 @@ def translate(checkpoint):
     for old, new in RENAMED_FLAGS.items():
         if old in args and new not in args:
             args[new] = args.pop(old)
+    for flag, value in FLAGS_BEFORE_THEY_EXISTED.get(args['dataset'], {}).items():
+        args.setdefault(flag, value)
     return checkpoint
 
 

@@ -231,7 +231,9 @@ def test_namespace_of_an_older_checkpoint_is_translated():
     translated = checkpoints.translate(checkpoint)
     assert translated['optimizer'] == {'state': {}} and translated['optimizer_kind'] == 'adam'
     assert translated['args'] == {'data_dir': 'D', 'learning_rate': 0.1, 'algorithm': 'protonet',
-                                  'dataset': 'metabolism'}  # run_metabolism.py's ProtoNet
+                                  'dataset': 'metabolism',  # run_metabolism.py's ProtoNet
+                                  'features': 'morgan', 'validation_protocol': 'halves', 'dropout': 0.0,
+                                  'label_order': 'random'}  # what it was trained with, whatever today's defaults
     assert translated['metric_kind'] == 'accuracy'
     older_maml = checkpoints.translate({'learner': {'meta_parameters': {}, 'optimizer': {}},
                                         'args': {'outer_lr': 0.2, 'dataset': 'sinusoid'}, 'metric_kind': 'loss'})

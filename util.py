@@ -42,53 +42,24 @@ def _number(text, kind):
     return value
 
 
-def positive_int(text):
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'{value} is not a positive integer (1 or more)')
-    return value
+def _flag_type(kind, accept, problem):
+    """An argparse type: text -> a finite kind (int or float) for which accept(value) holds,
+    else the one-line error f'{value}{problem}'."""
+    def parse(text):
+        value = _number(text, kind)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f'{value}{problem}')
+        return value
+    return parse
 
 
-def non_negative_int(text):
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'{value} is below 0')
-    return value
-
-
-def checkpoint_step(text):
-    value = _number(text, int)
-    if value < -1:
-        raise argparse.ArgumentTypeError(f'{value}: give a saved step, or -1')
-    return value
-
-
-def seed(text):
-    value = _number(text, int)
-    if not 0 <= value < 2 ** 32:
-        raise argparse.ArgumentTypeError(f'{value} is outside 0 .. 2**32 - 1')
-    return value
-
-
-def positive_float(text):
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f'{value} is not positive')
-    return value
-
-
-def non_negative_float(text):
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'{value} is negative')
-    return value
-
-
-def probability(text):
-    value = _number(text, float)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f'{value} is not in [0, 1)')
-    return value
+positive_int = _flag_type(int, lambda v: v >= 1, ' is not a positive integer (1 or more)')
+non_negative_int = _flag_type(int, lambda v: v >= 0, ' is below 0')
+checkpoint_step = _flag_type(int, lambda v: v >= -1, ': give a saved step, or -1')
+seed = _flag_type(int, lambda v: 0 <= v < 2 ** 32, ' is outside 0 .. 2**32 - 1')
+positive_float = _flag_type(float, lambda v: v > 0, ' is not positive')
+non_negative_float = _flag_type(float, lambda v: v >= 0, ' is negative')
+probability = _flag_type(float, lambda v: 0 <= v < 1, ' is not in [0, 1)')
 
 
 def mean_ci95(values):

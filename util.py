@@ -132,7 +132,9 @@ def autocast(device, precision):
     if not native:
         raise UserError(f'--precision bf16: the {device.type} device here has no native bfloat16 '
                         '(a CPU needs AVX512-BF16 or AMX); use --precision fp32')
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    # no cache of cast weights: within one context spanning many optimizer steps it would keep
+    # serving the first step's weights
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 def tune_cpu_allocator():

@@ -68,3 +68,16 @@ def test_prototype_distances_are_float32_under_bf16_autocast():
         logits = protonet.prototype_logits(support, labels, query, 5)
     assert logits.dtype == torch.float32
     assert torch.equal(logits, protonet.prototype_logits(support.float(), labels, query.float(), 5))
+
+
+def test_the_runs_autocast_sees_every_optimizer_step(monkeypatch):
+    monkeypatch.setattr(util, 'cpu_has_bf16', lambda: True)
+    weight = torch.ones(3, 3, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=0.5)
+    x = torch.ones(2, 3)
+    with util.autocast(torch.device('cpu'), 'bf16'):  # one context around the whole run, as training.run
+        before = torch.nn.functional.linear(x, weight)
+        before.sum().backward()
+        optimizer.step()
+        after = torch.nn.functional.linear(x, weight)
+    assert before.dtype == torch.bfloat16 and (after == 0).all()  # the stepped weights (1 - 0.5 * 2), not the first

@@ -448,6 +448,41 @@ def bench_levers(data_dir, repeats, device, rounds, peak):
                   f'{naive / seconds[name]:.2f}x{fraction} |')
 
 
+def bench_bf16_gradients(data_dir, device):
+    """How close bf16 autocast's gradients come to fp32's: ProtoNet 5w5s and second-order MAML
+    5w1s at initialisation, on the same 16 fixed tasks (in this process)."""
+    import maml
+    import networks
+    import protonet
+    import training
+    print('\n## bf16 (autocast) against fp32 gradients, the same 16 tasks, at initialisation\n')
+    print('| step | loss fp32 | loss bf16 | cosine(grad bf16, grad fp32) | |grad bf16 - grad fp32| / |grad fp32| |')
+    print('|---|---|---|---|---|')
+    setups = [('ProtoNet 5w5s', 5, lambda: protonet.ProtoNet(networks.FunctionalNet(
+                   networks.conv_features, networks.init_conv_params(4, 1, 64)), device, tasks_per_call=1)),
+              ('MAML 5w1s, 1 step at 0.4', 1, lambda: maml.MAML(networks.init_conv_params(4, 1, 64, num_outputs=5),
+                                                                networks.conv_net, num_inner_steps=1, inner_lr=0.4,
+                                                                device=device, vmap_tasks=False)),
+              ('MAML 5w1s, 5 steps at 0.04', 1, lambda: maml.MAML(networks.init_conv_params(4, 1, 64, num_outputs=5),
+                                                                  networks.conv_net, num_inner_steps=5, inner_lr=0.04,
+                                                                  device=device, vmap_tasks=False))]
+    for name, shot, build in setups:
+        torch.manual_seed(0)
+        learner = build()
+        batch = fixed_batches(argparse.Namespace(way=5, shot=shot, tasks=16, data_dir=data_dir), device)[0]
+        results = []
+        for precision in ('fp32', 'bf16'):
+            for p in learner.parameters():
+                p.grad = None
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16', cache_enabled=False):
+                loss, _ = training.backward_in_groups(learner, batch, 0, learner.tasks_per_backward, len(batch))
+            results.append((loss, torch.cat([p.grad.flatten() for p in learner.parameters()])))
+        (loss32, grad32), (loss16, grad16) = results
+        cosine = F.cosine_similarity(grad32, grad16, 0).item()
+        error = ((grad16 - grad32).norm() / grad32.norm()).item()
+        print(f'| {name} | {loss32:.4f} | {loss16:.4f} | {cosine:.4f} | {error:.3f} |')
+
+
 GROWTH_BASE = dict(way=5, shot=1, inner_steps=1, tasks=16)  # one factor at a time moves from here
 GROWTH_FACTORS = [('way', 'N-way', (5, 20)), ('shot', 'K-shot', (1, 5)), ('inner_steps', 'inner steps', (1, 2, 3, 5)),
                   ('tasks', 'tasks per step', (4, 8, 16, 32))]
@@ -508,7 +543,7 @@ def main():
     parser.add_argument('--data_dir', default='./data', help='holds omniglot_resized.zip (the naive pipeline reads it)')
     parser.add_argument('--repeats', type=util.positive_int, default=5)
     parser.add_argument('--only', choices=['protonet', 'maml', 'processes', 'maml_compute', 'maml_memory', 'levers',
-                                           'growth'])
+                                           'bf16_gradients', 'growth'])
     parser.add_argument('--plot', default=None, help='with growth: write its figure to this PNG file')
     parser.add_argument('--rounds', type=util.positive_int, default=3, help='interleaved rounds (maml_compute)')
     parser.add_argument('--device', default='cpu', help='cpu, gpu, cuda, mps or auto, as in training')
@@ -552,6 +587,8 @@ def main():
         bench_maml_memory(args.data_dir, args.repeats, device.type)
     if args.only in (None, 'levers'):
         bench_levers(args.data_dir, args.repeats, device.type, args.rounds, peak)
+    if args.only in (None, 'bf16_gradients'):
+        bench_bf16_gradients(args.data_dir, device)
     if args.only in (None, 'growth'):
         bench_growth(args.data_dir, args.repeats, device.type, args.plot)
 

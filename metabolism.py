@@ -1,8 +1,9 @@
-"""TDC metabolism: eight CYP assays as 2-way few-shot tasks on 1024-bit Morgan
-fingerprints (the course's Part 4 and MLTI's "Metabolism" benchmark).
+"""TDC metabolism: eight CYP assays as 2-way few-shot tasks on molecule features
+(the course's Part 4 and MLTI's "Metabolism" benchmark); by default 1024 Morgan
+counts, `--features` picks others.
 
-Data path: pickle or .tab tables -> fingerprint cache (bits, uint8) ->
-per-assay, per-label pools of one split -> MoleculeTaskSampler -> TaskBatch.
+Data path: pickle or .tab tables -> one cache per featurisation -> per-assay,
+per-label pools of one split -> MoleculeTaskSampler -> TaskBatch.
 """
 import functools
 import hashlib
@@ -82,15 +83,15 @@ def text_line_of(path, offset):
 # cache), 'counts' (uint8, clipped at 255) and 'real' (float32, standardised at load with the
 # training assays' statistics). A '+'-joined list of names concatenates them.
 FEATURES = {
-    'morgan': ('bits', 1024),          # Morgan radius 2 (ECFP4), 1024 bits: the course's
-    'morgan_counts': ('counts', 1024),  # the same environments, counted
+    'morgan': ('bits', 1024),          # Morgan radius 2 (ECFP4), 1024 bits
+    'morgan_counts': ('counts', 1024),  # the same environments, counted (the default: docs/results.md)
     'morgan3': ('bits', 1024),         # radius 3 (ECFP6)
     'morgan2048': ('bits', 2048),      # radius 2, 2048 bits
     'fcfp4': ('bits', 1024),           # feature-invariant Morgan, radius 2 (FCFP4)
     'maccs': ('bits', 167),            # the 166 MACCS keys (bit 0 unused)
     'rdkit2d': ('real', None),         # RDKit's 2D descriptors (Descriptors.CalcMolDescriptors)
 }
-DEFAULT_FEATURES = 'morgan'
+DEFAULT_FEATURES = 'morgan_counts'  # measured 0.011 above 'morgan' over three seeds (docs/results.md)
 CLIP_COUNT = 255
 DESCRIPTOR_QUANTILE = 0.005  # real features are clipped to the training assays' 0.5%-99.5% range
 
@@ -491,7 +492,8 @@ def add_args(parser):
                              'per task (the default: a model cannot learn which label is active)')
     parser.add_argument('--features', default=DEFAULT_FEATURES, metavar='NAME[+NAME...]',
                         help=f'molecule features, computed once per name and cached: {", ".join(FEATURES)}, '
-                             f'or several joined by + (default {DEFAULT_FEATURES}: Morgan radius 2, 1024 bits)')
+                             f'or several joined by + (default {DEFAULT_FEATURES}: Morgan radius 2, 1024 counts; '
+                             "with the course's pickle in --data_dir, its features)")
     parser.add_argument('--validation_protocol', choices=['halves', 'course'], default='halves',
                         help='halves: validate and test on disjoint halves of the held-out assays; course: both on '
                              "all their molecules, as the course did (checkpoints picked on test data), --test "

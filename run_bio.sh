@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The course's Part 4 run: ProtoNet on the TDC metabolism assays, 2-way 5-shot,
-# 10 query molecules per label, 4 tasks per meta-batch, 8000 iterations, lr 5e-4.
+# 10 query molecules per label, 4 tasks per meta-batch, 8000 iterations, lr 5e-4, on
+# 1024 Morgan counts (the course's pickle's features when it is in DIR; --features picks others).
 #
 #   bash run_bio.sh                          # data in ./data/metabolism
 #   bash run_bio.sh DIR [more flags]         # data in DIR; e.g. --algorithm maml, --device gpu

@@ -35,7 +35,7 @@ RUNS = {
     'maml_sinusoid': ('maml', [*LOOP, '--dataset', 'sinusoid', '--num_train_iterations', '30',
                                '--num_val_tasks', '4']),
     'metabolism_maml': ('run_metabolism', [*SMALL, *LOOP, '--algorithm', 'maml', '--num_support', '3',
-                                           '--num_query', '4']),
+                                           '--num_query', '4', '--features', 'morgan']),
 }
 
 

@@ -525,8 +525,9 @@ def plot_growth(rows, memory, path):
         for index, name in enumerate(('ProtoNet', 'MAML')):
             points = [(v, r[index]) for v, r in zip(values, results) if r[index] is not None]
             if points:
-                axes[0, column].plot([v for v, _ in points], [1000 * r['seconds'] for _, r in points], 'o-', label=name)
-                axes[1, column].plot([v for v, _ in points], [r['peak_mb'] for _, r in points], 'o-', label=name)
+                style = dict(marker='o', color=f'C{index}', label=name)
+                axes[0, column].plot([v for v, _ in points], [1000 * r['seconds'] for _, r in points], **style)
+                axes[1, column].plot([v for v, _ in points], [r['peak_mb'] for _, r in points], **style)
         axes[1, column].set_xlabel(label)
         axes[0, column].set_xticks(values)
         axes[1, column].set_xticks(values)

@@ -114,20 +114,26 @@ def child_protonet_naive(args, device):
         archive.extractall(folder)
     dataset = PngTaskDataset(os.path.join(folder, 'omniglot_resized'), 5, 5, 15)
     loader = iter(torch.utils.data.DataLoader(dataset, batch_size=16, num_workers=2, collate_fn=lambda b: b))
+    step = naive_protonet_step(lambda: [[t.to(device) for t in task] for task in next(loader)], 5, device)
+    return {'seconds': timed(step, args.repeats, device)}
+
+
+def naive_protonet_step(next_tasks, num_way, device):
+    """The course's ProtoNet step over next_tasks() -> [(xs, ys, xq, yq)]: nn layers, a per-task
+    loop, support and query encoded separately, torch.cdist to the prototypes."""
     network = naive_network().to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
 
     def step():
         losses = []
-        for task in next(loader):  # per-task loop, support and query encoded separately
-            xs, ys, xq, yq = (t.to(device) for t in task)
+        for xs, ys, xq, yq in next_tasks():
             support, query = network(xs), network(xq)
-            prototypes = torch.stack([support[ys == c].mean(0) for c in range(5)])
-            losses.append(torch.nn.functional.cross_entropy(-torch.cdist(query, prototypes) ** 2, yq))
+            prototypes = torch.stack([support[ys == c].mean(0) for c in range(num_way)])
+            losses.append(F.cross_entropy(-torch.cdist(query, prototypes) ** 2, yq))
         optimizer.zero_grad()
         torch.stack(losses).mean().backward()
         optimizer.step()
-    return {'seconds': timed(step, args.repeats, device)}
+    return step
 
 
 def timed_training_step(learner, sampler, args, device):
@@ -284,22 +290,9 @@ def fixed_batch_steps(learner, args, device):
 
 
 def child_protonet_naive_fixed(args, device):
-    """The course's ProtoNet step on the fixed batches: nn layers, a per-task loop, support and
-    query encoded separately, torch.cdist to the prototypes."""
+    """The course's ProtoNet step (naive_protonet_step) on the fixed batches."""
     torch.manual_seed(0)
-    network = naive_network().to(device)
-    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
-    next_batch = itertools.cycle(fixed_batches(args, device)).__next__
-
-    def step():
-        losses = []
-        for xs, ys, xq, yq in next_batch():
-            support, query = network(xs), network(xq)
-            prototypes = torch.stack([support[ys == c].mean(0) for c in range(args.way)])
-            losses.append(F.cross_entropy(-torch.cdist(query, prototypes) ** 2, yq))
-        optimizer.zero_grad()
-        torch.stack(losses).mean().backward()
-        optimizer.step()
+    step = naive_protonet_step(itertools.cycle(fixed_batches(args, device)).__next__, args.way, device)
     return {'seconds': timed(step, args.repeats, device)}
 
 
@@ -458,14 +451,13 @@ def bench_bf16_gradients(data_dir, device):
     print('\n## bf16 (autocast) against fp32 gradients, the same 16 tasks, at initialisation\n')
     print('| step | loss fp32 | loss bf16 | cosine(grad bf16, grad fp32) | |grad bf16 - grad fp32| / |grad fp32| |')
     print('|---|---|---|---|---|')
+    def maml_learner(steps, inner_lr):
+        return maml.MAML(networks.init_conv_params(4, 1, 64, num_outputs=5), networks.conv_net,
+                         num_inner_steps=steps, inner_lr=inner_lr, device=device, vmap_tasks=False)
     setups = [('ProtoNet 5w5s', 5, lambda: protonet.ProtoNet(networks.FunctionalNet(
                    networks.conv_features, networks.init_conv_params(4, 1, 64)), device, tasks_per_call=1)),
-              ('MAML 5w1s, 1 step at 0.4', 1, lambda: maml.MAML(networks.init_conv_params(4, 1, 64, num_outputs=5),
-                                                                networks.conv_net, num_inner_steps=1, inner_lr=0.4,
-                                                                device=device, vmap_tasks=False)),
-              ('MAML 5w1s, 5 steps at 0.04', 1, lambda: maml.MAML(networks.init_conv_params(4, 1, 64, num_outputs=5),
-                                                                  networks.conv_net, num_inner_steps=5, inner_lr=0.04,
-                                                                  device=device, vmap_tasks=False))]
+              ('MAML 5w1s, 1 step at 0.4', 1, lambda: maml_learner(1, 0.4)),
+              ('MAML 5w1s, 5 steps at 0.04', 1, lambda: maml_learner(5, 0.04))]
     for name, shot, build in setups:
         torch.manual_seed(0)
         learner = build()

@@ -108,12 +108,15 @@ def feature_names(features):
 
 def feature_width(features):
     """The length of a molecule's feature vector for --features."""
-    return sum(FEATURES[n][1] or len(_descriptor_names()) for n in feature_names(features))
+    return sum(_width(n) for n in feature_names(features))
 
 
-def _descriptor_names():
+def _width(name):
+    """The width of one featurisation (rdkit2d: as many as this RDKit's descriptors)."""
+    if FEATURES[name][1] is not None:
+        return FEATURES[name][1]
     from rdkit.Chem import Descriptors
-    return [name for name, _ in Descriptors._descList]
+    return len(Descriptors._descList)
 
 
 def featurizer(name):
@@ -150,11 +153,10 @@ def parse_smiles(smiles):
 
 def featurize(molecules, name):
     """(n, width) features of RDKit molecules: uint8 for bits and counts, float64 for 'rdkit2d'."""
-    kind, width = FEATURES[name]
     function = featurizer(name)
     rows = [function(m) for m in molecules]
-    width = width or len(_descriptor_names())
-    return np.stack(rows) if rows else np.zeros((0, width), dtype=np.float64 if kind == 'real' else np.uint8)
+    empty_type = np.float64 if FEATURES[name][0] == 'real' else np.uint8
+    return np.stack(rows) if rows else np.zeros((0, _width(name)), dtype=empty_type)
 
 
 def fingerprints(smiles, name=DEFAULT_FEATURES):
@@ -228,8 +230,7 @@ def featurize_tables(data_dir, name):
 
 def tables_key(data_dir, name=DEFAULT_FEATURES):
     """Changes whenever a table's bytes or the featurisation change."""
-    width = FEATURES[name][1] or len(_descriptor_names())
-    digest = hashlib.sha256(f'v{CACHE_VERSION}:{name}:{width}'.encode())
+    digest = hashlib.sha256(f'v{CACHE_VERSION}:{name}:{_width(name)}'.encode())
     for assay in ASSAYS:
         digest.update(util.file_digest(table_path(data_dir, assay)).encode())
     return digest.hexdigest()
@@ -368,7 +369,7 @@ def download_tables(data_dir):
 
 def load_metabolism(data_dir='./data/metabolism', download=True, features=DEFAULT_FEATURES):
     """All eight assays: {assay: (features (n, width), labels (n,) int64)}; the default
-    features are (n, 1024) uint8 bits.
+    features are (n, 1024) uint8 Morgan counts.
 
     Sources in order: the course's pickle (its own features), the .tab tables, a download.
     """

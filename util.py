@@ -115,11 +115,7 @@ def resolve_device(name):
 
 def cpu_has_bf16():
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), from /proc/cpuinfo."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            flags = next((line.split(':', 1)[1].split() for line in f if line.startswith('flags')), [])
-    except OSError:
-        return False
+    flags = (cpuinfo('flags') or '').split()
     return 'avx512_bf16' in flags or 'amx_bf16' in flags
 
 
@@ -333,12 +329,16 @@ def download_file(url, target, check):
         raise
 
 
+def cpuinfo(field):
+    """The value of the first `field` line of Linux's /proc/cpuinfo, or None."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next((line.split(':', 1)[1].strip() for line in f if line.startswith(field)), None)
+    except OSError:
+        return None
+
+
 def cpu_name():
     """The processor's model name (Linux /proc/cpuinfo, else platform's guess)."""
     import platform
-    try:
-        with open('/proc/cpuinfo') as f:
-            return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')),
-                        platform.processor() or platform.machine())
-    except OSError:
-        return platform.processor() or platform.machine()
+    return cpuinfo('model name') or platform.processor() or platform.machine()

@@ -62,8 +62,9 @@ def test_bf16_without_native_support_is_one_line_naming_the_flag(tmp_path, monke
 
 
 def test_prototype_distances_are_float32_under_bf16_autocast():
-    support, query = torch.randn(2, 10, 64).bfloat16(), torch.randn(2, 6, 64).bfloat16() + 30
-    labels = torch.arange(5).repeat_interleave(2).expand(2, -1)
+    # three shots: their bf16 mean, and bf16 matrix products, would round
+    support, query = torch.randn(2, 15, 64).bfloat16(), torch.randn(2, 6, 64).bfloat16() + 30
+    labels = torch.arange(5).repeat_interleave(3).expand(2, -1)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         logits = protonet.prototype_logits(support, labels, query, 5)
     assert logits.dtype == torch.float32

@@ -147,6 +147,9 @@ def timed_training_step(learner, sampler, args, device):
     return {'seconds': timed(step, args.repeats, device), 'main': processes.is_main}
 
 
+LAYOUTS = {'default': None, 'yes': True, 'no': False}  # --channels_last: None is the device's default
+
+
 def child_protonet(args, device):
     import networks
     import omniglot
@@ -155,7 +158,8 @@ def child_protonet(args, device):
         util.tune_cpu_allocator()
     sampler = omniglot.omniglot_sampler('train', 5, 5, 15, args.data_dir, seed=0, device=device)
     encoder = networks.FunctionalNet(networks.conv_features, networks.init_conv_params(4, 1, 64))
-    learner = protonet.ProtoNet(encoder, device, tasks_per_call=args.tasks_per_call)
+    learner = protonet.ProtoNet(encoder, device, tasks_per_call=args.tasks_per_call,
+                                channels_last=LAYOUTS[args.channels_last])
     return timed_training_step(learner, sampler, args, device)
 
 
@@ -168,7 +172,8 @@ def child_maml(args, device):
     sampler = omniglot.omniglot_sampler('train', 5, 1, 15, args.data_dir, seed=0, device=device)
     learner = maml.MAML(networks.init_conv_params(4, 1, 64, num_outputs=5), networks.conv_net,
                         num_inner_steps=args.inner_steps, inner_lr=args.inner_lr, learn_inner_lrs=bool(args.learn_inner_lrs),
-                        first_order=bool(args.first_order), device=device, vmap_tasks=args.vmap == 'yes')
+                        first_order=bool(args.first_order), device=device, vmap_tasks=args.vmap == 'yes',
+                        channels_last=LAYOUTS[args.channels_last])
     return timed_training_step(learner, sampler, args, device)
 
 
@@ -249,9 +254,9 @@ def child_maml_fixed(args, device):
     if device.type == 'cpu':
         util.tune_cpu_allocator()
     torch.manual_seed(0)
-    learner = maml.MAML(networks.init_conv_params(4, 1, 64, num_outputs=args.way),
-                        in_memory_format(networks.conv_net, args), num_inner_steps=args.inner_steps,
-                        inner_lr=args.inner_lr, device=device, vmap_tasks=args.vmap == 'yes')
+    learner = maml.MAML(networks.init_conv_params(4, 1, 64, num_outputs=args.way), networks.conv_net,
+                        num_inner_steps=args.inner_steps, inner_lr=args.inner_lr, device=device,
+                        vmap_tasks=args.vmap == 'yes', channels_last=LAYOUTS[args.channels_last])
     return fixed_batch_steps(learner, args, device)
 
 
@@ -262,17 +267,10 @@ def child_protonet_fixed(args, device):
     if device.type == 'cpu':
         util.tune_cpu_allocator()
     torch.manual_seed(0)
-    encoder = networks.FunctionalNet(in_memory_format(networks.conv_features, args),
-                                     networks.init_conv_params(4, 1, 64))
-    return fixed_batch_steps(protonet.ProtoNet(encoder, device, tasks_per_call=args.tasks_per_call), args, device)
-
-
-def in_memory_format(forward, args):
-    """forward with its (N, C, H, W) input in channels_last when args.channels_last."""
-    if not args.channels_last:
-        return forward
-    return lambda params, x, *rest, **options: forward(params, x.contiguous(memory_format=torch.channels_last),
-                                                        *rest, **options)
+    encoder = networks.FunctionalNet(networks.conv_features, networks.init_conv_params(4, 1, 64))
+    learner = protonet.ProtoNet(encoder, device, tasks_per_call=args.tasks_per_call,
+                                channels_last=LAYOUTS[args.channels_last])
+    return fixed_batch_steps(learner, args, device)
 
 
 def fixed_batch_steps(learner, args, device):
@@ -419,8 +417,9 @@ def bench_levers(data_dir, repeats, device, rounds, peak):
     setups = [('ProtoNet 5w5s', dict(way=5, shot=5, tasks=16), 'protonet_naive_fixed', 'protonet_fixed'),
               ('MAML 5w1s, second-order, 1 step at 0.4', dict(way=5, shot=1, tasks=16, inner_steps=1, inner_lr=0.4),
                'maml_naive', 'maml_fixed')]
-    levers = [('fp32', {}), ('fp32, channels_last', dict(channels_last=1)), ('bf16', dict(precision='bf16')),
-              ('bf16, channels_last', dict(precision='bf16', channels_last=1))]
+    levers = [('fp32, contiguous', dict(channels_last='no')), ('fp32, channels_last', dict(channels_last='yes')),
+              ('bf16, contiguous', dict(precision='bf16', channels_last='no')),
+              ('bf16, channels_last', dict(precision='bf16', channels_last='yes'))]
     for title, shape, naive_kind, ours_kind in setups:
         print(f'\n## {title}, 15 queries per class, 16 tasks: compute only, the same tasks for every variant '
               f'({rounds} interleaved rounds)\n')
@@ -550,7 +549,7 @@ def main():
     parser.add_argument('--tasks', type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument('--way', type=int, default=5, help=argparse.SUPPRESS)
     parser.add_argument('--precision', default='fp32', help=argparse.SUPPRESS)
-    parser.add_argument('--channels_last', type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument('--channels_last', choices=list(LAYOUTS), default='default', help=argparse.SUPPRESS)
     parser.add_argument('--shot', type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument('--inner_lr', type=float, default=0.4, help=argparse.SUPPRESS)
     parser.add_argument('--tasks_per_backward', type=int, default=0, help=argparse.SUPPRESS)

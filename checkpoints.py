@@ -20,7 +20,8 @@ import util
 RENAMED_FLAGS = {'outer_lr': 'learning_rate', 'datadir': 'data_dir'}
 # flags that may change between a run and its resumption
 RESUME_MAY_CHANGE = {'checkpoint_step', 'test', 'device', 'num_workers', 'log_dir', 'data_dir',
-                     'num_train_iterations', 'num_test_tasks', 'vmap_tasks', 'csv', 'support_sweep'}
+                     'num_train_iterations', 'num_test_tasks', 'vmap_tasks', 'channels_last', 'csv',
+                     'support_sweep'}
 
 
 def path(log_dir, step):

@@ -118,6 +118,14 @@ def changed_flags(args, defaults, names):
     return ''.join(f'.{k}_{given[k]}' for k in names if k in given and given[k] != defaults[k])
 
 
+def channels_last(args, dataset):
+    """--channels_last as the learners take it: None (timed, auto), True or False; False when the
+    dataset's examples are not images (a dataset with images says IMAGES = True)."""
+    if not getattr(dataset, 'IMAGES', False):
+        return False
+    return {'auto': None, 'yes': True, 'no': False}[args.channels_last]
+
+
 def default_log_dir(args, defaults, algorithm):
     """./logs/ALGORITHM/DATASET.HYPERPARAMETERS (metabolism: ./logs/metabolism/ALGORITHM.HYPERPARAMETERS,
     the course's Part 4 layout)."""

@@ -83,16 +83,20 @@ class InnerLoop:
     """Meta-parameters theta, inner learning rates, and phi = adapt(theta, task examples)."""
 
     def __init__(self, params, forward, task=tasks.CLASSIFICATION, num_inner_steps=1, inner_lr=0.4,
-                 learn_inner_lrs=False, device='cpu', vmap_tasks=None, variants=None):
+                 learn_inner_lrs=False, device='cpu', vmap_tasks=None, variants=None, channels_last=False):
         """params, forward: the network, forward(params, x, fused_bn=..., norm=...) -> (M, outputs).
         vmap_tasks: adapt a meta-batch's tasks with torch.vmap (True) or in a loop (False);
-        None picks the measured faster one for the device."""
+        None picks the measured faster one for the device.
+        channels_last: give a conv network its (C, H, W) images channels-last (networks.channels_last);
+        None: the device's default."""
         self.device = torch.device(device)
         self.task = task
         self.num_inner_steps = num_inner_steps
         self.variants = variants or Variants()
         self.vmap_tasks = self.device.type != 'cpu' if vmap_tasks is None else vmap_tasks
         self.tunable = vmap_tasks is None
+        self.layout_tunable = channels_last is None
+        self.channels_last = networks.default_channels_last(self.device) if channels_last is None else channels_last
         self._network = forward
         self.per_step_bn = None
         if self.variants.per_step_bn:
@@ -119,6 +123,8 @@ class InnerLoop:
         """(M, ...) examples of one task -> (M, outputs) under the given parameters.
         --per_step_bn: step picks the batch-norm row; train normalises with the batch's
         statistics and updates the running ones, else the running ones are used."""
+        if self.channels_last:
+            images = networks.channels_last(images)
         if self.per_step_bn is None:
             return self._network(parameters, images, fused_bn=not self.vmap_tasks)
         return self._network(parameters, images, norm=self.per_step_bn.norm(parameters, step, train))

@@ -18,7 +18,9 @@ classification (Omniglot, metabolism) and regression (sinusoids):
 import torch
 
 import cli
+import networks
 import tasks
+import tuning
 import util
 from inner_loop import InnerLoop, Variants
 
@@ -30,11 +32,12 @@ class MAML:
     optimizer = 'adam'
 
     def __init__(self, params, forward, task=tasks.CLASSIFICATION, num_inner_steps=1, inner_lr=0.4,
-                 learn_inner_lrs=False, first_order=False, device='cpu', vmap_tasks=None, variants=None):
+                 learn_inner_lrs=False, first_order=False, device='cpu', vmap_tasks=None, variants=None,
+                 channels_last=False):
         """params, forward: the network with its head, forward(params, x, fused_bn=..., norm=...) -> (M, outputs).
         task: tasks.CLASSIFICATION or tasks.REGRESSION (the loss and the per-task metric)."""
         self.inner = InnerLoop(params, forward, task, num_inner_steps, inner_lr, learn_inner_lrs, device,
-                               vmap_tasks, variants)
+                               vmap_tasks, variants, channels_last)
         self.device, self.task, self.variants = self.inner.device, task, self.inner.variants
         self.first_order = first_order
         self.num_outputs = params['head'].shape[0] if 'head' in params else None
@@ -129,7 +132,7 @@ class MAML:
         return self._task_metrics(task_batch, train=True, second_order=self._second_order_at(step),
                                   loss_weights=weights)
 
-    execution_flag = '--vmap_tasks'
+    execution_flags = '--vmap_tasks, --channels_last'
 
     @property
     def tasks_per_backward(self):
@@ -138,11 +141,12 @@ class MAML:
         return 0 if self.inner.vmap_tasks else 1
 
     def execution_options(self):
-        """{name: switch to it}: a per-task loop or vmap over tasks (the same numbers to round-off)."""
-        if not self.inner.tunable:
-            return {}
-        return {'per-task inner loops': lambda: setattr(self.inner, 'vmap_tasks', False),
-                'vmap over tasks': lambda: setattr(self.inner, 'vmap_tasks', True)}
+        """{name: switch to it}: a per-task loop or vmap over tasks, contiguous or channels-last
+        images (the same numbers to round-off)."""
+        loops = {'per-task inner loops': lambda: setattr(self.inner, 'vmap_tasks', False),
+                 'vmap over tasks': lambda: setattr(self.inner, 'vmap_tasks', True)}
+        layouts = networks.layout_options(lambda value: setattr(self.inner, 'channels_last', value))
+        return tuning.combine(loops if self.inner.tunable else {}, layouts if self.inner.layout_tunable else {})
 
     def evaluate(self, task_batch):
         """(B,) per-task metrics after adapting to each support set, and the query loss."""
@@ -222,7 +226,7 @@ def inner_loop_options(args, dataset, device):
     return dict(params=params, forward=forward, task=dataset.TASK, num_inner_steps=args.num_inner_steps,
                 inner_lr=args.inner_lr, learn_inner_lrs=args.learn_inner_lrs, device=device,
                 vmap_tasks={'auto': None, 'yes': True, 'no': False}[args.vmap_tasks],
-                variants=Variants.from_args(args))
+                variants=Variants.from_args(args), channels_last=cli.channels_last(args, dataset))
 
 
 def build_learner(args, dataset, device):

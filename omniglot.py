@@ -245,6 +245,7 @@ NAME = 'omniglot'
 TASK = tasks.CLASSIFICATION
 DEFAULTS = {}  # the common defaults are the course's Omniglot ones
 ALGORITHM_DEFAULTS = {}
+IMAGES = True  # (1, 28, 28) examples: a conv net, which --channels_last applies to
 ONE_ENCODER_CALL_PER_BATCH = False  # conv activations: per-task calls are faster on a CPU (bench.py)
 CHECKPOINT_FLAGS = ('class_split',)  # at --test, the trained model's value
 

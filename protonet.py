@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import cli
 import networks
 import tasks
+import tuning
 import util
 
 
@@ -41,27 +42,31 @@ class ProtoNet:
     optimizer = 'adam'
     lr_schedule, lr_tag = 'constant', None
 
-    def __init__(self, network, device='cpu', tasks_per_call=None, joint_batch_norm=False):
+    def __init__(self, network, device='cpu', tasks_per_call=None, joint_batch_norm=False, channels_last=False):
         """network: maps (T*M, ...) examples of T tasks (num_tasks=T) to (T*M, D) embeddings.
         tasks_per_call: tasks per encoder call; None: the device's default, and the learner
             offers both ways to tuning.choose (execution_options).
         joint_batch_norm: a task's support and query examples share batch-norm statistics.
             By default each set has its own, as in the course, whose step encodes
-            support and query in two calls."""
+            support and query in two calls.
+        channels_last: give a conv encoder its (C, H, W) images channels-last (networks.channels_last);
+            None: the device's default, and both layouts are offered to tuning.choose."""
         self.device = torch.device(device)
         self._network = network.to(self.device)
         self.tasks_per_call = tasks_per_call
         self.tunable = tasks_per_call is None
         self.joint_batch_norm = joint_batch_norm
+        self.layout_tunable = channels_last is None
+        self.channels_last = networks.default_channels_last(self.device) if channels_last is None else channels_last
 
-    execution_flag = '--encoder_calls'
+    execution_flags = '--encoder_calls, --channels_last'
 
     def execution_options(self):
         """{name: switch to it}: the ways to encode a meta-batch (the same numbers to round-off)."""
-        if not self.tunable:
-            return {}
-        return {'per-task encoder calls': lambda: setattr(self, 'tasks_per_call', 1),
-                'one batched encoder call': lambda: setattr(self, 'tasks_per_call', networks.ALL_TASKS)}
+        calls = {'per-task encoder calls': lambda: setattr(self, 'tasks_per_call', 1),
+                 'one batched encoder call': lambda: setattr(self, 'tasks_per_call', networks.ALL_TASKS)}
+        layouts = networks.layout_options(lambda value: setattr(self, 'channels_last', value))
+        return tuning.combine(calls if self.tunable else {}, layouts if self.layout_tunable else {})
 
     def parameters(self):
         return list(self._network.parameters())
@@ -69,7 +74,7 @@ class ProtoNet:
     def _embed(self, examples):
         """(B, M, ...) examples of B tasks -> (B, M, D) embeddings, batch-norm statistics per task."""
         per_call = self.tasks_per_call or networks.default_tasks_per_call(self.device, len(examples))
-        return networks.per_task_calls(self._network, examples, per_call)
+        return networks.per_task_calls(self._network, examples, per_call, self.channels_last)
 
     def _logits(self, task_batch):
         """(B, N*K, N) support logits and (B, N*Q, N) query logits of a TaskBatch."""
@@ -146,7 +151,7 @@ def build_learner(args, dataset, device):
     encoder = networks.FunctionalNet(forward, params)
     calls = 'batched' if dataset.ONE_ENCODER_CALL_PER_BATCH else args.encoder_calls
     return ProtoNet(encoder, device, tasks_per_call={'auto': None, 'per_task': 1, 'batched': networks.ALL_TASKS}[calls],
-                    joint_batch_norm=args.joint_batch_norm)
+                    joint_batch_norm=args.joint_batch_norm, channels_last=cli.channels_last(args, dataset))
 
 
 def log_name(args, defaults):

@@ -65,6 +65,10 @@ def add_common_args(parser):
     parser.add_argument('--device', type=str, default='cpu', help='cpu, gpu (CUDA, else MPS), cuda, mps or auto')
     parser.add_argument('--num_workers', type=util.non_negative_int, default=2, help='accepted for compatibility; unused')
     parser.add_argument('--seed', type=util.seed, default=0, help='seeds initialisation and task sampling')
+    parser.add_argument('--channels_last', choices=['auto', 'yes', 'no'], default='auto',
+                        help='give the conv net its images channels-last (same numbers to round-off; Omniglot); '
+                             'auto: the faster on this machine, timed once at the start of training and cached '
+                             '(at --test and under torchrun: yes on a CPU, no on a GPU)')
     parser.add_argument('--precision', choices=['fp32', 'bf16'], default='fp32',
                         help='bf16: convolutions and matrix products in bfloat16 (torch.autocast), on GPUs and on '
                              'CPUs with AVX512-BF16 or AMX; parameters, optimizer and losses stay float32')

@@ -1,10 +1,10 @@
 """Pick the fastest way to compute a training step on this machine, as
 cudnn.benchmark does for convolutions: at the start of a run, time a few
 steps of each way the learner offers (ProtoNet: per-task or batched encoder
-calls; MAML: a per-task loop or vmap over tasks), keep the fastest, and cache
-the choice per machine and run settings, so later runs (and resumed ones)
-take the same without timing. Every way computes the same numbers to
-round-off (tested); a flag forces one (`--encoder_calls`, `--vmap_tasks`).
+calls; MAML: a per-task loop or vmap over tasks; both, on images: contiguous
+or channels-last), keep the fastest, and cache the choice per machine and run
+settings, so later runs (and resumed ones) take the same without timing. Every way computes the same numbers to
+round-off (tested); a flag forces one (`--encoder_calls`, `--vmap_tasks`, `--channels_last`).
 """
 import copy
 import json
@@ -26,6 +26,16 @@ NOT_IN_KEY = ('log_dir', 'data_dir', 'seed', 'num_train_iterations', 'checkpoint
 def machine():
     """The processor (or GPU), torch version and thread count: what the fastest way depends on."""
     return f'{util.cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads'
+
+
+def combine(*choices):
+    """The options of independent choices, each {name: switch} ({} when a flag forced it):
+    {'name, name': switch to both}; {} when at most one way is left."""
+    options = {'': lambda: None}
+    for choice in filter(None, choices):
+        options = {(f'{first}, {second}' if first else second): (lambda f=f, g=g: (f(), g()))
+                   for first, f in options.items() for second, g in choice.items()}
+    return options if len(options) > 1 else {}
 
 
 def cache_path():
@@ -106,5 +116,5 @@ def choose(learner, sample_batch, args, device, path=None):
     write_cache(path, key, best)
     others = ', '.join(f'{name} {1000 * s:.0f} ms' for name, s in times.items() if name != best)
     print(f'timed on this machine: {best} ({1000 * times[best]:.0f} ms per step) against {others}; '
-          f'the choice is cached in {path} ({learner.execution_flag} forces one)')
+          f'the choice is cached in {path} ({learner.execution_flags} force one)')
     return best

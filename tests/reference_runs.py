@@ -23,11 +23,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 SMALL = ['--num_train_iterations', '4', '--batch_size', '3', '--num_val_tasks', '3', '--seed', '3']
-# the way these were recorded (a per-task loop, one backward per meta-batch), not chosen per machine
-LOOP = ['--vmap_tasks', 'no', '--tasks_per_backward', '0']
+# the way these were recorded (a per-task loop, one backward per meta-batch, contiguous images),
+# not chosen per machine
+LOOP = ['--vmap_tasks', 'no', '--tasks_per_backward', '0', '--channels_last', 'no']
 # name -> (script module, flags; the data folder is appended)
 RUNS = {
-    'protonet': ('protonet', [*SMALL, '--num_support', '2', '--num_query', '3', '--encoder_calls', 'per_task']),
+    'protonet': ('protonet', [*SMALL, '--num_support', '2', '--num_query', '3', '--encoder_calls', 'per_task',
+                              '--channels_last', 'no']),
     'maml_second_order_learned_lrs': ('maml', [*SMALL, *LOOP, '--num_inner_steps', '2', '--learn_inner_lrs',
                                                '--num_query', '3']),
     'reptile': ('maml', [*SMALL, *LOOP, '--algorithm', 'reptile', '--num_inner_steps', '3', '--inner_lr', '0.1',

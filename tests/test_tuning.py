@@ -11,10 +11,11 @@ import tasks
 import tuning
 
 
-def tiny_protonet(tasks_per_call=None, dtype=torch.float32):
+def tiny_protonet(tasks_per_call=None, dtype=torch.float32, channels_last=False):
     torch.manual_seed(0)
     params = networks.init_conv_params(4, 1, 4, dtype=dtype)
-    return protonet.ProtoNet(networks.FunctionalNet(networks.conv_features, params), tasks_per_call=tasks_per_call)
+    return protonet.ProtoNet(networks.FunctionalNet(networks.conv_features, params), tasks_per_call=tasks_per_call,
+                             channels_last=channels_last)
 
 
 def batch(seed=0, dtype=torch.float32):
@@ -69,21 +70,36 @@ def test_every_way_gives_the_same_loss_and_gradient():
     """In float64 (in float32 the conv biases' gradients, zero but for round-off under batch norm, differ)."""
     task_batch = batch(dtype=torch.float64)
     results = []
-    for use in tiny_protonet().execution_options():
-        learner = tiny_protonet(dtype=torch.float64)
+    ways = tiny_protonet(channels_last=None).execution_options()
+    assert len(ways) == 4  # encoder calls x image layouts
+    for use in ways:
+        learner = tiny_protonet(dtype=torch.float64, channels_last=None)
         learner.execution_options()[use]()
         objective, _ = learner.loss(task_batch, 0)
         objective.backward()
         results.append((objective.detach(), [p.grad for p in learner.parameters()]))
-    (loss, grads), (other_loss, other_grads) = results
-    torch.testing.assert_close(other_loss, loss)
-    for g, h in zip(grads, other_grads):
-        torch.testing.assert_close(h, g, rtol=1e-9, atol=1e-12)
+    (loss, grads), others = results[0], results[1:]
+    for other_loss, other_grads in others:
+        torch.testing.assert_close(other_loss, loss)
+        for g, h in zip(grads, other_grads):
+            torch.testing.assert_close(h, g, rtol=1e-9, atol=1e-12)
+
+
+def test_independent_choices_combine_and_a_forced_one_drops_out():
+    picked = []
+    calls = {'per-task': lambda: picked.append('per-task'), 'batched': lambda: picked.append('batched')}
+    layouts = {'nchw': lambda: picked.append('nchw'), 'nhwc': lambda: picked.append('nhwc')}
+    options = tuning.combine(calls, layouts)
+    assert list(options) == ['per-task, nchw', 'per-task, nhwc', 'batched, nchw', 'batched, nhwc']
+    options['batched, nhwc']()
+    assert picked == ['batched', 'nhwc']
+    assert list(tuning.combine({}, layouts)) == ['nchw', 'nhwc']
+    assert tuning.combine({}, {}) == {} and tuning.combine({'only': lambda: None}) == {}
 
 
 class CountingLearner:
     """A learner double whose forward pass updates a buffer in place (like running statistics)."""
-    tasks_per_backward, execution_flag = 0, '--way'
+    tasks_per_backward, execution_flags = 0, '--way'
 
     def __init__(self):
         self.weight, self.calls, self.way = torch.ones(1, requires_grad=True), torch.zeros(1), 'a'

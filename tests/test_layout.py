@@ -1,0 +1,73 @@
+"""Channels-last images (networks.channels_last, --channels_last): the same values, the
+convolutions really run channels-last, the learners pass that layout on, and the
+losses and meta-gradients equal the contiguous layout's."""
+import argparse
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cli
+import metabolism
+import networks
+import omniglot
+import protonet
+import sinusoid
+from test_maml import copy_of, meta_gradients, random_batch, tiny_maml
+
+
+@pytest.mark.parametrize('shape', [(4, 1, 6, 5), (4, 3, 6, 5), (2, 4, 1, 6, 5)])
+def test_channels_last_keeps_the_values_and_a_convolution_keeps_the_layout(shape):
+    images = torch.rand(shape)
+    laid_out = networks.channels_last(images)
+    assert torch.equal(laid_out, images) and laid_out.stride(-3) == 1
+    if len(shape) == 4:
+        output = F.conv2d(laid_out, torch.rand(8, shape[-3], 3, 3), padding=1)
+        assert output.is_contiguous(memory_format=torch.channels_last) and not output.is_contiguous()
+        # with one channel .contiguous(memory_format=...) leaves the images as they are: the conv writes NCHW
+        assert F.conv2d(images.contiguous(memory_format=torch.channels_last), torch.rand(8, shape[-3], 3, 3),
+                        padding=1).is_contiguous() == (shape[-3] == 1)
+
+
+def recording(forward, strides):
+    """forward that notes the channel stride of each input it gets."""
+    def record(params, images, *rest, **options):
+        strides.append(images.stride(-3))
+        return forward(params, images, *rest, **options)
+    return record
+
+
+@pytest.mark.parametrize('channels_last', [True, False])
+def test_the_learners_give_their_network_the_layout_they_were_told(channels_last):
+    strides = []
+    torch.manual_seed(0)
+    encoder = networks.FunctionalNet(recording(networks.conv_features, strides), networks.init_conv_params(4, 1, 4))
+    protonet.ProtoNet(encoder, channels_last=channels_last).loss(random_batch(dtype=torch.float32), 0)
+    learner = tiny_maml(dtype=torch.float32)
+    learner.inner._network = recording(networks.conv_net, strides)
+    learner.inner.channels_last = channels_last
+    learner.loss(random_batch(dtype=torch.float32), 0)
+    assert len(strides) > 4 and set(strides) == ({1} if channels_last else {28 * 28})
+
+
+@pytest.mark.parametrize('vmap_tasks', [False, True])
+def test_second_order_meta_gradient_is_the_same_in_either_layout(vmap_tasks):
+    """In float64, 2 inner steps with learned inner learning rates."""
+    options = dict(num_inner_steps=2, learn_inner_lrs=True, vmap_tasks=vmap_tasks)
+    contiguous = tiny_maml(**options)
+    channels_last = copy_of(contiguous, **options)
+    channels_last.inner.channels_last = True
+    batch = random_batch(num_tasks=3)
+    loss_a, _, grads_a = meta_gradients(contiguous, batch)
+    loss_b, _, grads_b = meta_gradients(channels_last, batch)
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-12, atol=0)
+    for k in grads_a:
+        torch.testing.assert_close(grads_b[k], grads_a[k], rtol=1e-9, atol=1e-13, msg=k)
+
+
+def test_the_flag_applies_to_images_only():
+    args = {value: argparse.Namespace(channels_last=value) for value in ('auto', 'yes', 'no')}
+    assert [cli.channels_last(args[v], omniglot) for v in ('auto', 'yes', 'no')] == [None, True, False]
+    assert all(cli.channels_last(args[v], dataset) is False for v in args for dataset in (metabolism, sinusoid))
+    assert protonet.ProtoNet(networks.FunctionalNet(networks.conv_features, networks.init_conv_params(1, 1, 2)),
+                             channels_last=None).channels_last  # a CPU's default

@@ -5,6 +5,7 @@
     python bench.py --data_dir ./data --device gpu --repeats 30   # the same on a GPU
     python bench.py --data_dir ./data --only processes            # 1 process x 2 threads vs 2 x 1 (CPU)
     python bench.py --data_dir ./data --only growth --plot docs/benchmark_growth.png   # cost vs N, K, steps, tasks
+    python bench.py --data_dir ./data --only layout               # NCHW vs channels-last, op by op
 
 Each configuration runs in its own process (the allocator setting is
 process-wide, and peak memory is read per process). Timings are medians.
@@ -416,7 +417,9 @@ def bench_levers(data_dir, repeats, device, rounds, peak):
     fp32 and bf16 (autocast), contiguous and channels_last inputs; interleaved rounds."""
     setups = [('ProtoNet 5w5s', dict(way=5, shot=5, tasks=16), 'protonet_naive_fixed', 'protonet_fixed'),
               ('MAML 5w1s, second-order, 1 step at 0.4', dict(way=5, shot=1, tasks=16, inner_steps=1, inner_lr=0.4),
-               'maml_naive', 'maml_fixed')]
+               'maml_naive', 'maml_fixed'),
+              ('MAML 5w1s, second-order, 5 steps at 0.04', dict(way=5, shot=1, tasks=16, inner_steps=5,
+                                                                inner_lr=0.04), 'maml_naive', 'maml_fixed')]
     levers = [('fp32, contiguous', dict(channels_last='no')), ('fp32, channels_last', dict(channels_last='yes')),
               ('bf16, contiguous', dict(precision='bf16', channels_last='no')),
               ('bf16, channels_last', dict(precision='bf16', channels_last='yes'))]
@@ -438,6 +441,63 @@ def bench_levers(data_dir, repeats, device, rounds, peak):
             fraction = f' | {PROTONET_GFLOP / seconds[name] / peak:.2f}' if rate else ''
             print(f'| {name} | {1000 * seconds[name]:.1f} | {max(r["peak_mb"] for r in rs):.0f} | '
                   f'{naive / seconds[name]:.2f}x{fraction} |')
+
+
+def bench_layout(repeats, device):
+    """The first block's operations on one per-task call's activations (100 images, 64 channels,
+    28 x 28), NCHW against channels-last, forward and backward; and the layout the first
+    convolution writes for each way of laying out its one-channel input."""
+    import networks
+    torch.manual_seed(0)
+    images = torch.rand(100, 1, 28, 28, device=device)
+    conv0 = torch.rand(64, 1, 3, 3, device=device, requires_grad=True)
+    conv1 = torch.rand(64, 64, 3, 3, device=device, requires_grad=True)
+    weight, bias = torch.ones(64, device=device, requires_grad=True), torch.zeros(64, device=device, requires_grad=True)
+
+    def forward_backward(op, x):
+        """op's forward and backward, with an output gradient in the output's layout (as in training)."""
+        x = x.detach().requires_grad_()
+        grad = torch.randn_like(op(x))
+        return lambda: torch.autograd.grad(op(x), x, grad)
+    ops = [('max_pool2d (2 x 2)', lambda x: F.max_pool2d(x, 2)),
+           ('batch_norm (batch statistics)', lambda x: F.batch_norm(x, None, None, weight, bias, training=True)),
+           ('conv2d 64 -> 64 channels, 3 x 3', lambda x: F.conv2d(x, conv1, padding=1))]
+    activations = torch.rand(100, 64, 28, 28, device=device)
+    print('\n## Image layout: one per-task call\'s first block (100 images, 64 channels, 28 x 28), '
+          'forward and backward, ms\n')
+    print('| operation | NCHW | channels-last | NCHW / channels-last |')
+    print('|---|---|---|---|')
+    for name, op in ops:
+        nchw = timed(forward_backward(op, activations), repeats, torch.device(device))
+        last = timed(forward_backward(op, networks.channels_last(activations)), repeats, torch.device(device))
+        print(f'| {name} | {1000 * nchw:.2f} | {1000 * last:.2f} | {nchw / last:.1f}x |')
+    print('\n| the network (4 blocks, 5-way head), per-task pass | NCHW ms | channels-last ms | NCHW / channels-last |')
+    print('|---|---|---|---|')
+    params = {k: v.to(device).requires_grad_() for k, v in networks.init_conv_params(4, 1, 64, num_outputs=5).items()}
+    for size in (5, 75):
+        labels = torch.arange(size, device=device) % 5
+        for name, twice in (('loss and gradient', False), ('gradient, then the gradient of its norm '
+                                                            '(second order)', True)):
+            def step(x, twice=twice):
+                grads = torch.autograd.grad(F.cross_entropy(networks.conv_net(params, x), labels),
+                                            list(params.values()), create_graph=twice)
+                if twice:
+                    torch.autograd.grad(sum(g.square().sum() for g in grads), list(params.values()))
+            nchw = timed(lambda: step(images[:size]), repeats, torch.device(device))
+            last = timed(lambda: step(networks.channels_last(images[:size])), repeats, torch.device(device))
+            print(f'| {size} images: {name} | {1000 * nchw:.1f} | {1000 * last:.1f} | {nchw / last:.2f}x |')
+    print('\n| first convolution\'s one-channel input | its output is channels-last | ms (forward, weight backward) |')
+    print('|---|---|---|')
+    inputs = [('contiguous', images), ('.contiguous(memory_format=torch.channels_last)',
+                                        images.contiguous(memory_format=torch.channels_last)),
+              ('networks.channels_last (strides set)', networks.channels_last(images))]
+    for name, x in inputs:
+        output = F.conv2d(x, conv0, padding=1)
+        grad = torch.randn_like(output)
+        seconds = timed(lambda: torch.autograd.grad(F.conv2d(x, conv0, padding=1), conv0, grad), repeats,
+                        torch.device(device))
+        print(f'| {name} | {output.is_contiguous(memory_format=torch.channels_last) and not output.is_contiguous()} '
+              f'| {1000 * seconds:.2f} |')
 
 
 def bench_bf16_gradients(data_dir, device):
@@ -535,7 +595,7 @@ def main():
     parser.add_argument('--data_dir', default='./data', help='holds omniglot_resized.zip (the naive pipeline reads it)')
     parser.add_argument('--repeats', type=util.positive_int, default=5)
     parser.add_argument('--only', choices=['protonet', 'maml', 'processes', 'maml_compute', 'maml_memory', 'levers',
-                                           'bf16_gradients', 'growth'])
+                                           'bf16_gradients', 'growth', 'layout'])
     parser.add_argument('--plot', default=None, help='with growth: write its figure to this PNG file')
     parser.add_argument('--rounds', type=util.positive_int, default=3, help='interleaved rounds (maml_compute)')
     parser.add_argument('--device', default='cpu', help='cpu, gpu, cuda, mps or auto, as in training')
@@ -581,6 +641,8 @@ def main():
         bench_levers(args.data_dir, args.repeats, device.type, args.rounds, peak)
     if args.only in (None, 'bf16_gradients'):
         bench_bf16_gradients(args.data_dir, device)
+    if args.only in (None, 'layout'):
+        bench_layout(max(args.repeats, 10), device.type)
     if args.only in (None, 'growth'):
         bench_growth(args.data_dir, args.repeats, device.type, args.plot)
 

@@ -87,8 +87,8 @@ class InnerLoop:
         """params, forward: the network, forward(params, x, fused_bn=..., norm=...) -> (M, outputs).
         vmap_tasks: adapt a meta-batch's tasks with torch.vmap (True) or in a loop (False);
         None picks the measured faster one for the device.
-        channels_last: give a conv network its (C, H, W) images channels-last (networks.channels_last);
-        None: the device's default."""
+        channels_last: give a conv network its (C, H, W) images channels-last (networks.channels_last),
+        but for second-order inner steps (forward); None: the device's default."""
         self.device = torch.device(device)
         self.task = task
         self.num_inner_steps = num_inner_steps
@@ -119,11 +119,13 @@ class InnerLoop:
             return True
         return not self.variants.anil and not (self.variants.per_step_bn and key.startswith('bn'))
 
-    def forward(self, images, parameters, step=0, train=False):
+    def forward(self, images, parameters, step=0, train=False, differentiated_twice=False):
         """(M, ...) examples of one task -> (M, outputs) under the given parameters.
         --per_step_bn: step picks the batch-norm row; train normalises with the batch's
-        statistics and updates the running ones, else the running ones are used."""
-        if self.channels_last:
+        statistics and updates the running ones, else the running ones are used.
+        differentiated_twice: a second-order inner step's pass; its images stay contiguous even
+        with channels_last, whose double backward was slower (bench.py --only layout)."""
+        if self.channels_last and not differentiated_twice:
             images = networks.channels_last(images)
         if self.per_step_bn is None:
             return self._network(parameters, images, fused_bn=not self.vmap_tasks)
@@ -160,7 +162,7 @@ class InnerLoop:
             if not train:
                 parameters = {k: v.detach().requires_grad_(k in self.adapted_keys) for k, v in parameters.items()}
             with torch.enable_grad():
-                outputs = self.forward(images, parameters, step, train)
+                outputs = self.forward(images, parameters, step, train, differentiated_twice=create_graph)
                 grads = torch.autograd.grad(self.task.loss(outputs, labels),
                                             [parameters[k] for k in self.adapted_keys], create_graph=create_graph)
             grads = dict(zip(self.adapted_keys, grads))
@@ -184,7 +186,7 @@ class InnerLoop:
         meta = self.meta_parameters
 
         def support_loss(adapted, fixed, x, y):
-            outputs = self.forward(x, {**fixed, **adapted})
+            outputs = self.forward(x, {**fixed, **adapted}, differentiated_twice=create_graph)
             return self.task.loss(outputs, y), outputs
 
         def adapt(x, y):

@@ -38,16 +38,28 @@ def recording(forward, strides):
 
 
 @pytest.mark.parametrize('channels_last', [True, False])
-def test_the_learners_give_their_network_the_layout_they_were_told(channels_last):
+def test_protonet_gives_its_encoder_the_layout_it_was_told(channels_last):
     strides = []
     torch.manual_seed(0)
     encoder = networks.FunctionalNet(recording(networks.conv_features, strides), networks.init_conv_params(4, 1, 4))
     protonet.ProtoNet(encoder, channels_last=channels_last).loss(random_batch(dtype=torch.float32), 0)
-    learner = tiny_maml(dtype=torch.float32)
+    assert len(strides) == 4 and set(strides) == ({1} if channels_last else {28 * 28})
+
+
+@pytest.mark.parametrize('first_order', [False, True])
+def test_maml_gives_channels_last_images_to_every_pass_but_second_order_inner_steps(first_order):
+    """Per task: the inner step's pass, the post-adaptation support metric; then the query passes."""
+    strides = []
+    learner = tiny_maml(dtype=torch.float32, first_order=first_order)
     learner.inner._network = recording(networks.conv_net, strides)
-    learner.inner.channels_last = channels_last
-    learner.loss(random_batch(dtype=torch.float32), 0)
-    assert len(strides) > 4 and set(strides) == ({1} if channels_last else {28 * 28})
+    learner.inner.channels_last = True
+    learner.loss(random_batch(num_tasks=2, dtype=torch.float32), 0)
+    inner_step = 1 if first_order else 28 * 28  # differentiated twice: contiguous, whose double backward is faster
+    assert strides == [inner_step, 1, inner_step, 1, 1, 1]
+    strides.clear()
+    learner.inner.channels_last = False
+    learner.loss(random_batch(num_tasks=2, dtype=torch.float32), 0)
+    assert strides == [28 * 28] * 6
 
 
 @pytest.mark.parametrize('vmap_tasks', [False, True])

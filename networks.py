@@ -135,8 +135,8 @@ def per_task_calls(network, inputs, tasks_per_call, images_channels_last=False):
 
 
 def default_channels_last(device):
-    """Measured (bench.py): on a CPU channels-last convolutions, batch norm and max-pool are faster
-    (NCHW max-pool alone was 14x slower); on a GPU contiguous, the layout that was measured there."""
+    """Measured (bench.py --only layout): on a CPU channels-last convolutions and max-pool are faster
+    (NCHW max-pool took 4x as long); on a GPU contiguous, the layout that was measured there."""
     return torch.device(device).type == 'cpu'
 
 

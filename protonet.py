@@ -62,7 +62,8 @@ class ProtoNet:
     execution_flags = '--encoder_calls, --channels_last'
 
     def execution_options(self):
-        """{name: switch to it}: the ways to encode a meta-batch (the same numbers to round-off)."""
+        """{name: switch to it}: the ways to encode a meta-batch, per-task or batched calls with
+        contiguous or channels-last images, those not forced (the same numbers to round-off)."""
         calls = {'per-task encoder calls': lambda: setattr(self, 'tasks_per_call', 1),
                  'one batched encoder call': lambda: setattr(self, 'tasks_per_call', networks.ALL_TASKS)}
         layouts = networks.layout_options(lambda value: setattr(self, 'channels_last', value))

@@ -148,10 +148,8 @@ def timed_training_step(learner, sampler, args, device):
     return {'seconds': timed(step, args.repeats, device), 'main': processes.is_main}
 
 
-LAYOUTS = {'default': None, 'yes': True, 'no': False}  # --channels_last: None is the device's default
-
-
 def child_protonet(args, device):
+    import cli
     import networks
     import omniglot
     import protonet
@@ -160,11 +158,12 @@ def child_protonet(args, device):
     sampler = omniglot.omniglot_sampler('train', 5, 5, 15, args.data_dir, seed=0, device=device)
     encoder = networks.FunctionalNet(networks.conv_features, networks.init_conv_params(4, 1, 64))
     learner = protonet.ProtoNet(encoder, device, tasks_per_call=args.tasks_per_call,
-                                channels_last=LAYOUTS[args.channels_last])
+                                channels_last=cli.channels_last(args, omniglot))
     return timed_training_step(learner, sampler, args, device)
 
 
 def child_maml(args, device):
+    import cli
     import maml
     import networks
     import omniglot
@@ -174,7 +173,7 @@ def child_maml(args, device):
     learner = maml.MAML(networks.init_conv_params(4, 1, 64, num_outputs=5), networks.conv_net,
                         num_inner_steps=args.inner_steps, inner_lr=args.inner_lr, learn_inner_lrs=bool(args.learn_inner_lrs),
                         first_order=bool(args.first_order), device=device, vmap_tasks=args.vmap == 'yes',
-                        channels_last=LAYOUTS[args.channels_last])
+                        channels_last=cli.channels_last(args, omniglot))
     return timed_training_step(learner, sampler, args, device)
 
 
@@ -250,27 +249,31 @@ def child_maml_higher(args, device):
 
 def child_maml_fixed(args, device):
     """Our second-order MAML through the training loop on the fixed batches (no sampling)."""
+    import cli
     import maml
     import networks
+    import omniglot
     if device.type == 'cpu':
         util.tune_cpu_allocator()
     torch.manual_seed(0)
     learner = maml.MAML(networks.init_conv_params(4, 1, 64, num_outputs=args.way), networks.conv_net,
                         num_inner_steps=args.inner_steps, inner_lr=args.inner_lr, device=device,
-                        vmap_tasks=args.vmap == 'yes', channels_last=LAYOUTS[args.channels_last])
+                        vmap_tasks=args.vmap == 'yes', channels_last=cli.channels_last(args, omniglot))
     return fixed_batch_steps(learner, args, device)
 
 
 def child_protonet_fixed(args, device):
     """Our ProtoNet through the training loop on the fixed batches (no sampling), per-task encoder calls."""
+    import cli
     import networks
+    import omniglot
     import protonet
     if device.type == 'cpu':
         util.tune_cpu_allocator()
     torch.manual_seed(0)
     encoder = networks.FunctionalNet(networks.conv_features, networks.init_conv_params(4, 1, 64))
     learner = protonet.ProtoNet(encoder, device, tasks_per_call=args.tasks_per_call,
-                                channels_last=LAYOUTS[args.channels_last])
+                                channels_last=cli.channels_last(args, omniglot))
     return fixed_batch_steps(learner, args, device)
 
 
@@ -525,7 +528,7 @@ def bench_bf16_gradients(data_dir, device):
         for precision in ('fp32', 'bf16'):
             for p in learner.parameters():
                 p.grad = None
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16', cache_enabled=False):
+            with util.autocast(device, precision):
                 loss, _ = training.backward_in_groups(learner, batch, 0, learner.tasks_per_backward, len(batch))
             results.append((loss, torch.cat([p.grad.flatten() for p in learner.parameters()])))
         (loss32, grad32), (loss16, grad16) = results
@@ -609,7 +612,8 @@ def main():
     parser.add_argument('--tasks', type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument('--way', type=int, default=5, help=argparse.SUPPRESS)
     parser.add_argument('--precision', default='fp32', help=argparse.SUPPRESS)
-    parser.add_argument('--channels_last', choices=list(LAYOUTS), default='default', help=argparse.SUPPRESS)
+    parser.add_argument('--channels_last', choices=['auto', 'yes', 'no'], default='auto',
+                        help=argparse.SUPPRESS)  # as in training; auto: the device's default (no timing here)
     parser.add_argument('--shot', type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument('--inner_lr', type=float, default=0.4, help=argparse.SUPPRESS)
     parser.add_argument('--tasks_per_backward', type=int, default=0, help=argparse.SUPPRESS)

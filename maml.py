@@ -145,8 +145,8 @@ class MAML:
         images (the same numbers to round-off)."""
         loops = {'per-task inner loops': lambda: setattr(self.inner, 'vmap_tasks', False),
                  'vmap over tasks': lambda: setattr(self.inner, 'vmap_tasks', True)}
-        layouts = networks.layout_options(lambda value: setattr(self.inner, 'channels_last', value))
-        return tuning.combine(loops if self.inner.tunable else {}, layouts if self.inner.layout_tunable else {})
+        return tuning.combine(loops if self.inner.tunable else {},
+                              networks.layout_options(self.inner) if self.inner.layout_tunable else {})
 
     def evaluate(self, task_batch):
         """(B,) per-task metrics after adapting to each support set, and the query loss."""

@@ -140,10 +140,10 @@ def default_channels_last(device):
     return torch.device(device).type == 'cpu'
 
 
-def layout_options(use_channels_last):
-    """{name: switch} of the two image layouts for tuning.choose; use_channels_last(bool) switches."""
-    return {'channels-last images': lambda: use_channels_last(True),
-            'contiguous images': lambda: use_channels_last(False)}
+def layout_options(owner):
+    """{name: switch} of the two image layouts for tuning.choose: each sets owner.channels_last."""
+    return {'channels-last images': lambda: setattr(owner, 'channels_last', True),
+            'contiguous images': lambda: setattr(owner, 'channels_last', False)}
 
 
 def default_tasks_per_call(device, num_tasks):

@@ -66,8 +66,8 @@ class ProtoNet:
         contiguous or channels-last images, those not forced (the same numbers to round-off)."""
         calls = {'per-task encoder calls': lambda: setattr(self, 'tasks_per_call', 1),
                  'one batched encoder call': lambda: setattr(self, 'tasks_per_call', networks.ALL_TASKS)}
-        layouts = networks.layout_options(lambda value: setattr(self, 'channels_last', value))
-        return tuning.combine(calls if self.tunable else {}, layouts if self.layout_tunable else {})
+        return tuning.combine(calls if self.tunable else {},
+                              networks.layout_options(self) if self.layout_tunable else {})
 
     def parameters(self):
         return list(self._network.parameters())

@@ -3,8 +3,9 @@ cudnn.benchmark does for convolutions: at the start of a run, time a few
 steps of each way the learner offers (ProtoNet: per-task or batched encoder
 calls; MAML: a per-task loop or vmap over tasks; both, on images: contiguous
 or channels-last), keep the fastest, and cache the choice per machine and run
-settings, so later runs (and resumed ones) take the same without timing. Every way computes the same numbers to
-round-off (tested); a flag forces one (`--encoder_calls`, `--vmap_tasks`, `--channels_last`).
+settings, so later runs (and resumed ones) take the same without timing.
+Every way computes the same numbers to round-off (tested); a flag forces one
+(`--encoder_calls`, `--vmap_tasks`, `--channels_last`).
 """
 import copy
 import json

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import cli
+import maml
 import metabolism
 import networks
 import omniglot
@@ -83,3 +84,19 @@ def test_the_flag_applies_to_images_only():
     assert all(cli.channels_last(args[v], dataset) is False for v in args for dataset in (metabolism, sinusoid))
     assert protonet.ProtoNet(networks.FunctionalNet(networks.conv_features, networks.init_conv_params(1, 1, 2)),
                              channels_last=None).channels_last  # a CPU's default
+
+
+def test_the_timed_ways_switch_the_layout_the_learners_use():
+    encoder = networks.FunctionalNet(networks.conv_features, networks.init_conv_params(1, 1, 2))
+    learner = protonet.ProtoNet(encoder, channels_last=None)
+    learner.execution_options()['one batched encoder call, contiguous images']()
+    assert learner.tasks_per_call == networks.ALL_TASKS and learner.channels_last is False
+    learner.execution_options()['per-task encoder calls, channels-last images']()
+    assert learner.tasks_per_call == 1 and learner.channels_last is True
+    meta = maml.MAML(networks.init_conv_params(1, 1, 2, num_outputs=3), networks.conv_net, vmap_tasks=False,
+                     channels_last=None)  # the loop forced, the layout to be timed
+    assert list(meta.execution_options()) == ['channels-last images', 'contiguous images']
+    meta.execution_options()['contiguous images']()
+    assert meta.inner.channels_last is False
+    meta.execution_options()['channels-last images']()
+    assert meta.inner.channels_last is True

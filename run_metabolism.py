@@ -1,6 +1,6 @@
 """Few-shot learning on the TDC metabolism assays (the course's Part 4): 2-way
-tasks of CYP inhibition/substrate labels on 1024-bit Morgan fingerprints, with
-ProtoNet, MAML (any variant), Reptile or a non-episodic baseline on an MLP.
+tasks of CYP inhibition/substrate labels on molecule features, with ProtoNet,
+MAML (any variant), Reptile or a non-episodic baseline on an MLP.
 
     bash run_bio.sh                                        # the course's ProtoNet run
     python run_metabolism.py --data_dir ../shared/data/metabolism --algorithm maml
@@ -11,16 +11,15 @@ ProtoNet, MAML (any variant), Reptile or a non-episodic baseline on an MLP.
 The same runs as `python protonet.py --dataset metabolism` and
 `python maml.py --dataset metabolism [--algorithm reptile]`.
 """
-import cli
-import util
+from fewshot import cli, registry
+from fewshot.errors import run_cli
 
-SCRIPT = cli.Script(description='Train or test ProtoNet, MAML, Reptile or the baseline on the TDC metabolism assays.',
-                    algorithms=('protonet', 'maml', 'reptile', 'baseline'), datasets=('metabolism',))
+PROGRAM = registry.program('run_metabolism.py')
 
 
 def main(argv=None):
-    return cli.main(SCRIPT, argv)
+    return cli.main(PROGRAM, argv)
 
 
 if __name__ == '__main__':
-    util.run_cli(main)
+    run_cli(main)

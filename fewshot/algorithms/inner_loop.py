@@ -11,9 +11,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-import networks
-import tasks
-from util import UserError
+from fewshot import execution, networks, tasks
+from fewshot.errors import UserError
 
 
 @dataclasses.dataclass
@@ -31,7 +30,9 @@ class Variants:
 
     @classmethod
     def from_args(cls, args):
-        return cls(**{f.name: vars(args)[f.name] for f in dataclasses.fields(cls)})
+        """The variants of a run's flags; those it has no flag for (Reptile's) at their defaults."""
+        given = vars(args)
+        return cls(**{f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given})
 
 
 class PerStepBatchNorm:
@@ -87,16 +88,15 @@ class InnerLoop:
         """params, forward: the network, forward(params, x, fused_bn=..., norm=...) -> (M, outputs).
         vmap_tasks: adapt a meta-batch's tasks with torch.vmap (True) or in a loop (False);
         None picks the measured faster one for the device.
-        channels_last: give a conv network its (C, H, W) images channels-last (networks.channels_last),
-        but for second-order inner steps (forward); None: the device's default."""
+        channels_last: give a conv network its (C, H, W) images channels-last (execution.ImageLayout),
+        but for second-order inner steps (forward); None: the device's default, both offered to tuning."""
         self.device = torch.device(device)
         self.task = task
         self.num_inner_steps = num_inner_steps
         self.variants = variants or Variants()
         self.vmap_tasks = self.device.type != 'cpu' if vmap_tasks is None else vmap_tasks
         self.tunable = vmap_tasks is None
-        self.layout_tunable = channels_last is None
-        self.channels_last = networks.default_channels_last(self.device) if channels_last is None else channels_last
+        self.layout = execution.ImageLayout(channels_last, self.device)
         self._network = forward
         self.per_step_bn = None
         if self.variants.per_step_bn:
@@ -125,8 +125,8 @@ class InnerLoop:
         statistics and updates the running ones, else the running ones are used.
         differentiated_twice: a second-order inner step's pass; its images stay contiguous even
         with channels_last, whose double backward was slower (bench.py --only layout)."""
-        if self.channels_last and not differentiated_twice:
-            images = networks.channels_last(images)
+        if not differentiated_twice:
+            images = self.layout(images)
         if self.per_step_bn is None:
             return self._network(parameters, images, fused_bn=not self.vmap_tasks)
         return self._network(parameters, images, norm=self.per_step_bn.norm(parameters, step, train))

@@ -97,61 +97,6 @@ def conv_features(params, images, num_tasks=1, num_blocks=4, fused_bn=True, norm
     return x.flatten(1)
 
 
-def channels_last(images):
-    """(..., C, H, W) images laid out channels-last (C varies fastest in memory); a view when C == 1
-    (flattening leading dimensions afterwards can undo it: convert (N, C, H, W) images).
-
-    A conv2d on such an input writes its output channels-last, and batch norm, ReLU and
-    max-pool keep the layout, so every block runs channels-last. With one channel,
-    .contiguous(memory_format=torch.channels_last) returns the tensor unchanged (its strides
-    are ambiguous, read as contiguous) and the convolutions stay in NCHW.
-    """
-    if images.shape[-3] == 1:
-        return images.contiguous().squeeze(-3).unsqueeze(-1).movedim(-1, -3)
-    return images.movedim(-3, -1).contiguous().movedim(-1, -3)
-
-
-ALL_TASKS = 1 << 30  # tasks_per_call above any meta-batch: one batched call
-
-
-def per_task_calls(network, inputs, tasks_per_call, images_channels_last=False):
-    """Run network over a meta-batch in groups of tasks, each task with its own BN statistics.
-
-    Args:
-        network: f(x of shape (T*M, ...), num_tasks=T) -> (T*M, D).
-        inputs: (B, M, ...) the examples of B tasks.
-        tasks_per_call: tasks per call; B makes one batched call, 1 a per-task loop.
-        images_channels_last: give network (T*M, C, H, W) images channels-last.
-    Returns:
-        (B, M, D) outputs.
-    """
-    outputs = []
-    for chunk in inputs.split(tasks_per_call):
-        examples = chunk.flatten(0, 1)  # after flattening: with one channel, flatten forgets the layout
-        if images_channels_last:
-            examples = channels_last(examples)
-        outputs.append(network(examples, num_tasks=len(chunk)).unflatten(0, (len(chunk), -1)))
-    return torch.cat(outputs)
-
-
-def default_channels_last(device):
-    """Measured (bench.py --only layout): on a CPU channels-last convolutions and max-pool are faster
-    (NCHW max-pool took 4x as long); on a GPU contiguous, the layout that was measured there."""
-    return torch.device(device).type == 'cpu'
-
-
-def layout_options(owner):
-    """{name: switch} of the two image layouts for tuning.choose: each sets owner.channels_last."""
-    return {'channels-last images': lambda: setattr(owner, 'channels_last', True),
-            'contiguous images': lambda: setattr(owner, 'channels_last', False)}
-
-
-def default_tasks_per_call(device, num_tasks):
-    """Measured (bench.py): on a CPU a per-task loop is faster (its activations stay
-    in cache); on a GPU one batched call keeps the device busy."""
-    return 1 if torch.device(device).type == 'cpu' else num_tasks
-
-
 def conv_net(params, images, num_tasks=1, num_blocks=4, fused_bn=True, norm=None):
     """Conv body then the linear head: (T*M, C_in, H, W) -> (T*M, num_outputs) logits."""
     features = conv_features(params, images, num_tasks, num_blocks, fused_bn, norm)
@@ -204,10 +149,11 @@ def is_training():
 
 
 @contextlib.contextmanager
-def training():
-    """Forward passes inside are training ones (the loop's meta-update); outside, evaluation."""
+def training(active=True):
+    """Forward passes inside are training ones (the loop's meta-update: dropout on); inside
+    training(False), evaluation ones again."""
     before = is_training()
-    _mode.training = True
+    _mode.training = active
     try:
         yield
     finally:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-import util
+from fewshot.errors import UserError
 
 DRIFT_CHECK_INTERVAL = 100  # steps between checks that the processes' parameters agree
 
@@ -130,12 +130,12 @@ def start(device):
     if device.type == 'cuda':
         local_rank = int(os.environ.get('LOCAL_RANK', '0'))
         if local_rank >= torch.cuda.device_count():
-            raise util.UserError(f'{os.environ["WORLD_SIZE"]} processes on this machine but '
+            raise UserError(f'{os.environ["WORLD_SIZE"]} processes on this machine but '
                                  f'{torch.cuda.device_count()} GPU(s); lower --nproc_per_node')
         device = torch.device('cuda', local_rank)
         torch.cuda.set_device(device)
     elif device.type != 'cpu':
-        raise util.UserError(f'--device {device.type}: several processes run on CUDA GPUs or CPUs only')
+        raise UserError(f'--device {device.type}: several processes run on CUDA GPUs or CPUs only')
     if not dist.is_initialized():
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     return Processes(dist.get_rank(), dist.get_world_size(), device)

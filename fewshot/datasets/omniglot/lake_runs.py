@@ -18,10 +18,9 @@ import zipfile
 import numpy as np
 import torch
 
-import omniglot
-import tasks
-import util
-from util import UserError
+from fewshot import files, tasks
+from fewshot.datasets.omniglot.source import png_to_ink
+from fewshot.errors import UserError
 
 RUNS_ZIP = 'all_runs.zip'
 RUNS_MD5 = 'e8996daecdf12afeeb4a53a179f06b19'
@@ -34,12 +33,8 @@ def official_runs(data_dir):
     target = os.path.join(data_dir, RUNS_ZIP)
     if os.path.isfile(target):
         return target
-
-    def check(partial):
-        if util.file_digest(partial, 'md5') != RUNS_MD5:
-            raise ValueError(f'md5 mismatch for {RUNS_ZIP}')
     try:
-        util.download_file(RUNS_URL, target, check)
+        files.download_file(RUNS_URL, target, files.md5_check(RUNS_ZIP, RUNS_MD5))
     except (OSError, ValueError) as error:
         raise UserError(f'could not download Lake\'s runs ({error}); put {RUNS_ZIP} in {data_dir} or give '
                         '--lake_runs PATH (the zip or its extracted folder)') from None
@@ -59,12 +54,12 @@ def _files(path):
     return {name: lambda name=name: archive.read(name) for name in archive.namelist() if not name.endswith('/')}
 
 
-def _read_run(files, labels_name, path):
+def _read_run(entries, labels_name, path):
     """One run -> (support (20, 1, 28, 28), query (20, 1, 28, 28), query labels (20,)).
 
     The names in class_labels.txt are relative to the folder that holds the run folder."""
     base = posixpath.dirname(posixpath.dirname(labels_name))
-    pairs = [line.split() for line in files[labels_name]().decode().splitlines() if line.strip()]
+    pairs = [line.split() for line in entries[labels_name]().decode().splitlines() if line.strip()]
     training = sorted({pair[1] for pair in pairs if len(pair) == 2})
     if not pairs or any(len(pair) != 2 for pair in pairs) or len(training) != len(pairs):
         raise UserError(f'{path}: {labels_name} should list one "test image, training image" pair per line, '
@@ -72,9 +67,9 @@ def _read_run(files, labels_name, path):
 
     def image(name):
         full = posixpath.join(base, name)
-        if full not in files:
+        if full not in entries:
             raise UserError(f'{path}: {full}, named in {labels_name}, is missing; replace the runs with a complete copy')
-        return omniglot._png_to_ink(files[full](), resize=True)
+        return png_to_ink(entries[full](), resize=True)
     support = np.stack([image(name) for name in training])
     query = np.stack([image(test) for test, _ in pairs])
     labels = np.array([training.index(train) for _, train in pairs])
@@ -90,11 +85,11 @@ def read_runs(path):
             training file name, query (R, N, 1, 28, 28) with the labels of class_labels.txt.
     """
     try:
-        files = _files(path)
-        labels_files = sorted(name for name in files if posixpath.basename(name) == LABELS_FILE)
+        entries = _files(path)
+        labels_files = sorted(name for name in entries if posixpath.basename(name) == LABELS_FILE)
         if not labels_files:
             raise UserError(f'--lake_runs {path} holds no runNN/{LABELS_FILE}; give all_runs.zip or its folder')
-        runs = [_read_run(files, name, path) for name in labels_files]
+        runs = [_read_run(entries, name, path) for name in labels_files]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise UserError(f'--lake_runs {path} is unreadable ({error}); give all_runs.zip or its folder') from None
     if len({run[0].shape for run in runs}) != 1:

@@ -5,23 +5,19 @@
     args (the run's flags), val_score, metric_kind ('accuracy' or 'loss').
 
 Checkpoints in the older layout keep the optimizer's state inside `learner`
-and some flags under older names; `load` translates them, so they resume and
-test like the others.
+and may not name their algorithm and dataset; `load` translates them, so they
+resume and test like the others (older flag spellings and flags newer than a
+checkpoint are the flags' roles: engine/runner.py).
 """
 import glob
 import os
 import re
 
 import numpy as np
+import torch
 
-import util
-
-# flags renamed since older checkpoints were written: old name -> name now
-RENAMED_FLAGS = {'outer_lr': 'learning_rate', 'datadir': 'data_dir'}
-# flags that may change between a run and its resumption
-RESUME_MAY_CHANGE = {'checkpoint_step', 'test', 'device', 'num_workers', 'log_dir', 'data_dir',
-                     'num_train_iterations', 'num_test_tasks', 'vmap_tasks', 'channels_last', 'csv',
-                     'support_sweep'}
+from fewshot import files, registry
+from fewshot.errors import UserError
 
 
 def path(log_dir, step):
@@ -34,11 +30,6 @@ def saved_steps(log_dir):
     return sorted(int(m.group(1)) for m in steps if m)
 
 
-# what a checkpoint written before a flag existed was trained with (whatever today's default)
-FLAGS_BEFORE_THEY_EXISTED = {'metabolism': {'features': 'morgan', 'validation_protocol': 'halves', 'dropout': 0.0,
-                                            'label_order': 'random'}}
-
-
 def translate(checkpoint):
     """A checkpoint in the current layout (older layouts are converted in place)."""
     learner = checkpoint['learner']
@@ -47,21 +38,27 @@ def translate(checkpoint):
         checkpoint['optimizer_kind'] = 'adam'
     checkpoint.setdefault('metric_kind', 'accuracy')
     args = checkpoint['args']
-    if 'algorithm' not in args:  # protonet.py's older checkpoints
-        args['algorithm'] = 'protonet' if 'network' in learner else 'maml'
-    if 'dataset' not in args:  # only run_metabolism.py had --datadir
-        args['dataset'] = 'metabolism' if 'datadir' in args else 'omniglot'
-    for old, new in RENAMED_FLAGS.items():
-        if old in args and new not in args:
-            args[new] = args.pop(old)
-    for flag, value in FLAGS_BEFORE_THEY_EXISTED.get(args['dataset'], {}).items():
-        args.setdefault(flag, value)
+    if 'algorithm' not in args or 'dataset' not in args:
+        algorithm, dataset = registry.names_of_older(checkpoint)
+        args.setdefault('algorithm', algorithm)
+        args.setdefault('dataset', dataset)
     return checkpoint
+
+
+def read(file):
+    """A checkpoint file onto the CPU, or a UserError naming the file."""
+    if not os.path.isfile(file):
+        raise UserError(f'no checkpoint at {file}; check --log_dir and --checkpoint_step')
+    try:
+        return torch.load(file, map_location='cpu', weights_only=False)
+    except Exception as error:  # a truncated or foreign file
+        raise UserError(f'checkpoint {file} cannot be read ({type(error).__name__}); '
+                        'delete it and resume from an earlier step') from None
 
 
 def load(log_dir, step):
     """The checkpoint of a step, translated to the current layout; a UserError names a missing or bad file."""
-    return translate(util.load_checkpoint(path(log_dir, step)))
+    return translate(read(path(log_dir, step)))
 
 
 def flags_of(log_dir, step=-1):
@@ -77,7 +74,7 @@ def best_step(log_dir):
     loss (latest among ties)."""
     steps = saved_steps(log_dir)
     if not steps:
-        raise util.UserError(f'no checkpoints (state*.pt) in {log_dir}; train first or pass the right --log_dir')
+        raise UserError(f'no checkpoints (state*.pt) in {log_dir}; train first or pass the right --log_dir')
     scores = []
     for step in steps:
         checkpoint = load(log_dir, step)
@@ -86,20 +83,27 @@ def best_step(log_dir):
     return max(scores)[1]
 
 
+def rng_state(generator):
+    """The random state a run needs to continue exactly: torch's and the sampler's."""
+    state = {'torch': torch.get_rng_state(), 'sampler': generator.get_state()}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state, generator):
+    """Restore what rng_state saved."""
+    torch.set_rng_state(state['torch'])
+    generator.set_state(state['sampler'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
 def save(log_dir, step, learner, optimizer, generator, args, val_score):
-    util.atomic_save({'step': step, 'learner': learner.state(), 'optimizer': optimizer.state_dict(),
-                      'optimizer_kind': learner.optimizer, 'rng': util.rng_state(generator), 'args': vars(args),
-                      'val_score': val_score, 'metric_kind': learner.task.metric_kind}, path(log_dir, step))
-
-
-def check_settings(checkpoint, where, args):
-    """Refuse, naming the flags, to resume a checkpoint with settings other than its own."""
-    given = vars(args)
-    changed = sorted(k for k, v in checkpoint['args'].items()
-                     if k in given and k not in RESUME_MAY_CHANGE and given[k] != v)
-    if changed:
-        flags = ', '.join(f'--{k} {checkpoint["args"][k]} (now {given[k]})' for k in changed)
-        raise util.UserError(f'resuming {where} with other settings: {flags}; pass the values it was trained with')
+    checkpoint = {'step': step, 'learner': learner.state(), 'optimizer': optimizer.state_dict(),
+                  'optimizer_kind': learner.optimizer, 'rng': rng_state(generator), 'args': vars(args),
+                  'val_score': val_score, 'metric_kind': learner.task.metric_kind}
+    files.atomic_write(path(log_dir, step), lambda f: torch.save(checkpoint, f))
 
 
 def resume(checkpoint, learner, optimizer, generator):
@@ -108,5 +112,5 @@ def resume(checkpoint, learner, optimizer, generator):
     if checkpoint['optimizer_kind'] == learner.optimizer:
         optimizer.load_state_dict(checkpoint['optimizer'])
     # else: an older Reptile checkpoint carries an unused Adam; Reptile's SGD keeps no state
-    util.set_rng_state(checkpoint['rng'], generator)
+    set_rng_state(checkpoint['rng'], generator)
     return checkpoint['step'] + 1

@@ -1,6 +1,6 @@
 """What a task is, for every dataset and algorithm: a batch of tasks as tensors,
 the generic sampler over a (classes, examples, ...) array, the checks on a
-task's shape, a DataLoader-style iterator, and the two kinds of task
+task's shape, and the two kinds of task
 (classification, regression) with their loss and per-task metric.
 
 Datasets import this module; it imports no dataset.
@@ -10,7 +10,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from util import UserError
+from fewshot import contracts
+from fewshot.errors import UserError
 
 
 @dataclasses.dataclass
@@ -112,7 +113,7 @@ def task_batch_from_draws(picked, num_support):
         labels.repeat_interleave(q).expand(batch_size, -1).contiguous())
 
 
-class TaskSampler:
+class TaskSampler(contracts.Sampler):
     """Draws batches of tasks from a (C, D, ...) tensor of C classes with D examples each.
 
     Classes are taken in random order and labelled 0..N-1; support and query
@@ -137,17 +138,3 @@ class TaskSampler:
         device = self.examples.device
         picked = self.examples[classes.unsqueeze(-1).to(device), draws.to(device)]  # (B, N, K+Q, ...)
         return task_batch_from_draws(picked, k)
-
-
-class TaskLoader:
-    """Yields ceil(num_tasks / batch_size) TaskBatches from a sampler, like a DataLoader."""
-
-    def __init__(self, sampler, batch_size, num_tasks):
-        self.sampler, self.batch_size, self.num_tasks = sampler, batch_size, num_tasks
-
-    def __len__(self):
-        return -(-self.num_tasks // self.batch_size)
-
-    def __iter__(self):
-        for start in range(0, self.num_tasks, self.batch_size):
-            yield self.sampler.sample(min(self.batch_size, self.num_tasks - start))

@@ -13,8 +13,7 @@ set, score the query set.
 """
 import torch
 
-import maml
-import util
+from fewshot.algorithms import maml
 
 
 class Reptile(maml.MAML):
@@ -47,24 +46,19 @@ class Reptile(maml.MAML):
                            'post_adapt_train': torch.stack(after)}
 
 
-# ---------------------------------------------------------------- the algorithm interface
+# ---------------------------------------------------------------- the algorithm
 
-NAME = 'reptile'
-DEFAULTS = dict(num_train_iterations=15000, learning_rate=1.0)  # overrides of the flags' own defaults
-TASK_KINDS = maml.TASK_KINDS
-TEST_TIME_FLAGS = maml.TEST_TIME_FLAGS
-add_args = maml.add_args
-log_name = maml.log_name
-META_GRADIENT_FLAGS = ('learn_inner_lrs', 'learn_inner_lrs_per_step', 'first_order', 'multi_step_loss',
-                       'anneal_derivative_order', 'per_step_bn', 'cosine_outer_lr')
+class ReptileAlgorithm(maml.MAMLAlgorithm):
+    """MAML's inner-loop flags (no meta-gradient ones: Reptile takes no meta-gradient)."""
+    name = 'reptile'
+    own_defaults = dict(learning_rate=1.0)  # a meta step size, whatever Adam rate a dataset sets
+    flags = maml.INNER_LOOP_FLAGS
 
+    def recognizes_older(self, checkpoint):
+        return False
 
-def check_args(args):
-    maml.check_args(args)
-    given = [f'--{flag}' for flag in META_GRADIENT_FLAGS if vars(args)[flag]]
-    if given:
-        raise util.UserError(f'--algorithm reptile takes no meta-gradient options ({", ".join(given)}); drop them')
+    def log_name(self, args, changed):
+        return maml.inner_loop_log_name(args, False, changed)
 
-
-def build_learner(args, dataset, device):
-    return Reptile(**maml.inner_loop_options(args, dataset, device))
+    def build_learner(self, args, dataset, device):
+        return Reptile(**maml.inner_loop_options(args, dataset, device))

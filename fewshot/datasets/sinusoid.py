@@ -4,12 +4,12 @@ A ~ U[0.1, 5.0], phase ~ U[0, pi], x ~ U[-5, 5]; K support and Q query points.
 The network is Finn et al.'s MLP, 1 -> 40 -> 40 -> 1 with ReLU.
 """
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 
-import networks
-import tasks
+from fewshot import contracts, networks, tasks
 
 AMPLITUDE_RANGE = (0.1, 5.0)
 PHASE_RANGE = (0.0, math.pi)
@@ -23,7 +23,7 @@ def sine(x, amplitude, phase):
     return amplitude * torch.sin(x - phase)
 
 
-class SinusoidSampler:
+class SinusoidSampler(contracts.Sampler):
     """Batches of sinusoid tasks as TaskBatch: images_* are x (B, M, 1), labels_* are y (B, M, 1)."""
 
     def __init__(self, num_support, num_query, seed=0, device='cpu'):
@@ -47,44 +47,6 @@ class SinusoidSampler:
 
     def sample(self, batch_size):
         return self.sample_with_parameters(batch_size)[0]
-
-
-# ---------------------------------------------------------------- the dataset interface
-
-NAME = 'sinusoid'
-TASK = tasks.REGRESSION
-DEFAULTS = dict(num_way=1, num_support=[10], num_query=10, batch_size=25, inner_lr=0.01)  # Finn et al.'s
-ALGORITHM_DEFAULTS = {}
-ONE_ENCODER_CALL_PER_BATCH = True
-CHECKPOINT_FLAGS = ()
-
-
-def add_args(parser):
-    """Sinusoid tasks take no flags of their own."""
-
-
-def check_args(args):
-    pass
-
-
-def build_sampler(split, args, seed, device):
-    return SinusoidSampler(args.num_support, args.num_query, 3 * seed + SPLIT_OFFSETS[split], device)
-
-
-def network(args, num_outputs=1):
-    """(params, forward) of the MLP 1 -> 40 -> 40 -> 1 (one output whatever num_outputs)."""
-    return init_params(), forward
-
-
-benchmark_test = None
-
-
-def after_test(learner, args, log_dir):
-    """Draw one test task into log_dir/sinusoid_task.png."""
-    import os
-    path = os.path.join(log_dir, 'sinusoid_task.png')
-    plot_task(learner, path, args.num_support, args.seed)
-    print(f'one test task drawn in {path}')
 
 
 def init_params():
@@ -128,3 +90,23 @@ def plot_task(learner, path, num_support, seed=0):
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return amplitude.item(), phase.item()
+
+
+class Sinusoid(contracts.Dataset):
+    """Finn et al.'s sinusoid regression, with their settings as defaults."""
+    name = 'sinusoid'
+    task = tasks.REGRESSION
+    defaults = dict(num_way=1, num_support=[10], num_query=10, batch_size=25, inner_lr=0.01)
+
+    def build_sampler(self, split, args, seed, device):
+        return SinusoidSampler(args.num_support, args.num_query, 3 * seed + SPLIT_OFFSETS[split], device)
+
+    def network(self, args, num_outputs=1):
+        """(params, forward) of the MLP 1 -> 40 -> 40 -> 1 (one output whatever num_outputs)."""
+        return init_params(), forward
+
+    def after_test(self, learner, args, log_dir):
+        """Draw one test task into log_dir/sinusoid_task.png."""
+        path = os.path.join(log_dir, 'sinusoid_task.png')
+        plot_task(learner, path, args.num_support, args.seed)
+        print(f'one test task drawn in {path}')

@@ -11,10 +11,8 @@ training assay), so the class labels, not the episodes, drive the encoder.
 import torch
 import torch.nn.functional as F
 
-import cli
-import networks
-import protonet
-import tasks
+from fewshot import contracts, execution, networks, tasks
+from fewshot.algorithms import protonet
 
 
 class Baseline(protonet.ProtoNet):
@@ -22,8 +20,7 @@ class Baseline(protonet.ProtoNet):
 
     def __init__(self, network, head, device='cpu'):
         """network: as ProtoNet's; head: {'head': (C, D), 'head_bias': (C,)} over the C training classes."""
-        super().__init__(network, device, tasks_per_call=networks.ALL_TASKS)
-        self.tunable = False
+        super().__init__(network, device, tasks_per_call=execution.ALL_TASKS)
         self.head = {k: v.to(self.device).requires_grad_() for k, v in head.items()}
 
     def parameters(self):
@@ -36,7 +33,7 @@ class Baseline(protonet.ProtoNet):
             raise ValueError('the baseline needs tasks that name their classes (TaskBatch.classes)')
         examples = torch.cat([task_batch.images_support, task_batch.images_query], dim=1)
         labels = torch.cat([task_batch.labels_support, task_batch.labels_query], dim=1)
-        features = self._embed(examples)  # (B, M, D): batch statistics per task
+        features = self.embed(examples)  # (B, M, D): batch statistics per task
         own_rows = task_batch.classes  # (B, N): the head's row of each task label
         weight, bias = self.head['head'][own_rows], self.head['head_bias'][own_rows]  # (B, N, D), (B, N)
         return features @ weight.transpose(1, 2) + bias.unsqueeze(1), labels
@@ -56,31 +53,19 @@ class Baseline(protonet.ProtoNet):
             self.head[k].data.copy_(v)
 
 
-# ---------------------------------------------------------------- the algorithm interface
+# ---------------------------------------------------------------- the algorithm
 
-NAME = 'baseline'
-DEFAULTS = {}
-TASK_KINDS = ('classification',)
-TEST_TIME_FLAGS = ()
+class BaselineAlgorithm(contracts.Algorithm):
+    name = 'baseline'
+    needs_train_classes = True
 
+    def build_learner(self, args, dataset, device):
+        """The dataset's network with a head over its num_train_classes training classes."""
+        params, _ = dataset.network(args, num_outputs=dataset.num_train_classes)
+        head = {k: params.pop(k) for k in ('head', 'head_bias')}
+        _, features = dataset.network(args)
+        return Baseline(networks.FunctionalNet(features, params), head, device)
 
-def add_args(parser):
-    pass
-
-
-def check_args(args):
-    pass
-
-
-def build_learner(args, dataset, device):
-    """The dataset's network with a head over its NUM_TRAIN_CLASSES training classes."""
-    params, _ = dataset.network(args, num_outputs=dataset.NUM_TRAIN_CLASSES)
-    head = {k: params.pop(k) for k in ('head', 'head_bias')}
-    _, features = dataset.network(args)
-    return Baseline(networks.FunctionalNet(features, params), head, device)
-
-
-def log_name(args, defaults):
-    """The hyperparameters part of the default log dir."""
-    return (f'way_{args.num_way}.support_{args.num_support}.query_{args.num_query}.lr_{args.learning_rate}'
-            f'.batch_size_{args.batch_size}' + cli.changed_flags(args, defaults, cli.SHARED_LOG_NAME_FLAGS))
+    def log_name(self, args, changed):
+        return (f'way_{args.num_way}.support_{args.num_support}.query_{args.num_query}.lr_{args.learning_rate}'
+                f'.batch_size_{args.batch_size}' + changed)

@@ -1,0 +1,218 @@
+"""Model-Agnostic Meta-Learning (Finn et al., 2017) and its family, for few-shot
+classification (Omniglot, metabolism) and regression (sinusoids):
+
+- second-order MAML, first-order (--first_order), multi-step inner loops;
+- learned inner learning rates per parameter tensor (--learn_inner_lrs,
+  Meta-SGD per tensor) or per tensor and step (--learn_inner_lrs_per_step, LSLR);
+- an Adagrad inner optimizer (--inner_optimizer adagrad);
+- MAML++ training tricks (Antoniou et al., 2019): derivative-order annealing,
+  multi-step loss, cosine outer learning rate, per-step batch norm;
+- ANIL (--anil: only the head adapts in the inner loop);
+- Reptile (Nichol et al., 2018; --algorithm reptile, in reptile.py).
+"""
+import torch
+
+from fewshot import contracts, execution, networks, tasks
+from fewshot.algorithms.inner_loop import InnerLoop, Variants
+from fewshot.errors import UserError
+from fewshot.flags import AUTO_YES_NO, TEST_TIME, Flag, auto_yes_no, non_negative_int, positive_float, positive_int
+
+
+class MAML(contracts.Learner):
+    """A MAML learner: the inner loop, the outer loss, and what the training loop needs."""
+
+    key_metric = 'post_adapt_query'
+    execution_flags = ('--vmap_tasks', '--channels_last')
+
+    def __init__(self, params, forward, task=tasks.CLASSIFICATION, num_inner_steps=1, inner_lr=0.4,
+                 learn_inner_lrs=False, first_order=False, device='cpu', vmap_tasks=None, variants=None,
+                 channels_last=False):
+        """params, forward: the network with its head, forward(params, x, fused_bn=..., norm=...) -> (M, outputs).
+        task: tasks.CLASSIFICATION or tasks.REGRESSION (the loss and the per-task metric)."""
+        self.inner = InnerLoop(params, forward, task, num_inner_steps, inner_lr, learn_inner_lrs, device,
+                               vmap_tasks, variants, channels_last)
+        self.device, self.task, self.variants = self.inner.device, task, self.inner.variants
+        self.first_order = first_order
+        self.num_outputs = params['head'].shape[0] if 'head' in params else None
+        self.lr_schedule = 'cosine' if self.variants.cosine_outer_lr else 'constant'
+        self.lr_tag = 'outer_lr' if self.variants.cosine_outer_lr else None
+
+    def parameters(self):
+        """The tensors the outer optimizer trains: meta-parameters, then learned inner LRs."""
+        trained = list(self.inner.meta_parameters.values())
+        return trained + list(self.inner.inner_lrs.values()) if self.inner.learn_inner_lrs else trained
+
+    def _second_order_at(self, step):
+        """Whether the meta-gradient at outer step `step` is second-order."""
+        return not self.first_order and step >= self.variants.anneal_derivative_order
+
+    def _multi_step_weights(self, step):
+        """MSL weights of the query losses after inner steps 1..L at outer step `step`:
+        uniform at first, annealed linearly over the first 10% of the run so that
+        each non-final step keeps 0.03 / L and the last step the rest."""
+        num_steps = self.inner.num_inner_steps
+        progress = min(step / max(1, self.variants.num_train_iterations // 10), 1.0)
+        weights = torch.full((num_steps,), (1 - progress) / num_steps + progress * 0.03 / num_steps)
+        weights[-1] = 1 - weights[:-1].sum()
+        return weights
+
+    def task_metrics(self, task_batch, train, second_order=None, loss_weights=None):
+        """The outer loss and (B,) per-task metrics.
+
+        second_order: None follows first_order. loss_weights: (L,) weights of the
+        query losses after inner steps 1..L (MSL); None: the last step only (eq. 9).
+        """
+        inner = self.inner
+        if self.task is tasks.CLASSIFICATION and task_batch.labels_support.max() >= self.num_outputs:
+            raise UserError(f'tasks have more classes than the {self.num_outputs}-way head this MAML was '
+                                 f'trained with; use --num_way {self.num_outputs}')
+        create_graph = train and (not self.first_order if second_order is None else second_order)
+        images_query, labels_query = task_batch.images_query, task_batch.labels_query
+        if inner.vmap_tasks:
+            history, support = inner.adapt_vmapped(task_batch.images_support, task_batch.labels_support,
+                                                   create_graph, train)
+
+            def query_outputs(step, train=train):
+                return torch.vmap(inner.forward, randomness='different')(images_query, history[step])
+        else:
+            adapted = [inner.adapt(x, y, create_graph, train)
+                       for x, y in zip(task_batch.images_support, task_batch.labels_support)]
+            support = torch.stack([torch.stack(metrics) for _, metrics, _ in adapted])
+
+            def query_outputs(step, train=train):
+                return torch.stack([inner.forward(x, history[step], step, train)
+                                    for x, (history, _, _) in zip(images_query, adapted)])
+        last = inner.num_inner_steps
+        with torch.set_grad_enabled(train):
+            final = query_outputs(last)
+            loss = self.task.loss(final, labels_query)
+            if loss_weights is not None and last > 1:
+                loss = loss_weights[-1] * loss + sum(
+                    weight * self.task.loss(query_outputs(step), labels_query)
+                    for step, weight in enumerate(loss_weights[:-1].tolist(), start=1))
+        metrics = {'pre_adapt_support': support[:, 0], 'post_adapt_support': support[:, -1],
+                   'post_adapt_query': self.task.metric(final, labels_query)}
+        if not train or self.task is tasks.REGRESSION:  # in training a classifier's would cost a forward pass
+            with torch.no_grad(), networks.training(False):  # no dropout drawn, no running statistics updated
+                metrics['pre_adapt_query'] = self.task.metric(query_outputs(0, train=False), labels_query)
+        return loss, metrics
+
+    def loss(self, task_batch, step):
+        """The training objective at outer step `step` (scalar) and (B,) per-task metrics."""
+        weights = self._multi_step_weights(step) if self.variants.multi_step_loss else None
+        return self.task_metrics(task_batch, train=True, second_order=self._second_order_at(step),
+                                  loss_weights=weights)
+
+    @property
+    def tasks_per_backward(self):
+        """A backward per task for the per-task loop (one task's graph held at a time, as fast on a
+        CPU: bench.py), one per meta-batch with vmap."""
+        return 0 if self.inner.vmap_tasks else 1
+
+    def execution_options(self):
+        """{name: switch to it}: a per-task loop or vmap over tasks, contiguous or channels-last
+        images (the same numbers to round-off)."""
+        loops = {'per-task inner loops': lambda: setattr(self.inner, 'vmap_tasks', False),
+                 'vmap over tasks': lambda: setattr(self.inner, 'vmap_tasks', True)}
+        return execution.combine(loops if self.inner.tunable else {}, self.inner.layout.options())
+
+    def evaluate(self, task_batch):
+        """(B,) per-task metrics after adapting to each support set, and the query loss."""
+        loss, metrics = self.task_metrics(task_batch, train=False)
+        return {'loss': loss.detach().expand(len(task_batch)), **metrics}
+
+    def scalars(self):
+        """TensorBoard scalars beyond the metrics: the learned inner LRs."""
+        scalars = {}
+        if self.inner.learn_inner_lrs:
+            for k, v in self.inner.inner_lrs.items():
+                scalars.update({f'inner_lr/{k}' + (f'/step{s}' if v.dim() else ''): x
+                                for s, x in enumerate(v.detach().reshape(-1).tolist())})
+        return scalars
+
+    def buffers(self):
+        """Tensors the loop averages over processes after each step: per-step batch-norm running statistics."""
+        bn = self.inner.per_step_bn
+        return [] if bn is None else [t for row in bn.running for pair in row for t in pair]
+
+    def state(self):
+        return self.inner.state()
+
+    def load_state(self, state):
+        self.inner.load_state(state)
+
+
+# ---------------------------------------------------------------- the algorithm
+
+NUM_INNER_STEPS = Flag('--num_inner_steps', type=positive_int, default=None, at_test=TEST_TIME,
+                       help='inner-loop steps (default 1; at --test: as trained unless given)')
+INNER_LR = Flag('--inner_lr', type=positive_float, default=0.4, help='inner-loop learning rate (initial if learned)')
+VMAP_TASKS = Flag('--vmap_tasks', choices=AUTO_YES_NO, default='auto', at_test=TEST_TIME, resume_may_change=True,
+                  help='adapt the tasks of a meta-batch with torch.vmap (same numbers); auto: the faster on this '
+                       'machine, timed once at the start of training and cached (at --test and under torchrun: no '
+                       'on a CPU, yes on a GPU)')
+INNER_OPTIMIZER = Flag('--inner_optimizer', choices=['sgd', 'adagrad'], default=Variants.inner_optimizer,
+                       log_name=True, help="the inner loop's optimizer")
+INNER_ADAGRAD_EPS = Flag('--inner_adagrad_eps', type=positive_float, default=Variants.inner_adagrad_eps,
+                         help='Adagrad inner eps (the NTU report: 0.7)')
+ANIL = Flag('--anil', default=Variants.anil, action='store_true', log_name=True,
+            help='adapt only the head in the inner loop')
+INNER_LOOP_FLAGS = (NUM_INNER_STEPS, INNER_LR, VMAP_TASKS, INNER_OPTIMIZER, INNER_ADAGRAD_EPS, ANIL)  # Reptile's too
+FLAGS = (  # MAML's: the inner loop's and the meta-gradient's, in the order their log-dir names take
+    NUM_INNER_STEPS, INNER_LR,
+    Flag('--learn_inner_lrs', default=False, action='store_true',
+         help='learn one inner learning rate per parameter tensor'),
+    Flag('--first_order', default=False, action='store_true', log_name=True, help='first-order MAML (FOMAML)'),
+    VMAP_TASKS, INNER_OPTIMIZER, INNER_ADAGRAD_EPS,
+    Flag('--learn_inner_lrs_per_step', default=Variants.learn_inner_lrs_per_step, action='store_true', log_name=True,
+         help='LSLR: learn an inner LR per parameter tensor and inner step'),
+    ANIL,
+    Flag('--anneal_derivative_order', type=non_negative_int, default=Variants.anneal_derivative_order, metavar='N',
+         log_name=True, help='first-order for the first N outer steps, second-order after'),
+    Flag('--multi_step_loss', default=Variants.multi_step_loss, action='store_true', log_name=True,
+         help='MSL: query losses after every inner step, annealed towards the last'),
+    Flag('--cosine_outer_lr', default=Variants.cosine_outer_lr, action='store_true', log_name=True,
+         help='cosine annealing of the outer LR over the run'),
+    Flag('--per_step_bn', default=Variants.per_step_bn, action='store_true', log_name=True,
+         help='per-step BN weights, biases and running statistics (used at evaluation)'),
+)
+
+
+def inner_loop_options(args, dataset, device):
+    """The keyword arguments of MAML and Reptile for the run's flags and dataset (the variants'
+    flags a run lacks at their defaults)."""
+    params, forward = dataset.network(args, num_outputs=args.num_way)
+    return dict(params=params, forward=forward, task=dataset.task, num_inner_steps=args.num_inner_steps,
+                inner_lr=args.inner_lr, device=device,
+                vmap_tasks=auto_yes_no(args.vmap_tasks), variants=Variants.from_args(args),
+                channels_last=execution.image_layout_flag(args, dataset))
+
+
+class MAMLAlgorithm(contracts.Algorithm):
+    name = 'maml'
+    task_kinds = ('classification', 'regression')
+    defaults = dict(num_train_iterations=15000)
+    flags = FLAGS
+
+    def check_args(self, args):
+        """To train, an unset --num_inner_steps is 1 (at --test: as trained)."""
+        if not args.test and args.num_inner_steps is None:
+            args.num_inner_steps = 1
+
+    def recognizes_older(self, checkpoint):
+        return 'meta_parameters' in checkpoint['learner']
+
+    def build_learner(self, args, dataset, device):
+        return MAML(first_order=args.first_order, learn_inner_lrs=args.learn_inner_lrs,
+                    **inner_loop_options(args, dataset, device))
+
+    def log_name(self, args, changed):
+        return inner_loop_log_name(args, args.learn_inner_lrs, changed)
+
+
+def inner_loop_log_name(args, learn_inner_lrs, changed):
+    """MAML's and Reptile's hyperparameters part of the default log dir."""
+    name = (f'way_{args.num_way}.support_{args.num_support}.query_{args.num_query}'
+            f'.inner_steps_{args.num_inner_steps or 1}.inner_lr_{args.inner_lr}'
+            f'.learn_inner_lrs_{learn_inner_lrs}.outer_lr_{args.learning_rate}.batch_size_{args.batch_size}')
+    return name + changed + (f'.eps_{args.inner_adagrad_eps}' if args.inner_optimizer == 'adagrad' else '')

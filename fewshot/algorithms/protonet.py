@@ -1,0 +1,127 @@
+"""Prototypical Networks (Snell et al., 2017): embed the support examples, average them
+per class into prototypes, classify each query by its negative squared distances to them."""
+import torch
+import torch.nn.functional as F
+
+from fewshot import contracts, execution, networks, tasks
+from fewshot.flags import TEST_TIME, Flag
+
+
+def prototype_logits(support, labels_support, query, num_way):
+    """Negative squared Euclidean distances to the class prototypes.
+
+    Args:
+        support: (B, N*K, D) support embeddings; labels_support: (B, N*K).
+        query: (B, M, D) embeddings to classify.
+    Returns:
+        (B, M, N) logits, at least float32: under --precision bf16 too, whose 8-bit
+        mantissa would round the small differences between squared distances away.
+    """
+    with torch.autocast(support.device.type, enabled=False):
+        dtype = torch.promote_types(support.dtype, torch.float32)
+        support, query = support.to(dtype), query.to(dtype)
+        one_hot = F.one_hot(labels_support, num_way).to(support.dtype)  # (B, N*K, N)
+        prototypes = one_hot.transpose(1, 2) @ support / one_hot.sum(1).unsqueeze(-1)  # (B, N, D)
+        return -(query.unsqueeze(2) - prototypes.unsqueeze(1)).square().sum(-1)
+
+
+class ProtoNet(contracts.Learner):
+    """A ProtoNet learner: an encoder and the ProtoNet loss."""
+
+    key_metric = 'query'
+    task = tasks.CLASSIFICATION
+    execution_flags = ('--encoder_calls', '--channels_last')
+
+    def __init__(self, network, device='cpu', tasks_per_call=None, joint_batch_norm=False, channels_last=False):
+        """network: maps (T*M, ...) examples of T tasks (num_tasks=T) to (T*M, D) embeddings.
+        tasks_per_call, channels_last: how the encoder goes over a meta-batch (execution.EncoderCalls);
+            None: the device's default, both ways offered to tuning.
+        joint_batch_norm: a task's support and query examples share batch-norm statistics.
+            By default each set has its own, as in the course, whose step encodes
+            support and query in two calls."""
+        self.device = torch.device(device)
+        self._network = network.to(self.device)
+        self.joint_batch_norm = joint_batch_norm
+        self.calls = execution.EncoderCalls(tasks_per_call, channels_last, self.device)
+
+    def execution_options(self):
+        return self.calls.options()
+
+    def parameters(self):
+        return list(self._network.parameters())
+
+    def embed(self, examples):
+        """(B, M, ...) examples of B tasks -> (B, M, D) embeddings, batch-norm statistics per task."""
+        return self.calls(self._network, examples)
+
+    def logits(self, task_batch):
+        """(B, N*K, N) support logits and (B, N*Q, N) query logits of a TaskBatch."""
+        if self.joint_batch_norm:
+            num_support = task_batch.labels_support.shape[1]
+            embeddings = self.embed(torch.cat([task_batch.images_support, task_batch.images_query], dim=1))
+            support, query = embeddings[:, :num_support], embeddings[:, num_support:]
+        else:
+            support, query = self.embed(task_batch.images_support), self.embed(task_batch.images_query)
+        num_way = int(task_batch.labels_support.max()) + 1
+        labels = task_batch.labels_support
+        return prototype_logits(support, labels, support, num_way), prototype_logits(support, labels, query, num_way)
+
+    def task_metrics(self, task_batch):
+        """Mean query NLL over all tasks, and (B,) per-task support and query accuracies."""
+        support_logits, query_logits = self.logits(task_batch)
+        loss = F.cross_entropy(query_logits.flatten(0, 1), task_batch.labels_query.flatten())
+        accuracy = {
+            'support': tasks.task_accuracy(support_logits, task_batch.labels_support),
+            'query': tasks.task_accuracy(query_logits, task_batch.labels_query)}
+        return loss, accuracy
+
+    def loss(self, task_batch, step):
+        """The training objective (scalar) and (B,) per-task support and query accuracies."""
+        loss, accuracy = self.task_metrics(task_batch)
+        return loss, {k: v.detach() for k, v in accuracy.items()}
+
+    @torch.no_grad()
+    def evaluate(self, task_batch):
+        loss, accuracy = self.task_metrics(task_batch)
+        return {'loss': loss.expand(len(task_batch)), **accuracy}
+
+    def state(self):
+        return {'network': self._network.state_dict()}
+
+    def load_state(self, state):
+        self._network.load_state_dict(state['network'])
+
+
+ENCODER_CALLS = {'auto': None, 'per_task': 1, 'batched': execution.ALL_TASKS}
+
+
+def encoder_calls(args, dataset):
+    """--encoder_calls as tasks per call; on examples that are not images one batched call (small
+    networks: a per-task loop only adds overhead)."""
+    return ENCODER_CALLS[args.encoder_calls] if dataset.images else execution.ALL_TASKS
+
+
+class ProtoNetAlgorithm(contracts.Algorithm):
+    name = 'protonet'
+    task_kinds = ('classification',)  # the common flags' own defaults are the course's ProtoNet ones
+    flags = (
+        Flag('--encoder_calls', choices=list(ENCODER_CALLS), default='auto', at_test=TEST_TIME,
+             resume_may_change=True, help='encode a meta-batch task by task or in one call (same numbers); '
+                                          'auto: the faster on this machine, timed once at the start of '
+                                          'training and cached (images only; other examples: batched)'),
+        Flag('--joint_batch_norm', default=False, action='store_true',
+             help="normalise a task's support and query images together (default: separately, as the course does)"),
+    )
+
+    def recognizes_older(self, checkpoint):
+        return 'network' in checkpoint['learner']
+
+    def build_learner(self, args, dataset, device):
+        params, forward = dataset.network(args)
+        return ProtoNet(networks.FunctionalNet(forward, params), device, tasks_per_call=encoder_calls(args, dataset),
+                        joint_batch_norm=args.joint_batch_norm,
+                        channels_last=execution.image_layout_flag(args, dataset))
+
+    def log_name(self, args, changed):
+        return (f'way_{args.num_way}.support_{args.num_support}.query_{args.num_query}.lr_{args.learning_rate}'
+                f'.batch_size_{args.batch_size}' + ('.joint_bn' if args.joint_batch_norm else '') + changed)

@@ -1,0 +1,110 @@
+"""The command line of every program: the flags parsed and checked once into a Command.
+
+A program (protonet.py, maml.py, run_metabolism.py) offers some algorithms and
+datasets (registry.PROGRAMS); `--algorithm` and `--dataset` pick among them (at
+--test, the checkpoint's unless given). The parser holds the common flags, the
+dataset's and the algorithm's (flags.Flag declarations). Defaults come, later
+ones winning, from the flags' own (the course's Omniglot settings), the
+algorithm's `defaults`, the dataset's `defaults` and the algorithm's `own_defaults`.
+"""
+import dataclasses
+import sys
+
+from fewshot import flags, registry
+from fewshot.engine import checkpoints, runner
+
+
+@dataclasses.dataclass
+class Command:
+    """A parsed, checked command: what the engine runs.
+
+    args: the flags' values (argparse.Namespace), saved in checkpoints as they are.
+    given: the dests the command line gave explicitly.
+    flags: {dest: flags.Flag} of every flag of the run.
+    """
+    args: object
+    given: set
+    flags: dict
+    algorithm: object
+    dataset: object
+    log_dir: str
+
+    def build_learner(self, args, device):
+        return self.algorithm.build_learner(args, self.dataset, device)
+
+    def build_sampler(self, split, args, seed, device):
+        return self.dataset.build_sampler(split, args, seed, device)
+
+
+def _chosen(program, argv):
+    """The algorithm and dataset names of the run: as given, else (at --test) the
+    checkpoint's, else the program's defaults. A checkpoint to test or resume that
+    another algorithm or dataset wrote is refused in one line naming its command."""
+    algorithms, datasets = program.offers()
+    pre = flags.ArgumentParser(add_help=False)
+    for flag in ('--algorithm', '--dataset', '--log_dir'):
+        pre.add_argument(flag)
+    pre.add_argument('--checkpoint_step', type=flags.checkpoint_step, default=-1)
+    pre.add_argument('--test', action='store_true')
+    known, _ = pre.parse_known_args(argv)
+    reads_checkpoint = known.log_dir and (known.test or known.checkpoint_step >= 0)
+    trained = checkpoints.flags_of(known.log_dir, known.checkpoint_step) if reads_checkpoint else {}
+    default_algorithm, default_dataset = (trained.get('algorithm'), trained.get('dataset')) if known.test else (None, None)
+    algorithm = known.algorithm or default_algorithm or algorithms[0]
+    dataset = known.dataset or default_dataset or datasets[0]
+    written = (trained.get('algorithm', algorithm), trained.get('dataset', dataset))
+    if written != (algorithm, dataset) or (known.algorithm is None and algorithm not in algorithms) or \
+            (known.dataset is None and dataset not in datasets):
+        step = known.checkpoint_step if known.checkpoint_step >= 0 else 'the newest'
+        raise flags.UserError(f'checkpoint {step} in {known.log_dir} was written by {written[0]} on {written[1]} '
+                              f'tasks; {"test" if known.test else "resume"} it with {registry.command_for(*written)}')
+    # a name the program does not offer was typed: argparse will list the choices
+    return (algorithm if algorithm in algorithms else algorithms[0],
+            dataset if dataset in datasets else datasets[0])
+
+
+def run_flags(algorithm, dataset):
+    """Every flag of a run of this algorithm on this dataset: the common ones, the dataset's, the algorithm's."""
+    return (*flags.COMMON, *(flags.IMAGE_FLAGS if dataset.images else ()), *dataset.flags, *algorithm.flags)
+
+
+def parse(program, argv=None):
+    """Parse and check the flags once: a Command."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    algorithm_name, dataset_name = _chosen(program, argv)
+    algorithm, dataset = registry.algorithm(algorithm_name), registry.dataset(dataset_name)
+    algorithms, datasets = program.offers()
+    parser = flags.ArgumentParser(prog=program.file, description=program.description)
+    if len(algorithms) > 1:
+        parser.add_argument('--algorithm', choices=algorithms, help='the meta-learning algorithm')
+    if len(datasets) > 1:
+        parser.add_argument('--dataset', choices=datasets, help='the tasks (flags below are this one\'s)')
+    declared = run_flags(algorithm, dataset)
+    for flag in declared:
+        flag.add_to(parser)
+    known = {flag.dest for flag in declared}
+    defaults = {**algorithm.defaults, **dataset.defaults, **algorithm.own_defaults}
+    parser.set_defaults(algorithm=algorithm_name, dataset=dataset_name,
+                        **{k: v for k, v in defaults.items() if k in known})
+    args = parser.parse_args(argv)
+    given = flags.given_on_command_line(parser, argv)
+    if not algorithm.fits(dataset):
+        raise flags.UserError(f'--algorithm {algorithm_name} does not learn {dataset.task.name} tasks '
+                              f'(--dataset {dataset_name}); {registry.command_for(algorithm_name, dataset_name)}')
+    flags.check_common(args)
+    dataset.check_args(args)
+    algorithm.check_args(args)
+    log_dir = args.log_dir or default_log_dir(args, vars(parser.parse_args([])), algorithm, dataset, declared)
+    return Command(args, given, {flag.dest: flag for flag in declared}, algorithm, dataset, log_dir)
+
+
+def default_log_dir(args, defaults, algorithm, dataset, declared):
+    """The dataset's log dir for the algorithm's hyperparameters name (./logs/ALGORITHM/DATASET.HYPERPARAMETERS),
+    which includes the log_name flags off their defaults (the algorithm's, the dataset's, then the common ones)."""
+    ordered = sorted(declared, key=lambda f: (f not in algorithm.flags, f in flags.COMMON))
+    return dataset.log_dir(args.algorithm, algorithm.log_name(args, flags.log_name_suffix(args, defaults, ordered)))
+
+
+def main(program, argv=None):
+    """Parse the flags, then train or test."""
+    return runner.run(parse(program, argv))

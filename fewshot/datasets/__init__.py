@@ -1,0 +1,1 @@
+"""The datasets: each a Dataset (contracts.py) with its data path, samplers and network."""

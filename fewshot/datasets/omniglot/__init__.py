@@ -1,0 +1,1 @@
+"""Omniglot: source.py (files -> cached array), dataset.py (splits, sampler, the Dataset), lake_runs.py."""

@@ -1,0 +1,116 @@
+"""The training loop every algorithm shares: the optimizer and its schedule, one
+meta-update (the engine owns zero_grad, backward, the all-reduce and the step),
+and the loop around it with TensorBoard logging, validation and checkpoints."""
+import math
+
+import torch
+
+from fewshot import networks
+from fewshot.engine import checkpoints, distributed, evaluation
+
+LOG_INTERVAL = 10
+VAL_INTERVAL = 50
+SAVE_INTERVAL = 100
+
+
+def build_optimizer(learner, learning_rate, weight_decay=0.0):
+    kind = {'adam': torch.optim.Adam, 'sgd': torch.optim.SGD}[learner.optimizer]
+    return kind(learner.parameters(), lr=learning_rate, weight_decay=weight_decay)
+
+
+def halved_learning_rate(args, step):
+    """--learning_rate halved every --lr_halving_steps steps (constant when 0)."""
+    return args.learning_rate * 0.5 ** (step // args.lr_halving_steps) if args.lr_halving_steps else args.learning_rate
+
+
+def learning_rate_at(schedule, base, step, total):
+    """The learning rate at a step of a total-step run: constant, cosine to 0, or linear to 0."""
+    if schedule == 'cosine':
+        return 0.5 * base * (1 + math.cos(math.pi * step / total))
+    if schedule == 'linear':
+        return base * (1 - step / total)
+    return base
+
+
+def backward_in_groups(learner, tasks, step, tasks_per_backward, total_tasks):
+    """learner.loss on tasks, tasks_per_backward at a time (0: all at once), a backward each;
+    each group's objective is weighted by its size / total_tasks, so the summed gradient is
+    that of one objective over total_tasks tasks while only one group's graph is held.
+    Forward passes run in networks.training() (dropout active).
+    Returns (the weighted objectives' sum as a float, {name: (len(tasks),) metric})."""
+    size = min(tasks_per_backward or len(tasks), len(tasks))
+    objective_sum, parts = 0.0, []
+    for start in range(0, len(tasks), size):
+        group = tasks if size == len(tasks) else tasks.select(slice(start, start + size))
+        with networks.training():
+            objective, metrics = learner.loss(group, step)
+        if len(group) != total_tasks:
+            objective = objective * (len(group) / total_tasks)
+        objective.backward()
+        objective_sum += objective.item()
+        parts.append(metrics)
+    return objective_sum, {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+
+
+def train_step(learner, optimizer, task_batch, step, learning_rate, total, processes=distributed.ONE,
+               tasks_per_backward=0):
+    """One meta-update: the schedule's learning rate, zero_grad, the learner's objective on this
+    process's share of the tasks with a backward per tasks_per_backward tasks (backward_in_groups),
+    the gradients summed over the processes, the optimizer step, buffers averaged. Returns the
+    metrics' means over all B tasks as floats, 'loss' among them."""
+    for group in optimizer.param_groups:
+        group['lr'] = learning_rate_at(learner.lr_schedule, learning_rate, step, total)
+    optimizer.zero_grad(set_to_none=True)
+    share = task_batch if processes.size == 1 else task_batch.select(processes.share(len(task_batch)))
+    objective_sum, metrics = backward_in_groups(learner, share, step, tasks_per_backward, len(task_batch))
+    processes.sum_gradients(learner.parameters())
+    optimizer.step()
+    processes.average(learner.buffers())
+    return {'loss': processes.sum(objective_sum), **{k: processes.mean(v) for k, v in metrics.items()}}
+
+
+def log_scalars(writer, split, metrics, kind, step):
+    for name, value in metrics.items():
+        tag = f'loss/{split}' if name == 'loss' else f'{split}_{kind}/{name}'
+        writer.add_scalar(tag, value, step)
+
+
+def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_step=0, processes=distributed.ONE):
+    """Meta-train from start_step to args.num_train_iterations - 1, logging and checkpointing (rank 0)."""
+    from torch.utils.tensorboard import SummaryWriter  # slow to import: only when training
+    from tqdm import tqdm
+    writer = SummaryWriter(log_dir=log_dir) if processes.is_main else None
+    last, kind = args.num_train_iterations - 1, learner.task.metric_kind
+    val_metrics = {}
+    progress = tqdm(range(start_step, args.num_train_iterations), initial=start_step,
+                    total=args.num_train_iterations, dynamic_ncols=True, disable=not processes.is_main)
+    per_backward = learner.tasks_per_backward if args.tasks_per_backward is None else args.tasks_per_backward
+    for step in progress:
+        metrics = train_step(learner, optimizer, train_sampler.sample(args.batch_size), step,
+                             halved_learning_rate(args, step), args.num_train_iterations, processes, per_backward)
+        if step % distributed.DRIFT_CHECK_INTERVAL == 0:
+            processes.check_in_step(learner.parameters(), step)
+        if step % VAL_INTERVAL == 0 or step == last:
+            val_metrics = evaluation.validate(learner, val_sampler, args, processes)
+        if not processes.is_main:
+            continue
+        if step % LOG_INTERVAL == 0:
+            log_scalars(writer, 'train', metrics, kind, step)
+            scalars = learner.scalars()
+            if learner.lr_tag:
+                scalars[learner.lr_tag] = optimizer.param_groups[0]['lr']
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, step)
+        if step % VAL_INTERVAL == 0 or step == last:
+            log_scalars(writer, 'val', val_metrics, kind, step)
+            writer.flush()
+        if step % SAVE_INTERVAL == 0 or step == last:
+            checkpoints.save(log_dir, step, learner, optimizer, train_sampler.generator, args,
+                             val_metrics[learner.key_metric])
+        progress.set_postfix({'loss': f'{metrics["loss"]:.3f}',
+                              **{f'val_{k}': f'{v:.3f}' for k, v in val_metrics.items() if k == learner.key_metric}})
+    progress.close()
+    if processes.is_main:
+        writer.close()
+        print(f'validation {kind} ({learner.key_metric}) at step {last} over {args.num_val_tasks} tasks: '
+              f'mean {val_metrics[learner.key_metric]:.3f}, 95% confidence interval {val_metrics["ci95"]:.3f}')

@@ -1,0 +1,136 @@
+"""Run a parsed command (cli.Command): train, resuming if asked, or test a checkpoint.
+
+At --test the model is rebuilt with the flags it was trained with and the test
+tasks are drawn with the command line's, as each flag's `at_test` role says
+(flags.py); a resumed run must keep its trained settings but those whose
+`resume_may_change` role allows another value.
+"""
+import argparse
+
+from fewshot import files, flags, runtime
+from fewshot.engine import checkpoints, distributed, evaluation, loop, tuning
+
+
+def recorded(command, checkpoint):
+    """The flags a checkpoint was trained with, older spellings renamed and flags newer than it
+    set to their before_it_existed values."""
+    trained = dict(checkpoint['args'])
+    for old, dest in flags.older_names(command.flags.values()).items():
+        if old in trained and dest not in trained:
+            trained[dest] = trained.pop(old)
+    for dest, flag in command.flags.items():
+        if dest not in trained and flag.before_it_existed is not flags.NOT_RECORDED:
+            trained[dest] = flag.before_it_existed
+    return trained
+
+
+def model_args(command, trained):
+    """The flags --test rebuilds the model with: the trained ones, flags newer than the checkpoint
+    at the command line's value, and TEST_TIME flags given on the command line replacing them."""
+    given = vars(command.args)
+    merged = {**given, **trained}
+    merged.update({dest: given[dest] for dest, flag in command.flags.items()
+                   if flag.at_test == flags.TEST_TIME and dest in command.given})
+    return argparse.Namespace(**merged)
+
+
+def task_args(command, trained):
+    """The flags --test draws its tasks with: the command line's, but TASKS flags as trained and
+    RECORDED flags as trained unless given."""
+    merged = dict(vars(command.args))
+    for dest, flag in command.flags.items():
+        keeps_trained = flag.at_test == flags.TASKS or (flag.at_test == flags.RECORDED and dest not in command.given)
+        if keeps_trained and dest in trained:
+            merged[dest] = trained[dest]
+    return argparse.Namespace(**merged)
+
+
+def check_resume_settings(command, trained, where):
+    """Refuse, naming the flags, to resume a checkpoint with settings other than its own; RECORDED
+    flags not given take the checkpoint's value."""
+    given = vars(command.args)
+    for dest, flag in command.flags.items():
+        if flag.at_test == flags.RECORDED and dest not in command.given and dest in trained:
+            setattr(command.args, dest, trained[dest])
+    changed = sorted(dest for dest, flag in command.flags.items()
+                     if not flag.resume_may_change and dest in trained and given[dest] != trained[dest])
+    if changed:
+        values = ', '.join(f'--{k} {trained[k]} (now {given[k]})' for k in changed)
+        raise flags.UserError(f'resuming {where} with other settings: {values}; pass the values it was trained with')
+
+
+def run(command):
+    """Train or test as the (parsed and checked) command says. Returns test results, or None."""
+    args, log_dir = command.args, command.log_dir
+    processes = distributed.start(runtime.resolve_device(args.device))
+    if args.batch_size < processes.size:
+        raise flags.UserError(f'--batch_size {args.batch_size} is smaller than the {processes.size} processes; '
+                              'give each process at least one task')
+    created = check_outputs(args, log_dir) if processes.is_main else []
+    if processes.device.type == 'cpu':
+        runtime.tune_cpu_allocator()
+    try:
+        with runtime.autocast(processes.device, args.precision):
+            return test(command, processes) if args.test else train(command, processes)
+    except BaseException:
+        files.remove_if_empty(created)  # a run that failed before writing anything leaves no empty log dir
+        raise
+
+
+def test(command, processes):
+    """Test a checkpoint (the best validation one unless --checkpoint_step): the benchmark the
+    dataset offers, else sampled tasks (a K sweep with several --num_support)."""
+    args, log_dir = command.args, command.log_dir
+    step = args.checkpoint_step if args.checkpoint_step >= 0 else checkpoints.best_step(log_dir)
+    checkpoint = checkpoints.load(log_dir, step)
+    trained = recorded(command, checkpoint)
+    learner = command.build_learner(model_args(command, trained), processes.device)
+    learner.load_state(checkpoint['learner'])
+    if args.checkpoint_step < 0 and processes.is_main:
+        print(f'testing checkpoint step {step}, the best validation {learner.key_metric} '
+              f'({checkpoint["val_score"]:.4f}) in {log_dir}')
+    tasks_flags = task_args(command, trained)
+    results = command.dataset.benchmark_test(learner, tasks_flags, log_dir, processes)
+    if results is None:
+        results = evaluation.test_support_sweep(learner, command.build_sampler, tasks_flags, processes, log_dir, step)
+    if processes.is_main:
+        command.dataset.after_test(learner, args, log_dir)
+    processes.finish()
+    return results
+
+
+def train(command, processes):
+    """Train from scratch, or resume --checkpoint_step (read and checked before any work)."""
+    args, log_dir, device = command.args, command.log_dir, processes.device
+    resumed = None
+    if args.checkpoint_step >= 0:
+        resumed = checkpoints.load(log_dir, args.checkpoint_step)
+        check_resume_settings(command, recorded(command, resumed), checkpoints.path(log_dir, args.checkpoint_step))
+    runtime.seed_everything(args.seed)
+    learner = command.build_learner(args, device)
+    optimizer = loop.build_optimizer(learner, args.learning_rate, args.weight_decay)
+    train_sampler = command.build_sampler('train', args, args.seed, device)
+    val_sampler = command.build_sampler('val', args, evaluation.VAL_SEED, device)
+    start = 0 if resumed is None else checkpoints.resume(resumed, learner, optimizer, train_sampler.generator)
+    if processes.size == 1:  # the fastest way to compute a step on this machine (the same numbers)
+        tune_tasks = command.build_sampler('train', args, tuning.TUNE_SEED, device)
+        tuning.choose(learner, lambda: tune_tasks.sample(args.batch_size), tuning.run_key(command, device))
+    if processes.is_main:
+        print(f'logging to {log_dir}' + (f' ({processes.size} processes)' if processes.size > 1 else ''))
+    loop.train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start, processes)
+    processes.finish()
+
+
+def check_outputs(args, log_dir):
+    """--csv and, to train, --log_dir can be written; stray temporaries of killed saves removed.
+    Returns the folders it created."""
+    if args.csv:
+        files.writable_file(args.csv, '--csv')
+    if args.test:
+        return []
+    created = files.writable_folder(log_dir, '--log_dir')
+    count, size = files.remove_stale_temporaries(log_dir)
+    if count:
+        print(f'removed {count} temporary checkpoint file(s) ({size / 2 ** 20:.1f} MiB) that runs stopped '
+              f'while saving had left in {log_dir}')
+    return created

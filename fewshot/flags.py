@@ -1,0 +1,197 @@
+"""Every flag is declared once, here or beside the dataset or algorithm that owns it, with
+its roles: what the default log dir, --test, a resumed run, the tuning cache and older
+checkpoints do with it. The code that needs a role asks the declarations.
+
+    Flag('--num_way', type=positive_int, default=5, help='classes per task (N)')
+    Flag('--features', default='morgan_counts', log_name=True, at_test=TASKS, before_it_existed='morgan')
+"""
+import argparse
+import dataclasses
+import math
+
+from fewshot.errors import UserError
+
+# What --test does with a flag (at_test):
+MODEL = 'model'          # the model is rebuilt with its trained value; the test tasks take the command line's
+                         # (a model trained 5-shot is tested 1-shot with --num_support 1)
+TASKS = 'tasks'          # the trained value for the test tasks too: it says which tasks the model learned
+TEST_TIME = 'test_time'  # a value given at --test replaces the trained one, for the model too
+RECORDED = 'recorded'    # the run's recorded value unless given, at --test and at resume (where the data is)
+NOT_RECORDED = object()  # before_it_existed: checkpoints without the flag take the command line's value
+
+
+class Flag:
+    """One flag: its spellings, argparse's keywords and its roles.
+
+    names: '--num_way' first; older spellings after it ('--outer_lr'), which older
+        checkpoints also use for the flag.
+    log_name: named '.dest_value' in the default log dir when not at its default.
+    at_test: MODEL, TASKS, TEST_TIME or RECORDED (above).
+    resume_may_change: a resumed run may take another value; else it must keep the trained one.
+    shapes_step: part of the tuning cache key (it may change which way to compute a step is fastest).
+    before_it_existed: the value of checkpoints written before the flag existed.
+    """
+
+    def __init__(self, *names, log_name=False, at_test=MODEL, resume_may_change=False, shapes_step=True,
+                 before_it_existed=NOT_RECORDED, **argparse_options):
+        self.names, self.options = names, argparse_options
+        self.dest = argparse_options.get('dest') or names[0].lstrip('-')
+        self.log_name, self.at_test = log_name, at_test
+        self.resume_may_change = resume_may_change or at_test == RECORDED
+        self.shapes_step, self.before_it_existed = shapes_step, before_it_existed
+
+    @property
+    def older_names(self):
+        return [name.lstrip('-') for name in self.names[1:]]
+
+    def add_to(self, parser):
+        parser.add_argument(*self.names, **self.options)
+
+
+# ---------------------------------------------------------------- argparse types
+# a bad value fails while parsing, naming the flag, before any work
+
+def _number(text, kind):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not {"an integer" if kind is int else "a number"}') from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f'{text} is not a finite number')
+    return value
+
+
+def _flag_type(kind, accept, problem):
+    """An argparse type: text -> a finite kind (int or float) for which accept(value) holds,
+    else the one-line error f'{value}{problem}'."""
+    def parse(text):
+        value = _number(text, kind)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f'{value}{problem}')
+        return value
+    return parse
+
+
+positive_int = _flag_type(int, lambda v: v >= 1, ' is not a positive integer (1 or more)')
+non_negative_int = _flag_type(int, lambda v: v >= 0, ' is below 0')
+checkpoint_step = _flag_type(int, lambda v: v >= -1, ': give a saved step, or -1')
+seed = _flag_type(int, lambda v: 0 <= v < 2 ** 32, ' is outside 0 .. 2**32 - 1')
+positive_float = _flag_type(float, lambda v: v > 0, ' is not positive')
+non_negative_float = _flag_type(float, lambda v: v >= 0, ' is negative')
+probability = _flag_type(float, lambda v: 0 <= v < 1, ' is not in [0, 1)')
+
+AUTO_YES_NO = ('auto', 'yes', 'no')
+
+
+def auto_yes_no(value):
+    """An auto/yes/no flag's value as code takes it: None (auto: measured), True or False."""
+    return {'auto': None, 'yes': True, 'no': False}[value]
+
+
+# ---------------------------------------------------------------- the flags every run has
+
+COMMON = (
+    Flag('--log_dir', type=str, default=None, resume_may_change=True, shapes_step=False,
+         help='directory for logs and checkpoints; default: named from the settings under ./logs'),
+    Flag('--data_dir', '--datadir', dest='data_dir', type=str, default='./data', at_test=RECORDED, shapes_step=False,
+         help='folder with the data set (--datadir is the same flag; at --test and resume: the run\'s unless given)'),
+    Flag('--num_way', type=positive_int, default=5, help='classes per task (N)'),
+    Flag('--num_support', type=positive_int, nargs='+', default=[1],
+         help='support examples per class (K); with --test, several values sweep K'),
+    Flag('--num_query', type=positive_int, default=15, help='query examples per class (Q)'),
+    Flag('--batch_size', type=positive_int, default=16, help='tasks per meta-batch (B)'),
+    Flag('--learning_rate', '--outer_lr', dest='learning_rate', type=positive_float, default=0.001,
+         help='learning rate of the meta-update (--outer_lr is the same flag): Adam for ProtoNet and MAML, '
+              'the initial meta step size for Reptile'),
+    Flag('--lr_halving_steps', type=non_negative_int, default=0, log_name=True,
+         help='halve the learning rate every this many steps (Snell et al.: 2000); 0: never'),
+    Flag('--tasks_per_backward', type=non_negative_int, default=None,
+         help="tasks per backward pass within a meta-batch: holds one group's graph at a time (second-order "
+              "MAML's memory), same gradient; 0: the whole meta-batch at once; default: the learner's "
+              '(1 for a per-task MAML loop, else 0)'),
+    Flag('--weight_decay', type=non_negative_float, default=0.0, log_name=True,
+         help="L2 penalty of the meta-update (the optimizer's weight_decay); 0: none"),
+    Flag('--num_train_iterations', type=positive_int, default=5000, resume_may_change=True, shapes_step=False,
+         help='meta-updates in the whole run'),
+    Flag('--test', default=False, action='store_true', resume_may_change=True, shapes_step=False,
+         help='test a checkpoint instead of training'),
+    Flag('--checkpoint_step', type=checkpoint_step, default=-1, resume_may_change=True, shapes_step=False,
+         help='checkpoint to resume from or test; -1: train from scratch, or test the best'),
+    Flag('--num_test_tasks', type=positive_int, default=600, resume_may_change=True, shapes_step=False,
+         help='tasks evaluated by --test'),
+    Flag('--csv', type=str, default=None, resume_may_change=True, shapes_step=False,
+         help='with --test: also append the results to this CSV file'),
+    Flag('--num_val_tasks', type=positive_int, default=64, shapes_step=False, help='tasks at each validation'),
+    Flag('--device', type=str, default='cpu', at_test=TEST_TIME, resume_may_change=True,
+         help='cpu, gpu (CUDA, else MPS), cuda, mps or auto'),
+    Flag('--num_workers', type=non_negative_int, default=2, resume_may_change=True, shapes_step=False,
+         help="the course's flag, accepted and unused: tasks are drawn from an in-memory array"),
+    Flag('--seed', type=seed, default=0, shapes_step=False, help='seeds initialisation and task sampling'),
+    Flag('--precision', choices=['fp32', 'bf16'], default='fp32',
+         help='bf16: convolutions and matrix products in bfloat16 (torch.autocast), on GPUs and on CPUs with '
+              'AVX512-BF16 or AMX; parameters, optimizer and losses stay float32'),
+)
+IMAGE_FLAGS = (  # the flags of datasets whose examples are images for a conv net
+    Flag('--channels_last', choices=AUTO_YES_NO, default='auto', at_test=TEST_TIME, resume_may_change=True,
+         help='give the conv net its images channels-last (same numbers to round-off); auto: the faster on this '
+              'machine, timed once at the start of training and cached (at --test and under torchrun: yes on '
+              'a CPU, no on a GPU)'),
+)
+
+
+def check_common(args):
+    """Check the shared flags together, once after parsing (their types checked each one):
+    --num_support becomes one int (the first value) and args.support_sweep the list of
+    values (a K sweep at --test)."""
+    sweep = args.num_support
+    if len(sweep) > 1 and not args.test:
+        raise UserError('--num_support takes several values only with --test (a sweep over K); give one to train')
+    args.num_support, args.support_sweep = sweep[0], sweep
+
+
+# ---------------------------------------------------------------- parsing
+
+class HelpWithDefaults(argparse.HelpFormatter):
+    """--help with each flag's default, where it has one (not None, not an off switch)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS or not action.option_strings or '%(default)' in text:
+            return text
+        return text + ' (default: %(default)s)'
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (a UserError) naming the flag, without the usage block,
+    and whose --help shows each flag's default."""
+
+    def __init__(self, **options):
+        super().__init__(formatter_class=HelpWithDefaults, **options)
+
+    def error(self, message):
+        raise UserError(f'{message}; see {self.prog} --help')
+
+
+def given_on_command_line(parser, argv):
+    """The dests of the flags argv gives explicitly (whatever their value)."""
+    saved, saved_parser_defaults = [action.default for action in parser._actions], parser._defaults
+    try:
+        parser._defaults = {}
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        parser._defaults = saved_parser_defaults
+        for action, default in zip(parser._actions, saved):
+            action.default = default
+
+
+def log_name_suffix(args, defaults, flags):
+    """'.dest_value' for each log_name flag whose value differs from its default, in declaration order."""
+    given = vars(args)
+    return ''.join(f'.{f.dest}_{given[f.dest]}' for f in flags if f.log_name and given[f.dest] != defaults[f.dest])
+
+
+def older_names(flags):
+    """{older spelling: dest} of the flags, as older checkpoints name them."""
+    return {old: flag.dest for flag in flags for old in flag.older_names}

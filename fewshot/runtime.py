@@ -1,0 +1,98 @@
+"""What a run computes on: the device, bfloat16 autocast, the CPU allocator, the processor, seeds."""
+import contextlib
+import ctypes
+import platform
+import random
+import sys
+
+import numpy as np
+import torch
+
+from fewshot.errors import UserError
+
+
+def seed_everything(seed):
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name):
+    """Map a --device value (cpu, gpu, cuda, mps, auto) to a torch.device."""
+    has_cuda = torch.cuda.is_available()
+    has_mps = getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()
+    if name == 'cpu':
+        return torch.device('cpu')
+    if name in ('gpu', 'auto'):
+        if has_cuda:
+            return torch.device('cuda')
+        if has_mps:
+            return torch.device('mps')
+        if name == 'auto':
+            return torch.device('cpu')
+        raise UserError('--device gpu: no CUDA or MPS device is available here; use --device cpu')
+    if name == 'cuda':
+        if not has_cuda:
+            raise UserError('--device cuda: no CUDA device is available here; use --device cpu')
+        return torch.device('cuda')
+    if name == 'mps':
+        if not has_mps:
+            raise UserError('--device mps: no MPS device is available here; use --device cpu')
+        return torch.device('mps')
+    raise UserError(f'--device {name}: unknown device; use one of cpu, gpu, cuda, mps, auto')
+
+
+def cpuinfo(field):
+    """The value of the first `field` line of Linux's /proc/cpuinfo, or None."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next((line.split(':', 1)[1].strip() for line in f if line.startswith(field)), None)
+    except OSError:
+        return None
+
+
+def cpu_name():
+    """The processor's model name (Linux /proc/cpuinfo, else platform's guess)."""
+    return cpuinfo('model name') or platform.processor() or platform.machine()
+
+
+def cpu_has_bf16():
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), from /proc/cpuinfo."""
+    flags = (cpuinfo('flags') or '').split()
+    return 'avx512_bf16' in flags or 'amx_bf16' in flags
+
+
+def autocast(device, precision):
+    """The context a run computes in: --precision bf16 is torch.autocast to bfloat16 (refused in
+    one line where the device has no native bfloat16), fp32 a no-op."""
+    if precision == 'fp32':
+        return contextlib.nullcontext()
+    native = cpu_has_bf16() if device.type == 'cpu' else device.type == 'cuda' and torch.cuda.is_bf16_supported()
+    if not native:
+        raise UserError(f'--precision bf16: the {device.type} device here has no native bfloat16 '
+                        '(a CPU needs AVX512-BF16 or AMX); use --precision fp32')
+    # no cache of cast weights: within one context spanning many optimizer steps it would keep
+    # serving the first step's weights
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+
+
+def tune_cpu_allocator():
+    """Keep glibc malloc from returning big buffers to the OS after each step.
+
+    A meta-batch allocates activations of hundreds of MB; with glibc's default
+    mmap threshold every one of them is a fresh mmap, page-faulted and zeroed
+    again each step. Serving them from the heap and never trimming it made a
+    ProtoNet step about 2x faster on a 2-core CPU (bench.py). A no-op where
+    glibc is not the allocator.
+    """
+    if not sys.platform.startswith('linux'):
+        return False
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    ok_mmap = libc.mallopt(m_mmap_max, 0)
+    ok_trim = libc.mallopt(m_trim_threshold, 2**30)
+    return bool(ok_mmap and ok_trim)

@@ -86,7 +86,9 @@ def parse(program, argv=None):
     defaults = {**algorithm.defaults, **dataset.defaults, **algorithm.own_defaults}
     parser.set_defaults(algorithm=algorithm_name, dataset=dataset_name,
                         **{k: v for k, v in defaults.items() if k in known})
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise flags.UserError(unknown_flags_line(unknown, program, algorithm_name, dataset_name))
     given = flags.given_on_command_line(parser, argv)
     if not algorithm.fits(dataset):
         raise flags.UserError(f'--algorithm {algorithm_name} does not learn {dataset.task.name} tasks '
@@ -96,6 +98,23 @@ def parse(program, argv=None):
     algorithm.check_args(args)
     log_dir = args.log_dir or default_log_dir(args, vars(parser.parse_args([])), algorithm, dataset, declared)
     return Command(args, given, {flag.dest: flag for flag in declared}, algorithm, dataset, log_dir)
+
+
+def unknown_flags_line(unknown, program, algorithm_name, dataset_name):
+    """One line on flags the run does not take, naming whose they are when another algorithm or
+    dataset of the program has them."""
+    algorithms, datasets = program.offers()
+    owners = {}
+    for kind, names, load in (('algorithm', algorithms, registry.algorithm), ('dataset', datasets, registry.dataset)):
+        for name in names:
+            for flag in load(name).flags:
+                for spelling in flag.names:
+                    owners.setdefault(spelling, f'--{kind} {name}')
+    first = next((text.split('=')[0] for text in unknown if text.startswith('--')), unknown[0])
+    if first in owners:
+        return (f'{first} is a flag of {owners[first]}, not of --algorithm {algorithm_name} on --dataset '
+                f'{dataset_name}; drop it (see {program.file} --help)')
+    return f'unrecognized arguments: {" ".join(unknown)}; see {program.file} --help'
 
 
 def default_log_dir(args, defaults, algorithm, dataset, declared):

@@ -2,16 +2,16 @@
 (default: ../shared/data beside the checkout). Outside CI they skip, saying so,
 when it is missing; under CI (CI=true) a missing data folder is a failure."""
 import os
-import sys
+import shutil
 import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# one user cache for the whole session (tuning.py's choices: runs with the same settings
-# share one), away from the user's own; subprocesses inherit it
-os.environ['XDG_CACHE_HOME'] = tempfile.mkdtemp(prefix='fewshot-test-cache-')
-sys.path.insert(0, ROOT)
+# one user cache for the whole session (the tuning cache: runs with the same settings
+# share one), away from the user's own; subprocesses inherit it; removed at the end
+CACHE = tempfile.mkdtemp(prefix='fewshot-test-cache-')
+os.environ['XDG_CACHE_HOME'] = CACHE
 DATA_ROOT = os.environ.get('FEWSHOT_DATA', os.path.join(ROOT, '..', 'shared', 'data'))
 
 
@@ -32,3 +32,7 @@ def omniglot_dir():
 @pytest.fixture
 def metabolism_dir():
     return real_data('metabolism')
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(CACHE, ignore_errors=True)

@@ -11,13 +11,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import distributed  # noqa: E402
-import training  # noqa: E402
 from test_maml import random_batch as maml_batch, tiny_maml  # noqa: E402
 from test_protonet import random_batch, tiny_encoder  # noqa: E402
 import protonet  # noqa: E402
-import reptile  # noqa: E402
-
+from fewshot.engine import loop
+from fewshot.engine import distributed
+from fewshot.algorithms import reptile
 
 def learners():
     """name -> (learner, batch of 5 tasks), float64, the same in every process."""
@@ -30,8 +29,8 @@ def gradients(processes):
     """name -> (logged metrics, [gradient of each trained tensor]) after one training step."""
     results = {}
     for name, (learner, batch) in learners().items():
-        optimizer = training.build_optimizer(learner, 1e-3)
-        metrics = training.train_step(learner, optimizer, batch, 0, 1e-3, 10, processes)
+        optimizer = loop.build_optimizer(learner, 1e-3)
+        metrics = loop.train_step(learner, optimizer, batch, 0, 1e-3, 10, processes)
         results[name] = (metrics, [p.grad.clone() for p in learner.parameters()])
     return results
 
@@ -53,7 +52,7 @@ def buffers_agree(processes):
     """Whether MAML++'s per-step batch-norm running statistics agree across processes after a step
     (each process saw other tasks; the loop averages them)."""
     learner = tiny_maml(num_inner_steps=1, per_step_bn=True)
-    training.train_step(learner, training.build_optimizer(learner, 1e-3), maml_batch(num_tasks=4), 0, 1e-3, 10,
+    loop.train_step(learner, loop.build_optimizer(learner, 1e-3), maml_batch(num_tasks=4), 0, 1e-3, 10,
                         processes)
     try:
         processes.check_in_step(learner.buffers(), 0)

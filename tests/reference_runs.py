@@ -12,27 +12,28 @@ bit-for-bit comparisons here), once the runs agree with the recorded summary
 to round-off.
 """
 import hashlib
+import importlib
 import json
 import os
 import sys
 import tempfile
 
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from fewshot import runtime
+from fewshot.engine import checkpoints
 
 SMALL = ['--num_train_iterations', '4', '--batch_size', '3', '--num_val_tasks', '3', '--seed', '3']
 # the way these were recorded (a per-task loop, one backward per meta-batch, contiguous images),
 # not chosen per machine
-LOOP = ['--vmap_tasks', 'no', '--tasks_per_backward', '0', '--channels_last', 'no']
+LOOP = ['--vmap_tasks', 'no', '--tasks_per_backward', '0']
+CONTIGUOUS = ['--channels_last', 'no']  # on images
 # name -> (script module, flags; the data folder is appended)
 RUNS = {
     'protonet': ('protonet', [*SMALL, '--num_support', '2', '--num_query', '3', '--encoder_calls', 'per_task',
                               '--channels_last', 'no']),
-    'maml_second_order_learned_lrs': ('maml', [*SMALL, *LOOP, '--num_inner_steps', '2', '--learn_inner_lrs',
+    'maml_second_order_learned_lrs': ('maml', [*SMALL, *LOOP, *CONTIGUOUS, '--num_inner_steps', '2', '--learn_inner_lrs',
                                                '--num_query', '3']),
-    'reptile': ('maml', [*SMALL, *LOOP, '--algorithm', 'reptile', '--num_inner_steps', '3', '--inner_lr', '0.1',
+    'reptile': ('maml', [*SMALL, *LOOP, *CONTIGUOUS, '--algorithm', 'reptile', '--num_inner_steps', '3', '--inner_lr', '0.1',
                          '--num_query', '3']),
     'maml_sinusoid': ('maml', [*LOOP, '--dataset', 'sinusoid', '--num_train_iterations', '30',
                                '--num_val_tasks', '4']),
@@ -67,21 +68,18 @@ def summary(tensor):
 
 def run(name, data_root, log_dir):
     """Run one reference configuration into log_dir; return {tensor name: summary}."""
-    import importlib
-    import util
     module, flags = RUNS[name]
     script = importlib.import_module(module)
     script.main([*flags, *data_flags(name, data_root), '--log_dir', log_dir])
     steps = int(flags[flags.index('--num_train_iterations') + 1])
-    checkpoint = util.load_checkpoint(os.path.join(log_dir, f'state{steps - 1}.pt'))
+    checkpoint = checkpoints.read(os.path.join(log_dir, f'state{steps - 1}.pt'))
     return {k: summary(v) for k, v in trained_tensors(checkpoint['learner']).items()}
 
 
 def platform():
     """What must match for bit-for-bit equality to be expected."""
-    import util
     return {'torch': torch.__version__, 'cpu_capability': torch.backends.cpu.get_cpu_capability(),
-            'threads': torch.get_num_threads(), 'cpu': util.cpu_name()}
+            'threads': torch.get_num_threads(), 'cpu': runtime.cpu_name()}
 
 
 def main():

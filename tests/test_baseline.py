@@ -5,21 +5,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import baseline
-import cli
-import metabolism
-import networks
 import protonet
 import run_metabolism
-import util
+
 from test_metabolism import coded_data, decode, write_tables
+from fewshot import cli
+from fewshot import networks, registry
+from fewshot.datasets.metabolism import tables as metabolism_tables
+from fewshot.datasets.metabolism import dataset as metabolism_dataset
+from fewshot.algorithms import baseline
+from fewshot.errors import UserError
 
 
 def test_each_task_label_names_its_assay_and_assay_label_as_a_class():
-    sampler = metabolism.MoleculeTaskSampler(metabolism.split_pools(coded_data(), 'train'), 2, 3, 2, seed=0)
+    sampler = metabolism_dataset.MoleculeTaskSampler(metabolism_dataset.split_pools(coded_data(), 'train'), 2, 3, 2, seed=0)
     batch = sampler.sample(40)
-    assert sampler.num_classes == metabolism.NUM_TRAIN_CLASSES == 10
-    names = list(metabolism.ASSAYS)
+    assert sampler.num_classes == registry.dataset('metabolism').num_train_classes == 10
+    names = list(metabolism_tables.ASSAYS)
     for examples, labels in ((batch.images_support, batch.labels_support), (batch.images_query, batch.labels_query)):
         assay, _, assay_label = decode(examples)
         position = torch.tensor([sampler.group_names.index(names[a]) for a in assay.flatten().tolist()])
@@ -36,9 +38,9 @@ def small_baseline(seed=0):
 
 
 def random_batch(num_tasks=3, k=2, q=3):
-    sampler = metabolism.MoleculeTaskSampler(
+    sampler = metabolism_dataset.MoleculeTaskSampler(
         {a: [np.random.default_rng(i).normal(size=(20, 4)).astype(np.float32) + label for label in range(2)]
-         for i, a in enumerate(metabolism.TRAIN_ASSAYS)}, 2, k, q, seed=1)
+         for i, a in enumerate(metabolism_tables.TRAIN_ASSAYS)}, 2, k, q, seed=1)
     return sampler.sample(num_tasks)
 
 
@@ -85,9 +87,9 @@ def test_trains_and_tests_from_the_command_line(tmp_path, capsys):
     run_metabolism.main(['--test', '--datadir', folder, '--log_dir', log_dir, '--num_support', '2',
                          '--num_query', '3', '--num_test_tasks', '8'])
     assert 'Accuracy over 8 test tasks' in capsys.readouterr().out
-    with pytest.raises(util.UserError, match='written by baseline on metabolism tasks; test it with run_metabolism.py '
+    with pytest.raises(UserError, match='written by baseline on metabolism tasks; test it with run_metabolism.py '
                                              '--algorithm baseline'):
-        cli.parse(protonet.SCRIPT, ['--test', '--log_dir', log_dir, '--dataset', 'metabolism'])
+        cli.parse(protonet.PROGRAM, ['--test', '--log_dir', log_dir, '--dataset', 'metabolism'])
 
 
 def test_real_tables_short_baseline_run_beats_chance(metabolism_dir, tmp_path, capsys):

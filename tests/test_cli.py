@@ -11,17 +11,21 @@ import types
 import pytest
 import torch
 
-import checkpoints
-import cli
 import maml
 import omniglot
 import protonet
 import run_metabolism
-import tasks
-import training
-import util
+
 from test_metabolism import write_tables
 from test_protonet import synthetic_sampler
+from fewshot.engine import checkpoints
+from fewshot.engine import loop
+from fewshot import cli
+from fewshot import flags
+from fewshot import tasks
+from fewshot.datasets import sinusoid
+from helpers import run_with
+from fewshot.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--num_train_iterations', '3', '--num_val_tasks', '4', '--batch_size', '2']
@@ -32,37 +36,37 @@ def parsed(script, *flags):
 
 
 def test_the_course_defaults_of_each_script():
-    proto, meta, bio = parsed(protonet.SCRIPT), parsed(maml.SCRIPT), parsed(run_metabolism.SCRIPT)
+    proto, meta, bio = parsed(protonet.PROGRAM), parsed(maml.PROGRAM), parsed(run_metabolism.PROGRAM)
     assert (proto.num_way, proto.num_support, proto.num_query, proto.batch_size, proto.learning_rate,
             proto.num_train_iterations, proto.data_dir) == (5, 1, 15, 16, 0.001, 5000, './data')
     assert (meta.inner_lr, meta.learning_rate, meta.num_train_iterations, meta.num_inner_steps) == (0.4, 0.001, 15000, 1)
     assert (bio.algorithm, bio.num_way, bio.num_support, bio.num_query, bio.batch_size, bio.learning_rate,
             bio.num_train_iterations, bio.num_val_tasks, bio.data_dir) == ('protonet', 2, 5, 10, 4, 0.0005, 8000, 600,
                                                                             './data/metabolism')
-    assert parsed(maml.SCRIPT, '--algorithm', 'reptile').learning_rate == 1.0  # Reptile's initial meta step size
-    sine = parsed(maml.SCRIPT, '--dataset', 'sinusoid')
+    assert parsed(maml.PROGRAM, '--algorithm', 'reptile').learning_rate == 1.0  # Reptile's initial meta step size
+    sine = parsed(maml.PROGRAM, '--dataset', 'sinusoid')
     assert (sine.num_way, sine.num_support, sine.num_query, sine.batch_size, sine.inner_lr) == (1, 10, 10, 25, 0.01)
-    assert parsed(run_metabolism.SCRIPT, '--algorithm', 'maml').inner_lr == 0.1
-    assert parsed(maml.SCRIPT, '--dataset', 'metabolism').learning_rate == 0.0005  # the metabolism runs' rate
+    assert parsed(run_metabolism.PROGRAM, '--algorithm', 'maml').inner_lr == 0.1
+    assert parsed(maml.PROGRAM, '--dataset', 'metabolism').learning_rate == 0.0005  # the metabolism runs' rate
 
 
 def test_flag_spellings_are_aliases():
-    assert parsed(run_metabolism.SCRIPT, '--datadir', 'X').data_dir == 'X'
-    assert parsed(maml.SCRIPT, '--outer_lr', '0.01').learning_rate == 0.01
-    assert parsed(protonet.SCRIPT, '--data_dir', 'Y').data_dir == 'Y'
+    assert parsed(run_metabolism.PROGRAM, '--datadir', 'X').data_dir == 'X'
+    assert parsed(maml.PROGRAM, '--outer_lr', '0.01').learning_rate == 0.01
+    assert parsed(protonet.PROGRAM, '--data_dir', 'Y').data_dir == 'Y'
 
 
 def test_default_log_dirs_keep_the_course_names():
     def log_dir(script, *flags):
         args, defaults, algorithm, _ = cli.parse(script, list(flags))
         return cli.default_log_dir(args, defaults, algorithm)
-    assert log_dir(protonet.SCRIPT, '--num_support', '5') == \
+    assert log_dir(protonet.PROGRAM, '--num_support', '5') == \
         './logs/protonet/omniglot.way_5.support_5.query_15.lr_0.001.batch_size_16'
-    assert log_dir(run_metabolism.SCRIPT) == './logs/metabolism/protonet.way_2.support_5.query_10.lr_0.0005.batch_size_4'
-    assert log_dir(maml.SCRIPT, '--learn_inner_lrs') == ('./logs/maml/omniglot.way_5.support_1.query_15.inner_steps_1'
+    assert log_dir(run_metabolism.PROGRAM) == './logs/metabolism/protonet.way_2.support_5.query_10.lr_0.0005.batch_size_4'
+    assert log_dir(maml.PROGRAM, '--learn_inner_lrs') == ('./logs/maml/omniglot.way_5.support_1.query_15.inner_steps_1'
                                                          '.inner_lr_0.4.learn_inner_lrs_True.outer_lr_0.001'
                                                          '.batch_size_16')
-    assert log_dir(maml.SCRIPT, '--algorithm', 'reptile', '--dataset', 'sinusoid').startswith(
+    assert log_dir(maml.PROGRAM, '--algorithm', 'reptile', '--dataset', 'sinusoid').startswith(
         './logs/reptile/sinusoid.way_1.support_10.query_10.inner_steps_1.inner_lr_0.01')
 
 
@@ -77,12 +81,12 @@ def test_protonet_does_no_regression():
 
 
 @pytest.mark.parametrize('script, flags', [
-    (protonet.SCRIPT, ['--dataset', 'metabolism']),
-    (maml.SCRIPT, ['--dataset', 'metabolism', '--num_inner_steps', '2', '--learn_inner_lrs']),
-    (run_metabolism.SCRIPT, ['--algorithm', 'reptile', '--num_inner_steps', '2']),
-    (maml.SCRIPT, ['--dataset', 'sinusoid', '--algorithm', 'reptile']),
-    (maml.SCRIPT, ['--dataset', 'sinusoid', '--anil']),
-    (run_metabolism.SCRIPT, ['--algorithm', 'maml', '--per_step_bn', '--multi_step_loss', '--num_inner_steps', '2']),
+    (protonet.PROGRAM, ['--dataset', 'metabolism']),
+    (maml.PROGRAM, ['--dataset', 'metabolism', '--num_inner_steps', '2', '--learn_inner_lrs']),
+    (run_metabolism.PROGRAM, ['--algorithm', 'reptile', '--num_inner_steps', '2']),
+    (maml.PROGRAM, ['--dataset', 'sinusoid', '--algorithm', 'reptile']),
+    (maml.PROGRAM, ['--dataset', 'sinusoid', '--anil']),
+    (run_metabolism.PROGRAM, ['--algorithm', 'maml', '--per_step_bn', '--multi_step_loss', '--num_inner_steps', '2']),
 ])
 def test_every_algorithm_trains_and_tests_on_the_datasets_it_fits(tmp_path, capsys, script, flags):
     data = write_tables(tmp_path / 'data')
@@ -107,13 +111,13 @@ def test_every_algorithm_trains_and_tests_on_the_datasets_it_fits(tmp_path, caps
 def test_test_takes_the_checkpoints_algorithm_or_names_the_script(tmp_path):
     data = write_tables(tmp_path / 'data')
     log_dir = str(tmp_path / 'log')
-    cli.main(maml.SCRIPT, ['--dataset', 'metabolism', '--algorithm', 'reptile', '--data_dir', data, '--log_dir',
+    cli.main(maml.PROGRAM, ['--dataset', 'metabolism', '--algorithm', 'reptile', '--data_dir', data, '--log_dir',
                            log_dir, '--num_support', '2', '--num_query', '3', *TINY])
-    args, _, algorithm, dataset = cli.parse(run_metabolism.SCRIPT, ['--test', '--log_dir', log_dir])
+    args, _, algorithm, dataset = cli.parse(run_metabolism.PROGRAM, ['--test', '--log_dir', log_dir])
     assert (args.algorithm, algorithm.NAME, dataset.NAME) == ('reptile', 'reptile', 'metabolism')
-    with pytest.raises(util.UserError, match='written by reptile on metabolism tasks; test it with '
+    with pytest.raises(UserError, match='written by reptile on metabolism tasks; test it with '
                                              'run_metabolism.py --algorithm reptile'):
-        cli.parse(protonet.SCRIPT, ['--test', '--log_dir', log_dir])
+        cli.parse(protonet.PROGRAM, ['--test', '--log_dir', log_dir])
 
 
 def test_run_bio_sh_runs_the_course_command(tmp_path):
@@ -172,15 +176,15 @@ def test_a_new_algorithm_plugs_in_with_its_module_and_one_table_entry(tmp_path, 
 # ---------------------------------------------------------------- flags stay as parsed
 
 def test_a_run_does_not_change_its_flags(tmp_path):
-    args = parsed(maml.SCRIPT, '--num_way', '3', '--num_hidden_channels', '4', '--num_query', '2', *TINY)
+    args = parsed(maml.PROGRAM, '--num_way', '3', '--num_hidden_channels', '4', '--num_query', '2', *TINY)
     before = copy.deepcopy(vars(args))
     build = lambda a, device: maml.build_learner(a, omniglot, device)  # noqa: E731
     sampler = lambda split, a, seed, device: synthetic_sampler(split, a, seed, device)  # noqa: E731
-    training.run(args, str(tmp_path), build, sampler)
-    sweep = parsed(maml.SCRIPT, '--test', '--num_way', '3', '--num_support', '1', '2', '--num_query', '2',
+    run_with(args, str(tmp_path), build, sampler)
+    sweep = parsed(maml.PROGRAM, '--test', '--num_way', '3', '--num_support', '1', '2', '--num_query', '2',
                    '--num_test_tasks', '4')
     swept = copy.deepcopy(vars(sweep))
-    training.run(sweep, str(tmp_path), build, sampler, test_time_flags=maml.TEST_TIME_FLAGS)
+    run_with(sweep, str(tmp_path), build, sampler)
     assert vars(args) == before and vars(sweep) == swept
     assert swept['support_sweep'] == [1, 2] and swept['num_support'] == 1 and swept['num_inner_steps'] is None
 
@@ -204,24 +208,23 @@ def to_older_layout(log_dir, step):
 def test_checkpoint_in_the_older_layout_resumes_exactly_and_tests(tmp_path, capsys, flags):
     common = ['--num_way', '3', '--num_support', '1', '--num_query', '2', '--batch_size', '2', '--num_val_tasks', '2',
               '--num_hidden_channels', '4', *flags]
-    args = lambda *more: parsed(maml.SCRIPT, *common, *more)  # noqa: E731
+    args = lambda *more: parsed(maml.PROGRAM, *common, *more)  # noqa: E731
     build = lambda a, device: cli.algorithm_module(a.algorithm).build_learner(a, omniglot, device)  # noqa: E731
     straight, older = str(tmp_path / 'straight'), str(tmp_path / 'older')
     for log_dir in (straight, older):  # checkpoints at steps 0 and 4
-        training.run(args('--num_train_iterations', '5'), log_dir, build, synthetic_sampler)
+        run_with(args('--num_train_iterations', '5'), log_dir, build, synthetic_sampler)
     os.remove(checkpoints.path(older, 4))  # as if the run had stopped after step 0
     to_older_layout(older, 0)
     assert 'optimizer' in torch.load(checkpoints.path(older, 0), weights_only=False)['learner']
-    with pytest.raises(util.UserError, match='--learning_rate [0-9.]+ \\(now 0.5\\)'):  # the renamed flag is still checked
-        training.run(args('--num_train_iterations', '5', '--checkpoint_step', '0', '--outer_lr', '0.5'), older, build,
+    with pytest.raises(UserError, match='--learning_rate [0-9.]+ \\(now 0.5\\)'):  # the renamed flag is still checked
+        run_with(args('--num_train_iterations', '5', '--checkpoint_step', '0', '--outer_lr', '0.5'), older, build,
                      synthetic_sampler)
-    training.run(args('--num_train_iterations', '5', '--checkpoint_step', '0'), older, build, synthetic_sampler)
+    run_with(args('--num_train_iterations', '5', '--checkpoint_step', '0'), older, build, synthetic_sampler)
     a, b = checkpoints.load(straight, 4)['learner'], checkpoints.load(older, 4)['learner']
     for group in ('meta_parameters', 'inner_lrs'):
         assert all(torch.equal(a[group][k], b[group][k]) for k in a[group]), group
     to_older_layout(older, 4)
-    training.run(args('--test', '--checkpoint_step', '4', '--num_test_tasks', '4'), older, build, synthetic_sampler,
-                 test_time_flags=maml.TEST_TIME_FLAGS)
+    run_with(args('--test', '--checkpoint_step', '4', '--num_test_tasks', '4'), older, build, synthetic_sampler)
     assert 'Accuracy over 4 test tasks' in capsys.readouterr().out
 
 
@@ -247,17 +250,17 @@ def test_twenty_way_trains_and_tests_with_a_k_sweep(tmp_path, capsys, algorithm)
     def sampler(split, args, seed, device):
         examples = torch.rand(25, 20, 1, 28, 28, generator=torch.Generator().manual_seed(len(split)))
         return tasks.TaskSampler(examples, args.num_way, args.num_support, args.num_query, seed, device)
-    script = maml.SCRIPT if algorithm == 'maml' else protonet.SCRIPT
+    script = maml.PROGRAM if algorithm == 'maml' else protonet.PROGRAM
     common = ['--num_hidden_channels', '4', '--batch_size', '2', '--num_query', '2', '--num_val_tasks', '2']
     args, _, module, dataset = cli.parse(script, ['--num_way', '20', '--num_train_iterations', '2', *common])
     build = lambda a, device: module.build_learner(a, dataset, device)  # noqa: E731
-    training.run(args, str(tmp_path), build, sampler)
+    run_with(args, str(tmp_path), build, sampler)
     if algorithm == 'maml':
         assert checkpoints.load(str(tmp_path), 1)['learner']['meta_parameters']['head'].shape == (20, 4)
     test_way = '20' if algorithm == 'maml' else '5'
     sweep, _, _, _ = cli.parse(script, ['--test', '--num_way', test_way, '--num_support', '1', '3', '--num_query', '3',
                                         '--num_test_tasks', '4', *common[:2]])
-    results = training.run(sweep, str(tmp_path), build, sampler, test_time_flags=module.TEST_TIME_FLAGS)
+    results = run_with(sweep, str(tmp_path), build, sampler)
     assert len(results) == 2 and all(0 <= mean <= 1 for mean, _ in results)
     out = capsys.readouterr().out
     assert 'num_support 1: Accuracy over 4 test tasks' in out and 'num_support 3: Accuracy over 4 test tasks' in out
@@ -266,7 +269,7 @@ def test_twenty_way_trains_and_tests_with_a_k_sweep(tmp_path, capsys, algorithm)
 def test_lr_halving_steps_halve_the_loops_learning_rate(omniglot_dir, tmp_path, monkeypatch):
     import protonet
     import training
-    rates, real = [], training.train_step
+    rates, real = [], loop.train_step
     monkeypatch.setattr(training, 'train_step', lambda learner, optimizer, batch, step, lr, *rest:
                         rates.append((lr, step)) or real(learner, optimizer, batch, step, lr, *rest))
     protonet.main(['--data_dir', omniglot_dir, '--log_dir', str(tmp_path), '--num_hidden_channels', '4',

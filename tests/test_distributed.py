@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoints
-import distributed
-import tasks
 from test_reference import is_conv_bias
+from fewshot.engine import checkpoints
+from fewshot.engine import distributed
+from fewshot import flags
+from fewshot import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--num_train_iterations', '4', '--batch_size', '5', '--num_support', '2', '--num_query', '3',

@@ -10,8 +10,10 @@ import zipfile
 import pytest
 import torch
 
-import util
 from test_metabolism import write_tables
+from fewshot.engine import checkpoints
+from fewshot import files
+from helpers import run_with
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -115,7 +117,7 @@ def test_stray_temporaries_of_a_killed_save_are_removed_and_the_checkpoint_loads
     """A save killed before its rename leaves .state0.pt.PID.tmp (and older versions .tmp-*.pt);
     the next run in that log dir removes them, and the checkpoint itself is intact."""
     path = str(tmp_path / 'state0.pt')
-    util.atomic_save({'version': 1}, path)
+    checkpoints.write({'version': 1}, path)
     dead = subprocess.Popen([sys.executable, '-c', 'pass'])
     dead.wait()
     stray = tmp_path / f'.state0.pt.{dead.pid}.tmp'
@@ -123,16 +125,15 @@ def test_stray_temporaries_of_a_killed_save_are_removed_and_the_checkpoint_loads
     (tmp_path / '.tmp-abc123.pt').write_bytes(b'y' * 1000)
     mine = tmp_path / f'.state5.pt.{os.getpid()}.tmp'  # this process's own save in progress is kept
     mine.write_bytes(b'z')
-    assert util.remove_stale_temporaries(str(tmp_path)) == (2, 4000)
+    assert files.remove_stale_temporaries(str(tmp_path)) == (2, 4000)
     assert sorted(os.listdir(tmp_path)) == sorted(['state0.pt', mine.name])
-    assert util.load_checkpoint(path) == {'version': 1}
+    assert checkpoints.read(path) == {'version': 1}
 
 
 def test_a_run_reports_the_temporaries_it_removes(tmp_path, capsys):
     from test_protonet import small_learner, synthetic_args, synthetic_sampler
-    import training
     (tmp_path / '.state100.pt.999999999.tmp').write_bytes(b'x' * 2 ** 20)
-    training.run(synthetic_args(num_train_iterations=1), str(tmp_path), small_learner, synthetic_sampler)
+    run_with(synthetic_args(num_train_iterations=1), str(tmp_path), small_learner, synthetic_sampler)
     assert 'removed 1 temporary checkpoint file(s) (1.0 MiB)' in capsys.readouterr().out
     assert not [n for n in os.listdir(tmp_path) if n.endswith('.tmp')]
 
@@ -140,9 +141,9 @@ def test_a_run_reports_the_temporaries_it_removes(tmp_path, capsys):
 def test_checkpoints_honour_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        util.atomic_save({'a': 1}, str(tmp_path / 'state0.pt'))
+        checkpoints.write({'a': 1}, str(tmp_path / 'state0.pt'))
         os.umask(0o077)
-        util.atomic_save({'a': 1}, str(tmp_path / 'state1.pt'))
+        checkpoints.write({'a': 1}, str(tmp_path / 'state1.pt'))
     finally:
         os.umask(old)
     assert os.stat(tmp_path / 'state0.pt').st_mode & 0o777 == 0o644

@@ -9,14 +9,17 @@ import argparse
 import pytest
 import torch
 
-import checkpoints
 import maml
-import networks
+
 import protonet
-import training
+
 from test_maml import meta_gradients, take_step, tiny_maml
 from test_maml import random_batch as maml_batch
 from test_protonet import random_batch, tiny_encoder
+from fewshot.engine import checkpoints
+from fewshot.engine import loop
+from fewshot import execution
+from fewshot import networks
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device here: GPU paths not tested')
 
@@ -31,11 +34,11 @@ def test_protonet_gpu_default_path_equals_cpu_per_task_calls():
     for device in ('cpu', 'cuda'):
         encoder = tiny_encoder()
         learner = protonet.ProtoNet(encoder, device)
-        loss, accuracy = learner._task_metrics(batch.to(device))
+        loss, accuracy = learner.task_metrics(batch.to(device))
         loss.backward()
         losses.append(loss.detach())
         grads.append([p.grad for p in encoder.parameters()])
-    assert networks.default_tasks_per_call('cuda', 4) == 4  # the path under test is the batched one
+    assert execution.default_tasks_per_call('cuda', 4) == 4  # the path under test is the batched one
     assert close(*losses)
     assert all(close(g_cpu, g_gpu) for g_cpu, g_gpu in zip(*grads))
 
@@ -62,7 +65,7 @@ def test_checkpoint_written_on_gpu_resumes_on_cpu(tmp_path):
     args = argparse.Namespace(algorithm='maml', dataset='omniglot')
     checkpoints.save(str(tmp_path), 0, gpu, gpu_optimizer, torch.Generator(), args, 0.5)
     cpu = tiny_maml()
-    cpu_optimizer = training.build_optimizer(cpu, 1e-3)
+    cpu_optimizer = loop.build_optimizer(cpu, 1e-3)
     checkpoints.resume(checkpoints.load(str(tmp_path), 0), cpu, cpu_optimizer, torch.Generator())
     assert all(close(cpu.inner.meta_parameters[k], v) for k, v in gpu.inner.meta_parameters.items())
     saved, loaded = gpu_optimizer.state_dict()['state'], cpu_optimizer.state_dict()['state']

@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # check id -> Python run before grading, breaking what that check grades
 BREAKAGES = {
     '1a-0-basic': '''
-import tasks
+from fewshot import tasks
 real = tasks.task_batch_from_draws
 def broken(picked, k):  # support labels in the wrong order
     batch = real(picked, k)
@@ -21,7 +21,7 @@ def broken(picked, k):  # support labels in the wrong order
 tasks.task_batch_from_draws = broken
 ''',
     '1a-1-basic': '''
-import tasks
+from fewshot import tasks
 real = tasks.task_batch_from_draws
 def broken(picked, k):  # the first query drawing repeats a support drawing
     picked = picked.clone()
@@ -30,7 +30,7 @@ def broken(picked, k):  # the first query drawing repeats a support drawing
 tasks.task_batch_from_draws = broken
 ''',
     '2a-0-basic': '''
-import protonet
+from fewshot.algorithms import protonet
 real = protonet.prototype_logits
 protonet.prototype_logits = lambda *args: -real(*args)  # distances instead of negative distances
 ''',
@@ -41,11 +41,11 @@ maml.MAML._inner_loop = lambda self, images, labels, train: real(self, images, l
 ''',
     '3a-1-basic': '''
 import maml
-real = maml.MAML._task_metrics
+real = maml.MAML.task_metrics
 def broken(self, batch, train):  # a (1,) loss instead of a scalar
     loss, accuracy = real(self, batch, train)
     return loss.reshape(1), accuracy
-maml.MAML._task_metrics = broken
+maml.MAML.task_metrics = broken
 ''',
     '3b-0-basic': '''
 import maml

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-import lake_runs
 import maml
 import omniglot
 import protonet
-from util import UserError
+from fewshot.errors import UserError
+from fewshot.datasets.omniglot import source as omniglot_source
+from fewshot import files
+from fewshot.datasets.omniglot import lake_runs
 
 NUM_RUNS, NUM_WAY = 20, 20
 
@@ -59,7 +61,7 @@ def runs(tmp_path_factory):
     data_dir = conftest.real_data('omniglot')
     path = str(tmp_path_factory.mktemp('lake') / 'all_runs.zip')
     built = build_runs(os.path.join(data_dir, 'images_evaluation.zip'), path)
-    images, names = omniglot.load_omniglot(data_dir)
+    images, names = omniglot_source.load_omniglot(data_dir)
     return path, built, images, names, data_dir
 
 
@@ -174,12 +176,10 @@ def test_models_that_saw_the_runs_characters_or_lack_20_outputs_are_refused(runs
 
 
 def test_official_runs_offline_is_one_line_naming_where_to_put_them(tmp_path, monkeypatch):
-    import util
-
     def offline(url, target, check):
         assert url == lake_runs.RUNS_URL and target == str(tmp_path / 'all_runs.zip')
         raise OSError('no network')
-    monkeypatch.setattr(util, 'download_file', offline)
+    monkeypatch.setattr(files, 'download_file', offline)
     with pytest.raises(UserError, match=r"could not download Lake's runs \(no network\); put all_runs.zip in"):
         lake_runs.official_runs(str(tmp_path))
     (tmp_path / 'all_runs.zip').write_bytes(b'')  # present: used as it is, not downloaded

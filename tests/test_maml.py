@@ -7,16 +7,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import checkpoints
-import cli
 import maml
-import networks
+
 import omniglot
-import reptile
-import tasks
-import training
-import util
-from inner_loop import Variants
+from fewshot.engine import checkpoints
+from fewshot.engine import loop
+from fewshot import cli
+from fewshot import networks
+from fewshot import tasks
+from fewshot.algorithms import reptile
+from fewshot.algorithms.inner_loop import Variants
+from helpers import run_with
+from fewshot.errors import UserError
+from fewshot import registry
+
+
+
 
 
 def tiny_maml(num_inner_steps=1, learn_inner_lrs=False, first_order=None, vmap_tasks=False, inner_lr=0.3,
@@ -49,15 +55,15 @@ def copy_of(learner, **changes):
 
 def take_step(learner, batch, step, optimizer=None, learning_rate=1e-3, total=1):
     """One meta-update by the training loop (with a fresh optimizer unless given); returns the optimizer."""
-    optimizer = optimizer or training.build_optimizer(learner, learning_rate)
-    training.train_step(learner, optimizer, batch, step, learning_rate, total)
+    optimizer = optimizer or loop.build_optimizer(learner, learning_rate)
+    loop.train_step(learner, optimizer, batch, step, learning_rate, total)
     return optimizer
 
 
 def meta_gradients(learner, batch):
     for tensor in learner.parameters():
         tensor.grad = None
-    loss, accuracy = learner._task_metrics(batch, train=True)
+    loss, accuracy = learner.task_metrics(batch, train=True)
     loss.backward()
     grads = {k: v.grad.clone() for k, v in learner.inner.meta_parameters.items()}
     if learner.inner.learn_inner_lrs:
@@ -93,7 +99,7 @@ def reference_loss(meta, lrs, batch, num_inner_steps):
 def test_outer_loss_matches_independent_oracle(num_inner_steps):
     learner = tiny_maml(num_inner_steps=num_inner_steps)
     batch = random_batch()
-    loss, _ = learner._task_metrics(batch, train=True)
+    loss, _ = learner.task_metrics(batch, train=True)
     expected = reference_loss(learner.inner.meta_parameters, learner.inner.inner_lrs, batch, num_inner_steps)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
     # and the meta-gradients agree with the oracle's
@@ -117,9 +123,9 @@ def assert_meta_gradient_matches_finite_differences(learner, batch, min_checked=
             flat = tensor.data.view(-1)
             original = flat[index].item()
             flat[index] = original + eps
-            plus = learner._task_metrics(batch, train=False)[0].item()
+            plus = learner.task_metrics(batch, train=False)[0].item()
             flat[index] = original - eps
-            minus = learner._task_metrics(batch, train=False)[0].item()
+            minus = learner.task_metrics(batch, train=False)[0].item()
             flat[index] = original
             numeric = (plus - minus) / (2 * eps)
             analytic = grads[name].view(-1)[index].item()
@@ -221,21 +227,20 @@ def test_wrong_num_way_at_test_is_a_clear_error():
     learner = tiny_maml()
     examples = torch.rand(6, 20, 1, 28, 28, dtype=torch.float64)
     batch = tasks.TaskSampler(examples, 5, 1, 1).sample(1)
-    with pytest.raises(util.UserError, match='--num_way 3'):
+    with pytest.raises(UserError, match='--num_way 3'):
         learner.evaluate(batch)
 
 
 def synthetic_args(*flags):
-    """maml.py's flags parsed and checked, for a tiny 3-way model (first the defaults here, then flags)."""
-    args, _, _, _ = cli.parse(maml.SCRIPT, [
+    """maml.py's command parsed and checked, for a tiny 3-way model (first the defaults here, then flags)."""
+    return cli.parse(maml.PROGRAM, [
         '--num_way', '3', '--num_support', '1', '--num_query', '2', '--batch_size', '2',
         '--num_train_iterations', '5', '--num_test_tasks', '4', '--num_val_tasks', '2', '--learn_inner_lrs',
         '--outer_lr', '0.01', '--num_hidden_channels', '4', *flags])
-    return args
 
 
 def build_learner(args, device):
-    return maml.build_learner(args, omniglot, device)
+    return registry.algorithm('maml').build_learner(args, registry.dataset('omniglot'), device)
 
 
 def synthetic_sampler(split, args, seed, device):
@@ -245,9 +250,9 @@ def synthetic_sampler(split, args, seed, device):
 
 def test_resume_continues_exactly_with_learned_lrs(tmp_path):
     straight, interrupted = str(tmp_path / 'a'), str(tmp_path / 'b')
-    training.run(synthetic_args(), straight, build_learner, synthetic_sampler)
-    training.run(synthetic_args('--num_train_iterations', '2'), interrupted, build_learner, synthetic_sampler)
-    training.run(synthetic_args('--checkpoint_step', '1'), interrupted, build_learner, synthetic_sampler)
+    run_with(synthetic_args(), straight, build_learner, synthetic_sampler)
+    run_with(synthetic_args('--num_train_iterations', '2'), interrupted, build_learner, synthetic_sampler)
+    run_with(synthetic_args('--checkpoint_step', '1'), interrupted, build_learner, synthetic_sampler)
     a = checkpoints.load(straight, 4)['learner']
     b = checkpoints.load(interrupted, 4)['learner']
     for group in ('meta_parameters', 'inner_lrs'):
@@ -257,23 +262,21 @@ def test_resume_continues_exactly_with_learned_lrs(tmp_path):
 
 
 def test_test_time_inner_steps_may_differ(tmp_path, capsys):
-    training.run(synthetic_args('--num_train_iterations', '1'), str(tmp_path), build_learner, synthetic_sampler)
+    run_with(synthetic_args('--num_train_iterations', '1'), str(tmp_path), build_learner, synthetic_sampler)
     built = []
 
     def recording_builder(args, device):
         built.append(args.num_inner_steps)
         return build_learner(args, device)
-    training.run(synthetic_args('--test', '--num_inner_steps', '3', '--num_support', '2'), str(tmp_path),
-                 recording_builder, synthetic_sampler, test_time_flags=maml.TEST_TIME_FLAGS)
-    training.run(synthetic_args('--test', '--num_support', '2'), str(tmp_path), recording_builder, synthetic_sampler,
-                 test_time_flags=maml.TEST_TIME_FLAGS)
+    run_with(synthetic_args('--test', '--num_inner_steps', '3', '--num_support', '2'), str(tmp_path),
+                 recording_builder, synthetic_sampler)
+    run_with(synthetic_args('--test', '--num_support', '2'), str(tmp_path), recording_builder, synthetic_sampler)
     assert built == [3, 1]  # given at --test: used; not given: as trained
     assert 'Accuracy over 4 test tasks' in capsys.readouterr().out
 
 
 def test_log_dir_names_hyperparameters_and_new_flags():
-    args, defaults, algorithm, _ = cli.parse(maml.SCRIPT, ['--first_order'])
-    assert cli.default_log_dir(args, defaults, algorithm) == (
+    assert cli.parse(maml.PROGRAM, ['--first_order']).log_dir == (
         './logs/maml/omniglot.way_5.support_1.query_15.inner_steps_1.inner_lr_0.4'
         '.learn_inner_lrs_False.outer_lr_0.001.batch_size_16.first_order_True')
 
@@ -296,8 +299,8 @@ def test_a_backward_per_group_of_tasks_gives_the_same_update(options):
     results = []
     for tasks_per_backward in (0, 1, 2):
         learner = tiny_maml(**options)
-        optimizer = training.build_optimizer(learner, 1e-3)
-        logged = training.train_step(learner, optimizer, batch, 0, 1e-3, 10, tasks_per_backward=tasks_per_backward)
+        optimizer = loop.build_optimizer(learner, 1e-3)
+        logged = loop.train_step(learner, optimizer, batch, 0, 1e-3, 10, tasks_per_backward=tasks_per_backward)
         results.append((logged, [p.grad.clone() for p in learner.parameters()]))
     (logged, grads), others = results[0], results[1:]
     assert all(g.abs().sum() > 0 for g in grads)

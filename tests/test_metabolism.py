@@ -9,14 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-import cli
 import maml
-import metabolism
-import networks
+
 import run_metabolism
-import tasks
-import training
-import util
+from fewshot.engine import loop
+from fewshot.engine import evaluation
+from fewshot import cli
+from fewshot import networks
+from fewshot import tasks
+from fewshot import runtime
+from fewshot import stats
+from fewshot.datasets.metabolism import tables as metabolism_tables
+from fewshot.datasets.metabolism import features as metabolism_features
+from fewshot.datasets.metabolism import dataset as metabolism_dataset
+from fewshot.errors import UserError
+
+
 
 ALKANES = ['C' * n for n in range(1, 21)]
 ALCOHOLS = ['C' * n + 'O' for n in range(1, 21)]
@@ -25,8 +33,8 @@ ALCOHOLS = ['C' * n + 'O' for n in range(1, 21)]
 def write_tables(folder, smiles=ALKANES + ALCOHOLS, extra=()):
     """The eight assays as tiny tables: alternating labels over the given molecules (+ extra rows)."""
     os.makedirs(folder, exist_ok=True)
-    for assay in metabolism.ASSAYS:
-        with open(metabolism.table_path(folder, assay), 'w') as f:
+    for assay in metabolism_tables.ASSAYS:
+        with open(metabolism_tables.table_path(folder, assay), 'w') as f:
             f.write('Drug_ID\tDrug\tY\n')
             for i, text in enumerate(smiles):
                 f.write(f'{i}\t{text}\t{i % 2}\n')
@@ -38,9 +46,9 @@ def write_tables(folder, smiles=ALKANES + ALCOHOLS, extra=()):
 def coded_data(sizes=None):
     """Synthetic featurised assays whose feature rows encode (assay, row) in their first 3 entries."""
     data = {}
-    for a, assay in enumerate(metabolism.ASSAYS):
+    for a, assay in enumerate(metabolism_tables.ASSAYS):
         n = (sizes or {}).get(assay, 60)
-        features = np.zeros((n, metabolism.FINGERPRINT_BITS), dtype=np.float32)
+        features = np.zeros((n, metabolism_tables.FINGERPRINT_BITS), dtype=np.float32)
         features[:, 0] = a
         features[:, 1] = np.arange(n)
         labels = (np.arange(n) * 7 % 3 == 0).astype(np.int64)  # unbalanced labels
@@ -72,10 +80,10 @@ def rdkit_reference(name, smiles):
     return row
 
 
-@pytest.mark.parametrize('name', list(metabolism.FEATURES))
+@pytest.mark.parametrize('name', list(metabolism_features.FEATURES))
 def test_features_equal_rdkit_for_known_molecules(name):
-    features, canonical = metabolism.fingerprints(KNOWN_MOLECULES, name)
-    assert features.shape == (5, metabolism.feature_width(name))
+    features, canonical = metabolism_features.fingerprints(KNOWN_MOLECULES, name)
+    assert features.shape == (5, metabolism_features.feature_width(name))
     for row, text in zip(features, KNOWN_MOLECULES):
         np.testing.assert_allclose(row, rdkit_reference(name, text), rtol=1e-12)
     assert features.dtype == (np.float64 if name == 'rdkit2d' else np.uint8)
@@ -85,59 +93,59 @@ def test_features_equal_rdkit_for_known_molecules(name):
 
 
 def test_feature_combinations_and_bad_names():
-    assert metabolism.feature_width('morgan+maccs') == 1024 + 167
+    assert metabolism_features.feature_width('morgan+maccs') == 1024 + 167
     for bad in ('ecfp', 'morgan+morgan', 'morgan+', ''):
-        with pytest.raises(util.UserError, match=re.escape(f'--features {bad}: give one or more of morgan, ')):
-            metabolism.feature_names(bad)
+        with pytest.raises(UserError, match=re.escape(f'--features {bad}: give one or more of morgan, ')):
+            metabolism_features.feature_names(bad)
 
 
 def test_invalid_smiles_counted_and_dropped_not_zeroed():
-    bits, labels, report = metabolism.clean_assay(['CCO', 'C1CC', 'c1ccccc1', 'not a molecule'],
+    bits, labels, report = metabolism_features.clean_assay(['CCO', 'C1CC', 'c1ccccc1', 'not a molecule'],
                                                   np.array([0, 1, 1, 0]))
     assert report['invalid_smiles'] == 2 and report['molecules'] == 2
     assert labels.tolist() == [0, 1] and (bits.sum(1) > 0).all()
-    assert '2 unparsable SMILES dropped' in metabolism.report_line('X', report)
+    assert '2 unparsable SMILES dropped' in metabolism_features.report_line('X', report)
 
 
 def test_duplicates_merged_and_conflicts_dropped():
     smiles = ['CCO', 'OCC', 'CCC', 'C(C)C', 'CCCC']  # ethanol twice (agreeing), propane twice (conflicting)
-    bits, labels, report = metabolism.clean_assay(smiles, np.array([1, 1, 0, 1, 0]))
+    bits, labels, report = metabolism_features.clean_assay(smiles, np.array([1, 1, 0, 1, 0]))
     assert report['duplicates_merged'] == 1 and report['conflicting_dropped'] == 2
     assert report['molecules'] == 2 and labels.tolist() == [1, 0]
 
 
 def test_malformed_table_names_file(tmp_path):
     folder = write_tables(tmp_path)
-    path = metabolism.table_path(folder, 'CYP1A2_Veith')
+    path = metabolism_tables.table_path(folder, 'CYP1A2_Veith')
     with open(path, 'a') as f:
         f.write('99\tCCO\tmaybe\n')
-    with pytest.raises(util.UserError, match='cyp1a2_veith.tab, line 42'):
-        metabolism.read_table(path)
+    with pytest.raises(UserError, match='cyp1a2_veith.tab, line 42'):
+        metabolism_tables.read_table(path)
 
 
 def test_cache_reused_then_rebuilt_when_a_table_changes(tmp_path, monkeypatch):
     folder = write_tables(tmp_path)
-    first = metabolism.load_metabolism(folder, download=False)
-    assert os.path.isfile(metabolism.cache_path(folder))
-    monkeypatch.setattr(metabolism, 'featurize_tables', lambda d: pytest.fail('cache not used'))
-    again = metabolism.load_metabolism(folder, download=False)
-    for assay in metabolism.ASSAYS:
+    first = metabolism_dataset.load_metabolism(folder, download=False)
+    assert os.path.isfile(metabolism_features.cache_path(folder))
+    monkeypatch.setattr(metabolism_features, 'featurize_tables', lambda d: pytest.fail('cache not used'))
+    again = metabolism_dataset.load_metabolism(folder, download=False)
+    for assay in metabolism_tables.ASSAYS:
         assert np.array_equal(first[assay][0], again[assay][0]) and np.array_equal(first[assay][1], again[assay][1])
     monkeypatch.undo()
     write_tables(tmp_path, extra=[('CCN', 1)])
-    changed = metabolism.load_metabolism(folder, download=False)
+    changed = metabolism_dataset.load_metabolism(folder, download=False)
     assert len(changed['CYP1A2_Veith'][1]) == len(first['CYP1A2_Veith'][1]) + 1
 
 
 def test_pickle_and_tables_give_the_same_tasks(tmp_path):
-    tables = metabolism.load_metabolism(write_tables(tmp_path / 'tab'), download=False)
+    tables = metabolism_dataset.load_metabolism(write_tables(tmp_path / 'tab'), download=False)
     os.makedirs(tmp_path / 'pkl')
-    course_keys = {a: a.replace('_CarbonMangels', '') for a in metabolism.ASSAYS}  # e.g. CYP2C9_Substrate
-    with open(tmp_path / 'pkl' / metabolism.PICKLE_NAME, 'wb') as f:
+    course_keys = {a: a.replace('_CarbonMangels', '') for a in metabolism_tables.ASSAYS}  # e.g. CYP2C9_Substrate
+    with open(tmp_path / 'pkl' / metabolism_tables.PICKLE_NAME, 'wb') as f:
         pickle.dump({course_keys[a]: {'feature': x.astype(np.float64), 'label': y} for a, (x, y) in tables.items()}, f)
-    from_pickle = metabolism.load_metabolism(str(tmp_path / 'pkl'), download=False)
+    from_pickle = metabolism_dataset.load_metabolism(str(tmp_path / 'pkl'), download=False)
     for split in ('train', 'val', 'test'):
-        batches = [metabolism.MoleculeTaskSampler(metabolism.split_pools(data, split), 2, 3, 4, seed=5).sample(6)
+        batches = [metabolism_dataset.MoleculeTaskSampler(metabolism_dataset.split_pools(data, split), 2, 3, 4, seed=5).sample(6)
                    for data in (tables, from_pickle)]
         for a, b in zip(*(vars(batch).values() for batch in batches)):
             assert a.dtype == b.dtype and torch.equal(a, b)
@@ -145,10 +153,10 @@ def test_pickle_and_tables_give_the_same_tasks(tmp_path):
 
 
 def test_pickle_missing_assay_is_a_clear_error(tmp_path):
-    with open(tmp_path / metabolism.PICKLE_NAME, 'wb') as f:
+    with open(tmp_path / metabolism_tables.PICKLE_NAME, 'wb') as f:
         pickle.dump({'CYP1A2_Veith': {'feature': np.zeros((3, 1024)), 'label': np.zeros(3)}}, f)
-    with pytest.raises(util.UserError, match='lacks the assays CYP2C19_Veith'):
-        metabolism.load_metabolism(str(tmp_path))
+    with pytest.raises(UserError, match='lacks the assays CYP2C19_Veith'):
+        metabolism_dataset.load_metabolism(str(tmp_path))
 
 
 def decode(features):
@@ -159,10 +167,10 @@ def decode(features):
 @pytest.mark.parametrize('split', ['train', 'val', 'test'])
 def test_tasks_are_one_assay_label_0_vs_1(split):
     data = coded_data()
-    sampler = metabolism.MoleculeTaskSampler(metabolism.split_pools(data, split), 2, 4, 3, seed=0)
+    sampler = metabolism_dataset.MoleculeTaskSampler(metabolism_dataset.split_pools(data, split), 2, 4, 3, seed=0)
     batch = sampler.sample(200)
-    allowed = metabolism.TRAIN_ASSAYS if split == 'train' else metabolism.HELDOUT_ASSAYS
-    names = list(metabolism.ASSAYS)
+    allowed = metabolism_tables.TRAIN_ASSAYS if split == 'train' else metabolism_tables.HELDOUT_ASSAYS
+    names = list(metabolism_tables.ASSAYS)
     seen_assays, first_labels = set(), set()
     for images_support, labels_support, images_query, labels_query in batch:
         assay_s, row_s, label_s = decode(images_support)
@@ -185,7 +193,7 @@ def test_val_and_test_halves_are_disjoint_and_stratified():
     data = coded_data()
     seen = {}
     for split in ('val', 'test'):
-        pools = metabolism.split_pools(data, split)
+        pools = metabolism_dataset.split_pools(data, split)
         seen[split] = {(a, int(r)) for a, classes in pools.items() for c in classes for r in c[:, 1]}
         for assay, classes in pools.items():
             counts = [len(c) for c in classes]
@@ -197,10 +205,10 @@ def test_val_and_test_halves_are_disjoint_and_stratified():
 
 def test_k_plus_q_too_large_names_the_assay():
     data = coded_data({'CYP3A4_Substrate_CarbonMangels': 24})
-    with pytest.raises(util.UserError, match='CYP3A4_Substrate_CarbonMangels in the val split'):
-        metabolism.MoleculeTaskSampler(metabolism.split_pools(data, 'val'), 2, 5, 5, where='the val split')
-    with pytest.raises(util.UserError, match='--num_way 2'):
-        metabolism.MoleculeTaskSampler(metabolism.split_pools(data, 'train'), 3, 1, 1)
+    with pytest.raises(UserError, match='CYP3A4_Substrate_CarbonMangels in the val split'):
+        metabolism_dataset.MoleculeTaskSampler(metabolism_dataset.split_pools(data, 'val'), 2, 5, 5, where='the val split')
+    with pytest.raises(UserError, match='--num_way 2'):
+        metabolism_dataset.MoleculeTaskSampler(metabolism_dataset.split_pools(data, 'train'), 3, 1, 1)
 
 
 def test_offline_without_data_names_datadir(tmp_path, monkeypatch):
@@ -209,8 +217,8 @@ def test_offline_without_data_names_datadir(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError('network unreachable')
     monkeypatch.setattr(urllib.request, 'urlopen', offline)
-    with pytest.raises(util.UserError, match='point --data_dir at them'):
-        metabolism.load_metabolism(str(tmp_path / 'none'))
+    with pytest.raises(UserError, match='point --data_dir at them'):
+        metabolism_dataset.load_metabolism(str(tmp_path / 'none'))
     assert not [p for p in os.listdir(tmp_path / 'none') if p.endswith('.part')]
 
 
@@ -225,13 +233,13 @@ def test_mlp_batch_norm_is_per_task():
 
 def test_maml_on_the_mlp_vmap_equals_loop():
     params = networks.init_mlp_params((16, 8, 8), num_outputs=2)
-    batch = metabolism.MoleculeTaskSampler(
+    batch = metabolism_dataset.MoleculeTaskSampler(
         {'a': [torch.rand(20, 16).numpy(), torch.rand(20, 16).numpy()]}, 2, 3, 4, seed=1).sample(3)
     grads = []
     for vmap in (False, True):
         learner = maml.MAML(params={k: v.clone() for k, v in params.items()}, forward=networks.mlp_net,
                             num_inner_steps=2, inner_lr=0.1, vmap_tasks=vmap)
-        loss, _ = learner._task_metrics(batch, train=True)
+        loss, _ = learner.task_metrics(batch, train=True)
         grads.append(torch.autograd.grad(loss, list(learner.inner.meta_parameters.values())))
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-5)
@@ -247,8 +255,8 @@ def test_test_flag_uses_the_metabolism_test_split(tmp_path, monkeypatch, capsys,
     folder = write_tables(tmp_path / 'data')
     train_tiny(folder, str(tmp_path / 'log'), '--algorithm', algorithm)
     splits = []
-    real = metabolism.split_pools
-    monkeypatch.setattr(metabolism, 'split_pools', lambda data, split, protocol: splits.append(split) or real(data, split, protocol))
+    real = metabolism_dataset.split_pools
+    monkeypatch.setattr(metabolism_dataset, 'split_pools', lambda data, split, protocol: splits.append(split) or real(data, split, protocol))
     run_metabolism.main(['--test', '--datadir', folder, '--log_dir', str(tmp_path / 'log'), '--checkpoint_step', '2',
                          '--num_support', '2', '--num_query', '3', '--num_test_tasks', '8'])
     assert splits == ['test']
@@ -267,16 +275,17 @@ def test_val_ci95_is_logged(tmp_path):
 def test_real_tables_short_protonet_run_beats_chance(metabolism_dir, tmp_path):
     # on bits: an untrained MLP's prototypes are near chance, so learning shows (on the default
     # counts they already reach 0.598, and 1000 steps add little)
-    args, _, algorithm, _ = cli.parse(run_metabolism.SCRIPT, ['--data_dir', metabolism_dir, '--features', 'morgan',
-                                                              '--num_train_iterations', '1000'])
-    util.seed_everything(0)
-    learner = algorithm.build_learner(args, metabolism, 'cpu')
-    optimizer = training.build_optimizer(learner, args.learning_rate)
-    train_sampler = metabolism.build_sampler('train', args, 0, 'cpu')
-    val_sampler = metabolism.build_sampler('val', args, training.VAL_SEED, 'cpu')
-    before = training.validate(learner, val_sampler, args)
-    training.train(learner, optimizer, train_sampler, val_sampler, args, str(tmp_path))
-    after = training.validate(learner, val_sampler, args)
+    command = cli.parse(run_metabolism.PROGRAM, ['--data_dir', metabolism_dir, '--features', 'morgan',
+                                                 '--num_train_iterations', '1000'])
+    args = command.args
+    runtime.seed_everything(0)
+    learner = command.build_learner(args, 'cpu')
+    optimizer = loop.build_optimizer(learner, args.learning_rate)
+    train_sampler = command.build_sampler('train', args, 0, 'cpu')
+    val_sampler = command.build_sampler('val', args, evaluation.VAL_SEED, 'cpu')
+    before = evaluation.validate(learner, val_sampler, args)
+    loop.train(learner, optimizer, train_sampler, val_sampler, args, str(tmp_path))
+    after = evaluation.validate(learner, val_sampler, args)
     # measured: 0.530 before, 0.579 +- 0.009 after 1000 steps (chance 0.5)
     assert after['query'] - after['ci95'] > 0.55, after
     assert after['query'] > before['query'] + 0.02, (before, after)
@@ -285,10 +294,10 @@ def test_real_tables_short_protonet_run_beats_chance(metabolism_dir, tmp_path):
 def test_each_tasks_group_is_its_assay_and_fixed_order_labels_class_j_as_label_j():
     data = coded_data()
     for fixed in (False, True):
-        sampler = metabolism.MoleculeTaskSampler(metabolism.split_pools(data, 'val'), 2, 3, 2, seed=0,
+        sampler = metabolism_dataset.MoleculeTaskSampler(metabolism_dataset.split_pools(data, 'val'), 2, 3, 2, seed=0,
                                                  fixed_labels=fixed)
         batch = sampler.sample(60)
-        names = list(metabolism.ASSAYS)
+        names = list(metabolism_tables.ASSAYS)
         assay, _, label = decode(batch.images_support)
         assert [sampler.group_names[g] for g in batch.groups.tolist()] == [names[a] for a in assay[:, 0].tolist()]
         same = (label == batch.labels_support).all(1)
@@ -297,7 +306,7 @@ def test_each_tasks_group_is_its_assay_and_fixed_order_labels_class_j_as_label_j
 
 class AssayBiasedLearner:
     """A learner double: task accuracy depends on the task's assay (read from the coded features)."""
-    key_metric, task = 'query', metabolism.TASK
+    key_metric, task = 'query', tasks.CLASSIFICATION
 
     def evaluate(self, batch):
         assay = batch.images_query[:, 0, 0]
@@ -305,29 +314,29 @@ class AssayBiasedLearner:
 
 
 def test_per_assay_results_add_up_to_the_overall_ones(capsys):
-    sampler = metabolism.MoleculeTaskSampler(metabolism.split_pools(coded_data(), 'val'), 2, 3, 2, seed=0)
+    sampler = metabolism_dataset.MoleculeTaskSampler(metabolism_dataset.split_pools(coded_data(), 'val'), 2, 3, 2, seed=0)
     args = argparse.Namespace(num_val_tasks=50, batch_size=7)
-    metrics = training.validate(AssayBiasedLearner(), sampler, args)
-    sampler.generator.manual_seed(training.VAL_SEED)
+    metrics = evaluation.validate(AssayBiasedLearner(), sampler, args)
+    sampler.generator.manual_seed(evaluation.VAL_SEED)
     batches = [sampler.sample(min(7, 50 - start)) for start in range(0, 50, 7)]  # the same tasks again
     expected = np.concatenate([AssayBiasedLearner().evaluate(b)['query'].numpy() for b in batches])
     groups = np.concatenate([b.groups.numpy() for b in batches])
-    names = list(metabolism.ASSAYS)
+    names = list(metabolism_tables.ASSAYS)
     counts = {}
-    for assay in metabolism.HELDOUT_ASSAYS:
-        chosen = groups == metabolism.HELDOUT_ASSAYS.index(assay)
+    for assay in metabolism_tables.HELDOUT_ASSAYS:
+        chosen = groups == metabolism_tables.HELDOUT_ASSAYS.index(assay)
         counts[assay] = chosen.sum()
         assert metrics[assay] == pytest.approx(expected[chosen].mean())
         assert metrics[assay] == pytest.approx(names.index(assay) / 10, abs=0.1)
     assert sum(counts.values()) == 50 and min(counts.values()) > 0
     assert metrics['query'] == pytest.approx(sum(metrics[a] * counts[a] for a in counts) / 50)
-    sampler.generator.manual_seed(training.VAL_SEED)
-    training.test(AssayBiasedLearner(), sampler, 50, 7)
+    sampler.generator.manual_seed(evaluation.VAL_SEED)
+    evaluation.test(AssayBiasedLearner(), sampler, 50, 7)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith('Accuracy over 50 test tasks: mean')
-    assert lines[1] == (f'  {metabolism.HELDOUT_ASSAYS[0]}: mean {metrics[metabolism.HELDOUT_ASSAYS[0]]:.3f}, '
+    assert lines[1] == (f'  {metabolism_tables.HELDOUT_ASSAYS[0]}: mean {metrics[metabolism_tables.HELDOUT_ASSAYS[0]]:.3f}, '
                         f'95% confidence interval {lines[1].split("interval ")[1].split(" ")[0]} over '
-                        f'{counts[metabolism.HELDOUT_ASSAYS[0]]} tasks')
+                        f'{counts[metabolism_tables.HELDOUT_ASSAYS[0]]} tasks')
 
 
 def test_per_assay_validation_is_logged(tmp_path):
@@ -336,20 +345,20 @@ def test_per_assay_validation_is_logged(tmp_path):
     events = EventAccumulator(str(tmp_path / 'log'))
     events.Reload()
     tags = events.Tags()['scalars']
-    assert {f'val_accuracy/{a}' for a in metabolism.HELDOUT_ASSAYS} <= set(tags)
+    assert {f'val_accuracy/{a}' for a in metabolism_tables.HELDOUT_ASSAYS} <= set(tags)
 
 
 def test_each_featurisation_is_cached_and_combinations_concatenate(tmp_path, monkeypatch):
     folder = write_tables(tmp_path, extra=[('CCN', 0), ('NCC', 0)])  # ethylamine twice, merged
-    smiles, labels = metabolism.read_table(metabolism.table_path(folder, 'CYP1A2_Veith'))
+    smiles, labels = metabolism_tables.read_table(metabolism_tables.table_path(folder, 'CYP1A2_Veith'))
     for name in ('morgan_counts', 'maccs'):
-        features = metabolism.load_metabolism(folder, download=False, features=name)['CYP1A2_Veith'][0]
-        expected, _, _ = metabolism.clean_assay(smiles, labels, name)
+        features = metabolism_dataset.load_metabolism(folder, download=False, features=name)['CYP1A2_Veith'][0]
+        expected, _, _ = metabolism_features.clean_assay(smiles, labels, name)
         assert np.array_equal(features, expected) and features.dtype == np.uint8
-        assert os.path.isfile(metabolism.cache_path(folder, name))
-    monkeypatch.setattr(metabolism, 'featurize_tables', lambda *a: pytest.fail('cache not used'))
-    both = metabolism.load_metabolism(folder, download=False, features='morgan_counts+maccs')
-    counts, maccs = (metabolism.load_tables(folder, name)['CYP1A2_Veith'][0] for name in ('morgan_counts', 'maccs'))
+        assert os.path.isfile(metabolism_features.cache_path(folder, name))
+    monkeypatch.setattr(metabolism_features, 'featurize_tables', lambda *a: pytest.fail('cache not used'))
+    both = metabolism_dataset.load_metabolism(folder, download=False, features='morgan_counts+maccs')
+    counts, maccs = (metabolism_features.load_tables(folder, name)['CYP1A2_Veith'][0] for name in ('morgan_counts', 'maccs'))
     assert both['CYP1A2_Veith'][0].dtype == np.float32
     assert np.array_equal(both['CYP1A2_Veith'][0], np.concatenate([counts, maccs], 1))
     assert len(both['CYP1A2_Veith'][1]) == len(smiles) - 1
@@ -357,12 +366,12 @@ def test_each_featurisation_is_cached_and_combinations_concatenate(tmp_path, mon
 
 def test_real_features_are_standardised_with_training_statistics_only():
     rng = np.random.default_rng(0)
-    data = {a: (rng.normal(5, 3, size=(400, 3)), np.zeros(400, dtype=np.int64)) for a in metabolism.ASSAYS}
-    for a in metabolism.TRAIN_ASSAYS:
+    data = {a: (rng.normal(5, 3, size=(400, 3)), np.zeros(400, dtype=np.int64)) for a in metabolism_tables.ASSAYS}
+    for a in metabolism_tables.TRAIN_ASSAYS:
         data[a][0][:, 2] = 7.0  # a constant column
     data['CYP2C19_Veith'][0][:2] = [[1e30, np.nan, 1.0], [-np.inf, 5.0, 1.0]]
-    result = metabolism.standardized(data)
-    train = np.concatenate([result[a][0] for a in metabolism.TRAIN_ASSAYS])
+    result = metabolism_features.standardized(data)
+    train = np.concatenate([result[a][0] for a in metabolism_tables.TRAIN_ASSAYS])
     assert train.dtype == np.float32
     np.testing.assert_allclose(train[:, :2].mean(0), 0, atol=0.02)
     np.testing.assert_allclose(train[:, :2].std(0), 1, atol=0.03)
@@ -372,16 +381,16 @@ def test_real_features_are_standardised_with_training_statistics_only():
     assert heldout[0, 1] == 0 and heldout[1, 0] == 0  # non-finite: the training mean
     np.testing.assert_allclose(heldout[2:, :2].mean(0), 0, atol=0.2)  # the same distribution, the train scale
     data['CYP2C19_Veith'][0][:] = 1e6  # held-out values leave the statistics alone
-    again = metabolism.standardized(data)
-    for a in metabolism.TRAIN_ASSAYS:
+    again = metabolism_features.standardized(data)
+    for a in metabolism_tables.TRAIN_ASSAYS:
         assert np.array_equal(again[a][0], result[a][0])
 
 
 def test_features_other_than_the_pickles_are_refused_with_it(tmp_path):
-    with open(tmp_path / metabolism.PICKLE_NAME, 'wb') as f:
+    with open(tmp_path / metabolism_tables.PICKLE_NAME, 'wb') as f:
         pickle.dump({}, f)
-    with pytest.raises(util.UserError, match='--features maccs: .* holds its own features; move it out'):
-        metabolism.load_metabolism(str(tmp_path), features='maccs')
+    with pytest.raises(UserError, match='--features maccs: .* holds its own features; move it out'):
+        metabolism_dataset.load_metabolism(str(tmp_path), features='maccs')
 
 
 def test_the_network_takes_the_checkpoints_features_at_test(tmp_path, capsys):
@@ -392,21 +401,20 @@ def test_the_network_takes_the_checkpoints_features_at_test(tmp_path, capsys):
     run_metabolism.main(['--test', '--datadir', folder, '--log_dir', str(tmp_path / 'log'), '--num_support', '2',
                          '--num_query', '3', '--num_test_tasks', '8'])  # no --features: the checkpoint's
     assert 'Accuracy over 8 test tasks' in capsys.readouterr().out
-    assert '.features_maccs+morgan_counts' in cli.default_log_dir(
-        *cli.parse(run_metabolism.SCRIPT, ['--features', 'maccs+morgan_counts'])[:2], __import__('protonet'))
+    assert '.features_maccs+morgan_counts' in cli.parse(run_metabolism.PROGRAM, ['--features', 'maccs+morgan_counts']).log_dir
 
 
 def test_course_protocol_validates_and_tests_on_all_heldout_molecules(capsys):
     data = coded_data()
-    val, test = (metabolism.split_pools(data, split, 'course') for split in ('val', 'test'))
-    halves = [metabolism.split_pools(data, split) for split in ('val', 'test')]
-    for assay in metabolism.HELDOUT_ASSAYS:
+    val, test = (metabolism_dataset.split_pools(data, split, 'course') for split in ('val', 'test'))
+    halves = [metabolism_dataset.split_pools(data, split) for split in ('val', 'test')]
+    for assay in metabolism_tables.HELDOUT_ASSAYS:
         for label in range(2):
             assert np.array_equal(val[assay][label], test[assay][label])
             rows = sorted(val[assay][label][:, 1].tolist())
             assert rows == sorted(np.concatenate([h[assay][label][:, 1] for h in halves]).tolist())
-    sampler = metabolism.MoleculeTaskSampler(test, 2, 3, 2, seed=0, meta_batch_ci=True)
-    training.test(AssayBiasedLearner(), sampler, 48, 4)
+    sampler = metabolism_dataset.MoleculeTaskSampler(test, 2, 3, 2, seed=0, meta_batch_ci=True)
+    evaluation.test(AssayBiasedLearner(), sampler, 48, 4)
     sampler.generator.manual_seed(0)
     values = np.concatenate([AssayBiasedLearner().evaluate(sampler.sample(4))['query'].numpy() for _ in range(12)])
     means = values.reshape(12, 4).mean(1)  # the course's formula, written out
@@ -414,7 +422,7 @@ def test_course_protocol_validates_and_tests_on_all_heldout_molecules(capsys):
     line = capsys.readouterr().out.splitlines()[-1]
     assert line == ("  the course's 95% confidence interval (std of 4-task meta-batch means / sqrt(48)): "
                     f'{expected:.3f}')
-    assert util.course_ci95(values, 4) == pytest.approx(expected)
+    assert stats.course_ci95(values, 4) == pytest.approx(expected)
 
 
 def test_dropout_only_inside_training_and_the_loop_trains_inside_it():
@@ -441,14 +449,14 @@ def test_dropout_only_inside_training_and_the_loop_trains_inside_it():
             return self.weight.sum(), {'query': torch.zeros(len(batch))}
     learner = ModeRecorder()
     batch = tasks.TaskBatch(torch.zeros(4, 2, 1), torch.zeros(4, 2), torch.zeros(4, 2, 1), torch.zeros(4, 2))
-    training.backward_in_groups(learner, batch, 0, 2, 4)
+    loop.backward_in_groups(learner, batch, 0, 2, 4)
     assert learner.modes == [True, True]
 
 
 def test_weight_decay_reaches_the_optimizer():
     learner = argparse.Namespace(optimizer='sgd', parameters=lambda: [weight])
     weight = torch.tensor([2.0, -4.0], requires_grad=True)
-    optimizer = training.build_optimizer(learner, 0.1, weight_decay=0.5)
+    optimizer = loop.build_optimizer(learner, 0.1, weight_decay=0.5)
     weight.grad = torch.zeros(2)
     optimizer.step()
     assert torch.allclose(weight.detach(), torch.tensor([2.0, -4.0]) * (1 - 0.1 * 0.5))  # L2: grad += 0.5 w

@@ -3,12 +3,14 @@ and a device without native bfloat16 is refused in one line."""
 import pytest
 import torch
 
-import networks
-import protonet
+from fewshot.algorithms import protonet
 import run_metabolism
-import tasks
-import util
+
 from test_metabolism import write_tables
+from fewshot import networks
+from fewshot import tasks
+from fewshot import runtime
+from fewshot.errors import UserError
 
 
 def tiny_run(folder, log_dir, *flags):
@@ -17,7 +19,7 @@ def tiny_run(folder, log_dir, *flags):
 
 
 def test_bf16_runs_the_loop_under_autocast_and_fp32_does_not(tmp_path, monkeypatch):
-    monkeypatch.setattr(util, 'cpu_has_bf16', lambda: True)  # emulated where not native: slow, same numbers
+    monkeypatch.setattr(runtime, 'cpu_has_bf16', lambda: True)  # emulated where not native: slow, same numbers
     folder = write_tables(tmp_path / 'data')
     seen, real_loss, real_evaluate = {}, protonet.ProtoNet.loss, protonet.ProtoNet.evaluate
 
@@ -56,8 +58,8 @@ def test_bf16_protonet_loss_and_gradient_are_close_to_fp32():
 
 
 def test_bf16_without_native_support_is_one_line_naming_the_flag(tmp_path, monkeypatch):
-    monkeypatch.setattr(util, 'cpu_has_bf16', lambda: False)
-    with pytest.raises(util.UserError, match='--precision bf16: the cpu device here has no native bfloat16'):
+    monkeypatch.setattr(runtime, 'cpu_has_bf16', lambda: False)
+    with pytest.raises(UserError, match='--precision bf16: the cpu device here has no native bfloat16'):
         tiny_run(write_tables(tmp_path / 'data'), str(tmp_path / 'log'), '--precision', 'bf16')
 
 
@@ -72,11 +74,11 @@ def test_prototype_distances_are_float32_under_bf16_autocast():
 
 
 def test_the_runs_autocast_sees_every_optimizer_step(monkeypatch):
-    monkeypatch.setattr(util, 'cpu_has_bf16', lambda: True)
+    monkeypatch.setattr(runtime, 'cpu_has_bf16', lambda: True)
     weight = torch.ones(3, 3, requires_grad=True)
     optimizer = torch.optim.SGD([weight], lr=0.5)
     x = torch.ones(2, 3)
-    with util.autocast(torch.device('cpu'), 'bf16'):  # one context around the whole run, as training.run
+    with runtime.autocast(torch.device('cpu'), 'bf16'):  # one context around the whole run, as training.run
         before = torch.nn.functional.linear(x, weight)
         before.sum().backward()
         optimizer.step()

@@ -10,12 +10,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import checkpoints
-import networks
 import protonet
-import tasks
-import training
-import util
+from fewshot.engine import checkpoints
+from fewshot.engine import loop
+from fewshot import cli
+from fewshot import flags
+from fewshot import networks
+from fewshot import tasks
+from fewshot import files
+from helpers import run_with
+from fewshot.errors import UserError
+from helpers import common_args
+
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,7 +90,7 @@ def test_batched_encoder_call_equals_per_task_loop_with_gradients(joint_batch_no
     for per_call in (1, 2, 4):
         learner = protonet.ProtoNet(encoder, tasks_per_call=per_call, joint_batch_norm=joint_batch_norm)
         encoder.zero_grad()
-        loss, accuracy = learner._task_metrics(batch)
+        loss, accuracy = learner.task_metrics(batch)
         loss.backward()
         results.append((loss.detach(), accuracy['query'], [p.grad.clone() for p in encoder.parameters()]))
     for loss, accuracy, grads in results[1:]:
@@ -112,18 +119,11 @@ def test_per_task_batch_norm_differs_from_one_shared_group():
 
 
 def synthetic_args(**overrides):
-    """Checked flags as cli.parse makes them (num_support may be a list, a K sweep at --test)."""
-    parser = argparse.ArgumentParser()
-    training.add_common_args(parser)  # every common flag at its default, then the tiny settings here
-    args = vars(parser.parse_args([]))
-    args.update(num_way=3, num_support=2, num_query=3, batch_size=2, num_train_iterations=6, num_test_tasks=8,
-                num_val_tasks=4, learning_rate=1e-2, joint_batch_norm=False)
-    args.update(overrides)
-    if not isinstance(args['num_support'], list):
-        args['num_support'] = [args['num_support']]
-    args = argparse.Namespace(**args)
-    training.check_common_args(args)
-    return args
+    """Checked common flags as cli.parse makes them, for a tiny 3-way ProtoNet (num_support may be a
+    list, a K sweep at --test)."""
+    return common_args(**{**dict(num_way=3, num_support=2, num_query=3, batch_size=2, num_train_iterations=6,
+                                 num_test_tasks=8, num_val_tasks=4, learning_rate=1e-2, joint_batch_norm=False),
+                          **overrides})
 
 
 def synthetic_sampler(split, args, seed, device):
@@ -138,9 +138,9 @@ def small_learner(args, device):
 
 def test_resume_continues_exactly(tmp_path):
     straight, interrupted = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')
-    training.run(synthetic_args(num_train_iterations=6), straight, small_learner, synthetic_sampler)
-    training.run(synthetic_args(num_train_iterations=3), interrupted, small_learner, synthetic_sampler)
-    training.run(synthetic_args(num_train_iterations=6, checkpoint_step=2), interrupted, small_learner,
+    run_with(synthetic_args(num_train_iterations=6), straight, small_learner, synthetic_sampler)
+    run_with(synthetic_args(num_train_iterations=3), interrupted, small_learner, synthetic_sampler)
+    run_with(synthetic_args(num_train_iterations=6, checkpoint_step=2), interrupted, small_learner,
                  synthetic_sampler)
     a, b = checkpoints.load(straight, 5), checkpoints.load(interrupted, 5)
     first = checkpoints.load(straight, 0)['learner']['network']
@@ -151,16 +151,16 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
-    training.run(synthetic_args(num_train_iterations=2), str(tmp_path), small_learner, synthetic_sampler)
-    with pytest.raises(util.UserError, match='--learning_rate 0.01 \\(now 0.5\\)'):
-        training.run(synthetic_args(num_train_iterations=4, checkpoint_step=1, learning_rate=0.5), str(tmp_path),
+    run_with(synthetic_args(num_train_iterations=2), str(tmp_path), small_learner, synthetic_sampler)
+    with pytest.raises(UserError, match='--learning_rate 0.01 \\(now 0.5\\)'):
+        run_with(synthetic_args(num_train_iterations=4, checkpoint_step=1, learning_rate=0.5), str(tmp_path),
                      small_learner, synthetic_sampler)
 
 
 def test_checkpoint_round_trip_and_best_step(tmp_path):
     args = synthetic_args()
     learner = small_learner(args, 'cpu')
-    optimizer = training.build_optimizer(learner, args.learning_rate)
+    optimizer = loop.build_optimizer(learner, args.learning_rate)
     generator = torch.Generator().manual_seed(3)
     checkpoints.save(str(tmp_path), 7, learner, optimizer, generator, args, val_score=0.9)
     checkpoints.save(str(tmp_path), 9, learner, optimizer, generator, args, val_score=0.8)
@@ -177,22 +177,22 @@ def test_checkpoint_round_trip_and_best_step(tmp_path):
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = str(tmp_path / 'state0.pt')
-    util.atomic_save({'version': 1}, path)
+    checkpoints.write({'version': 1}, path)
 
     def broken_save(obj, f):
         f.write(b'half a file')
         raise OSError('disk full')
     monkeypatch.setattr(torch, 'save', broken_save)
     with pytest.raises(OSError):
-        util.atomic_save({'version': 2}, path)
+        checkpoints.write({'version': 2}, path)
     monkeypatch.undo()
-    assert util.load_checkpoint(path) == {'version': 1}
+    assert checkpoints.read(path) == {'version': 1}
     assert os.listdir(tmp_path) == ['state0.pt']
 
 
 def test_test_mode_prints_the_confidence_line(tmp_path, capsys):
-    training.run(synthetic_args(num_train_iterations=2), str(tmp_path), small_learner, synthetic_sampler)
-    mean, ci95 = training.run(synthetic_args(test=True, num_support=1, num_test_tasks=10), str(tmp_path),
+    run_with(synthetic_args(num_train_iterations=2), str(tmp_path), small_learner, synthetic_sampler)
+    mean, ci95 = run_with(synthetic_args(test=True, num_support=1, num_test_tasks=10), str(tmp_path),
                               small_learner, synthetic_sampler)
     out = capsys.readouterr().out
     assert 'testing checkpoint step' in out
@@ -204,25 +204,25 @@ def test_checkpoint_older_than_a_flag_is_tested_with_the_flag_as_given(tmp_path)
     """A checkpoint whose stored flags lack one added later (here --joint_batch_norm)."""
     older = synthetic_args(num_train_iterations=2)
     del older.joint_batch_norm
-    training.run(older, str(tmp_path), small_learner, synthetic_sampler)
+    run_with(older, str(tmp_path), small_learner, synthetic_sampler)
     assert 'joint_batch_norm' not in checkpoints.load(str(tmp_path), 1)['args']
     built = []
 
     def learner_reading_the_new_flag(args, device):
         built.append(args.joint_batch_norm)
         return small_learner(args, device)
-    training.run(synthetic_args(test=True, num_test_tasks=4, joint_batch_norm=True), str(tmp_path),
+    run_with(synthetic_args(test=True, num_test_tasks=4, joint_batch_norm=True), str(tmp_path),
                  learner_reading_the_new_flag, synthetic_sampler)
     assert built == [True]
 
 
 def test_support_sweep_prints_a_line_per_k_and_writes_csv(tmp_path, capsys):
     import csv
-    training.run(synthetic_args(num_train_iterations=2), str(tmp_path), small_learner, synthetic_sampler)
+    run_with(synthetic_args(num_train_iterations=2), str(tmp_path), small_learner, synthetic_sampler)
     table = str(tmp_path / 'sweep.csv')
-    sweep = training.run(synthetic_args(test=True, num_support=[1, 2, 4], num_query=10, num_test_tasks=6, csv=table),
+    sweep = run_with(synthetic_args(test=True, num_support=[1, 2, 4], num_query=10, num_test_tasks=6, csv=table),
                          str(tmp_path), small_learner, synthetic_sampler)
-    single = training.run(synthetic_args(test=True, num_support=4, num_query=10, num_test_tasks=6),
+    single = run_with(synthetic_args(test=True, num_support=4, num_query=10, num_test_tasks=6),
                           str(tmp_path), small_learner, synthetic_sampler)
     assert len(sweep) == 3 and sweep[2] == single  # each K tested as a run of its own would be
     out = capsys.readouterr().out
@@ -236,9 +236,9 @@ def test_support_sweep_prints_a_line_per_k_and_writes_csv(tmp_path, capsys):
 
 
 def test_support_sweep_only_at_test():
-    with pytest.raises(util.UserError, match='several values only with --test'):
+    with pytest.raises(UserError, match='several values only with --test'):
         synthetic_args(num_support=[1, 2])
-    with pytest.raises(util.UserError, match='several values only with --test'):
+    with pytest.raises(UserError, match='several values only with --test'):
         protonet.main(['--num_support', '1', '2'])
 
 

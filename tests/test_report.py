@@ -4,6 +4,9 @@ import os
 import pytest
 
 import report
+from fewshot.engine import checkpoints
+from fewshot import cli
+from fewshot import files
 
 
 def write_events(log_dir, tag, points, mtime=None):
@@ -123,7 +126,7 @@ def test_papers_experiments_parse_to_the_cited_settings(name):
     import maml
     import protonet
     script, flags, _, _ = report.PAPER_EXPERIMENTS[name]
-    args = cli.parse(protonet.SCRIPT if script == 'protonet.py' else maml.SCRIPT, flags)[0]
+    args = cli.parse(protonet.PROGRAM if script == 'protonet.py' else maml.PROGRAM, flags)[0]
     assert (args.class_split, args.augment_rotations, args.learning_rate) == ('vinyals', True, 0.001)
     if script == 'protonet.py':
         assert (args.num_way, args.num_query, args.batch_size, args.lr_halving_steps) == (60, 5, 1, 2000)

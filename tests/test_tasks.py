@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-import tasks
-from util import UserError
+from fewshot.errors import UserError
+from fewshot import tasks
+import omniglot
 
 
 def id_examples(num_classes, num_drawings):
@@ -71,7 +72,7 @@ def test_bad_task_shapes_are_clear_errors(way, support, query, message):
 
 
 def test_dataloader_yields_the_asked_number_of_tasks():
-    loader = tasks.TaskLoader(tasks.TaskSampler(id_examples(10, 20), 3, 1, 1), batch_size=4, num_tasks=10)
+    loader = omniglot.TaskLoader(tasks.TaskSampler(id_examples(10, 20), 3, 1, 1), batch_size=4, num_tasks=10)
     assert [len(b) for b in loader] == [4, 4, 2] and len(loader) == 3
 
 

@@ -1,14 +1,11 @@
 """tuning.choose: the fastest way is timed once, cached per machine and run settings, and
 leaves the run's state, tasks and numbers as they were."""
-import argparse
-
 import pytest
 import torch
 
-import networks
 import protonet
-import tasks
-import tuning
+from fewshot import cli, execution, networks, tasks
+from fewshot.engine import tuning
 
 
 def tiny_protonet(tasks_per_call=None, dtype=torch.float32, channels_last=False):
@@ -23,36 +20,43 @@ def batch(seed=0, dtype=torch.float32):
     return tasks.TaskSampler(examples, 3, 2, 2, seed=seed).sample(4)
 
 
-ARGS = argparse.Namespace(algorithm='protonet', num_way=3, num_support=2, log_dir='a', seed=0)
+CPU = torch.device('cpu')
+
+
+def key(*flags):
+    """The tuning key of protonet.py with these flags."""
+    return tuning.run_key(cli.parse(protonet.PROGRAM, ['--num_way', '3', '--num_support', '2', *flags]), CPU)
+
+
+KEY = key('--log_dir', 'a', '--seed', '0')
 
 
 def test_the_faster_way_is_chosen_cached_and_reused(tmp_path, monkeypatch, capsys):
     path = str(tmp_path / 'tuning.json')
-    speeds = {1: 0.2, networks.ALL_TASKS: 0.1}  # a fake clock: batched calls "faster"
+    speeds = {1: 0.2, execution.ALL_TASKS: 0.1}  # a fake clock: batched calls "faster"
     timed = []
 
     def fake_seconds(learner, task_batch, repeats=2):
-        timed.append(learner.tasks_per_call)
-        return speeds[learner.tasks_per_call]
+        timed.append(learner.calls.tasks_per_call)
+        return speeds[learner.calls.tasks_per_call]
     monkeypatch.setattr(tuning, 'seconds_per_step', fake_seconds)
     learner = tiny_protonet()
-    assert tuning.choose(learner, batch, ARGS, torch.device('cpu'), path) == 'one batched encoder call'
-    assert learner.tasks_per_call == networks.ALL_TASKS and sorted(timed) == sorted(speeds)
-    assert 'one batched encoder call (100 ms per step) against per-task encoder calls 200 ms' in capsys.readouterr().out
+    assert tuning.choose(learner, batch, KEY, path) == 'one batched encoder call'
+    assert learner.calls.tasks_per_call == execution.ALL_TASKS and sorted(timed) == sorted(speeds)
+    assert 'fastest way here: one batched encoder call (100 ms a step, 2.00x the slowest)' in capsys.readouterr().out
     speeds.update({1: 0.05})  # cached: not timed again, even if the clock now says otherwise
     other = tiny_protonet()
-    assert tuning.choose(other, batch, argparse.Namespace(**{**vars(ARGS), 'seed': 3, 'log_dir': 'b'}),
-                         torch.device('cpu'), path) == 'one batched encoder call'
+    assert tuning.choose(other, batch, key('--seed', '3', '--log_dir', 'b'), path) == 'one batched encoder call'
     assert len(timed) == 2 and capsys.readouterr().out == ''
-    changed = argparse.Namespace(**{**vars(ARGS), 'num_way': 5})  # another task shape: timed anew
-    assert tuning.choose(tiny_protonet(), batch, changed, torch.device('cpu'), path) == 'per-task encoder calls'
+    changed = key('--num_way', '5')  # another task shape: timed anew
+    assert tuning.choose(tiny_protonet(), batch, changed, path) == 'per-task encoder calls'
     assert len(timed) == 4
 
 
 def test_a_forced_way_is_not_timed(tmp_path):
     learner = tiny_protonet(tasks_per_call=1)
     assert learner.execution_options() == {}
-    assert tuning.choose(learner, pytest.fail, ARGS, torch.device('cpu'), str(tmp_path / 't.json')) is None
+    assert tuning.choose(learner, pytest.fail, KEY, str(tmp_path / 't.json')) is None
 
 
 def test_timing_leaves_parameters_gradients_and_rng_as_found(tmp_path):
@@ -61,7 +65,7 @@ def test_timing_leaves_parameters_gradients_and_rng_as_found(tmp_path):
     torch.manual_seed(7)
     expected = torch.rand(3)
     torch.manual_seed(7)
-    tuning.choose(learner, batch, ARGS, torch.device('cpu'), str(tmp_path / 't.json'))
+    tuning.choose(learner, batch, KEY, str(tmp_path / 't.json'))
     assert torch.equal(torch.rand(3), expected)
     assert all(torch.equal(a, b) and b.grad is None for a, b in zip(before, learner.parameters()))
 
@@ -89,17 +93,17 @@ def test_independent_choices_combine_and_a_forced_one_drops_out():
     picked = []
     calls = {'per-task': lambda: picked.append('per-task'), 'batched': lambda: picked.append('batched')}
     layouts = {'nchw': lambda: picked.append('nchw'), 'nhwc': lambda: picked.append('nhwc')}
-    options = tuning.combine(calls, layouts)
+    options = execution.combine(calls, layouts)
     assert list(options) == ['per-task, nchw', 'per-task, nhwc', 'batched, nchw', 'batched, nhwc']
     options['batched, nhwc']()
     assert picked == ['batched', 'nhwc']
-    assert list(tuning.combine({}, layouts)) == ['nchw', 'nhwc']
-    assert tuning.combine({}, {}) == {} and tuning.combine({'only': lambda: None}) == {}
+    assert list(execution.combine({}, layouts)) == ['nchw', 'nhwc']
+    assert execution.combine({}, {}) == {} and execution.combine({'only': lambda: None}) == {}
 
 
 class CountingLearner:
     """A learner double whose forward pass updates a buffer in place (like running statistics)."""
-    tasks_per_backward, execution_flags = 0, '--way'
+    tasks_per_backward, execution_flags = 0, ('--way',)
 
     def __init__(self):
         self.weight, self.calls, self.way = torch.ones(1, requires_grad=True), torch.zeros(1), 'a'
@@ -123,5 +127,5 @@ class CountingLearner:
 
 def test_timing_restores_state_the_forward_passes_changed(tmp_path):
     learner = CountingLearner()
-    tuning.choose(learner, batch, ARGS, torch.device('cpu'), str(tmp_path / 't.json'))
+    tuning.choose(learner, batch, KEY, str(tmp_path / 't.json'))
     assert learner.calls.item() == 0 and learner.weight.grad is None

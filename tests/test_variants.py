@@ -6,16 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import checkpoints
-import cli
 import maml
-import networks
-import reptile
-import sinusoid
-import tasks
-import training
-import util
-from tasks import TaskBatch
+from fewshot import cli, networks, runtime, tasks
+from fewshot.algorithms import reptile
+from fewshot.datasets import sinusoid
+from fewshot.engine import checkpoints, evaluation, loop
+from fewshot.errors import UserError
+from fewshot.tasks import TaskBatch
 from test_maml import (assert_meta_gradient_matches_finite_differences, copy_of, meta_gradients, random_batch,
                        take_step, tiny_maml)
 
@@ -107,7 +104,7 @@ def test_multi_step_loss_weights_and_loss():
     assert learner._multi_step_weights(50)[0] < start[0] and learner._multi_step_weights(5000)[0] == end[0]
     batch = random_batch()
     weights = learner._multi_step_weights(30)
-    loss, _ = learner._task_metrics(batch, train=True, loss_weights=weights)
+    loss, _ = learner.task_metrics(batch, train=True, loss_weights=weights)
     expected = 0
     for images_support, labels_support, images_query, labels_query in batch:
         history, _, _ = learner.inner.adapt(images_support, labels_support, create_graph=True, train=True)
@@ -119,12 +116,12 @@ def test_multi_step_loss_weights_and_loss():
 def test_cosine_outer_lr():
     learner = tiny_maml(cosine_outer_lr=True, num_train_iterations=100)
     assert learner.lr_schedule == 'cosine' and learner.lr_tag == 'outer_lr'
-    assert training.learning_rate_at('cosine', 0.01, 0, 100) == pytest.approx(0.01)
-    assert training.learning_rate_at('cosine', 0.01, 50, 100) == pytest.approx(0.005)
+    assert loop.learning_rate_at('cosine', 0.01, 0, 100) == pytest.approx(0.01)
+    assert loop.learning_rate_at('cosine', 0.01, 50, 100) == pytest.approx(0.005)
     optimizer = take_step(learner, random_batch(), 75, learning_rate=0.01, total=100)
     assert optimizer.param_groups[0]['lr'] == pytest.approx(0.01 * (1 + math.cos(0.75 * math.pi)) / 2)
     assert tiny_maml().lr_schedule == 'constant'
-    assert training.learning_rate_at('constant', 0.01, 75, 100) == 0.01
+    assert loop.learning_rate_at('constant', 0.01, 75, 100) == 0.01
 
 
 def test_vmap_path_agrees_with_loop_for_the_variants():
@@ -136,7 +133,7 @@ def test_vmap_path_agrees_with_loop_for_the_variants():
     weights = loop._multi_step_weights(3)
     results = []
     for learner in (loop, vmapped):
-        loss, metrics = learner._task_metrics(batch, train=True, loss_weights=weights)
+        loss, metrics = learner.task_metrics(batch, train=True, loss_weights=weights)
         tensors = list(learner.inner.meta_parameters.values()) + list(learner.inner.inner_lrs.values())
         results.append((loss, metrics, torch.autograd.grad(loss, tensors)))
     (loss_a, metrics_a, grads_a), (loss_b, metrics_b, grads_b) = results
@@ -174,7 +171,7 @@ def test_reptile_meta_update_on_a_quadratic_has_the_closed_form():
 
 
 def test_reptile_flags_exclude_meta_gradient_options():
-    with pytest.raises(util.UserError, match='--algorithm reptile takes no meta-gradient options'):
+    with pytest.raises(UserError, match='--learn_inner_lrs is a flag of --algorithm maml, not of --algorithm reptile'):
         maml.main(['--algorithm', 'reptile', '--learn_inner_lrs', '--dataset', 'sinusoid'])
 
 
@@ -199,15 +196,16 @@ def test_maml_on_sinusoids_adapts(tmp_path):
     """A short second-order MAML run (1200 steps of 25 tasks, K = 10, inner LR 0.01):
     one inner step then cuts the query MSE well below the unadapted prediction's
     (measured after 1000 steps: 2.60 -> 1.42 on 64 validation tasks)."""
-    args, _, _, _ = cli.parse(maml.SCRIPT, ['--dataset', 'sinusoid', '--num_train_iterations', '1200',
+    command = cli.parse(maml.PROGRAM, ['--dataset', 'sinusoid', '--num_train_iterations', '1200',
                                             '--num_val_tasks', '200', '--log_dir', str(tmp_path)])
-    util.seed_everything(0)
-    learner = maml.build_learner(args, sinusoid, 'cpu')
-    optimizer = training.build_optimizer(learner, args.learning_rate)
-    train_sampler = sinusoid.build_sampler('train', args, 0, 'cpu')
-    val_sampler = sinusoid.build_sampler('val', args, training.VAL_SEED, 'cpu')
-    training.train(learner, optimizer, train_sampler, val_sampler, args, str(tmp_path))
-    metrics = training.validate(learner, val_sampler, args)
+    runtime.seed_everything(0)
+    args = command.args
+    learner = command.build_learner(args, 'cpu')
+    optimizer = loop.build_optimizer(learner, args.learning_rate)
+    train_sampler = command.build_sampler('train', args, 0, 'cpu')
+    val_sampler = command.build_sampler('val', args, evaluation.VAL_SEED, 'cpu')
+    loop.train(learner, optimizer, train_sampler, val_sampler, args, str(tmp_path))
+    metrics = evaluation.validate(learner, val_sampler, args)
     assert metrics['post_adapt_query'] < 0.7 * metrics['pre_adapt_query'], metrics
     assert metrics['post_adapt_support'] < metrics['pre_adapt_support']
     assert checkpoints.best_step(str(tmp_path)) == min(
@@ -226,10 +224,11 @@ def test_short_real_runs_are_clearly_above_chance(omniglot_dir, tmp_path, flags,
     Reptile's 5 steps), so the run must also beat its own starting point."""
     argv = [*flags, '--num_train_iterations', '80', '--batch_size', '8', '--data_dir', omniglot_dir,
             '--num_val_tasks', '64', '--log_dir', str(tmp_path)]
-    args, _, algorithm, dataset = cli.parse(maml.SCRIPT, argv)
-    util.seed_everything(args.seed)  # the same initialisation as training.run's
-    untrained = training.validate(algorithm.build_learner(args, dataset, 'cpu'),
-                                  dataset.build_sampler('val', args, training.VAL_SEED, 'cpu'), args)
+    command = cli.parse(maml.PROGRAM, argv)
+    args, algorithm, dataset = command.args, command.algorithm, command.dataset
+    runtime.seed_everything(args.seed)  # the same initialisation as a run's
+    untrained = evaluation.validate(algorithm.build_learner(args, dataset, 'cpu'),
+                                  dataset.build_sampler('val', args, evaluation.VAL_SEED, 'cpu'), args)
     maml.main(argv)
     trained = checkpoints.load(str(tmp_path), 79)['val_score']
     assert trained > bar and trained > untrained['post_adapt_query'] + gain, (untrained, trained)
@@ -274,5 +273,5 @@ def test_per_step_bn_state_round_trip_and_step_mismatch():
             assert torch.equal(mean_a, mean_b) and torch.equal(var_a, var_b)
     assert learner.evaluate(random_batch())['post_adapt_query'].tolist() == \
         other.evaluate(random_batch())['post_adapt_query'].tolist()
-    with pytest.raises(util.UserError, match='--num_inner_steps 2'):
+    with pytest.raises(UserError, match='--num_inner_steps 2'):
         tiny_maml(num_inner_steps=5, per_step_bn=True).load_state(learner.state())

@@ -99,11 +99,15 @@ def set_rng_state(state, generator):
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
+def write(checkpoint, file):
+    """torch.save a checkpoint to file atomically (files.atomic_write)."""
+    files.atomic_write(file, lambda f: torch.save(checkpoint, f))
+
+
 def save(log_dir, step, learner, optimizer, generator, args, val_score):
-    checkpoint = {'step': step, 'learner': learner.state(), 'optimizer': optimizer.state_dict(),
-                  'optimizer_kind': learner.optimizer, 'rng': rng_state(generator), 'args': vars(args),
-                  'val_score': val_score, 'metric_kind': learner.task.metric_kind}
-    files.atomic_write(path(log_dir, step), lambda f: torch.save(checkpoint, f))
+    write({'step': step, 'learner': learner.state(), 'optimizer': optimizer.state_dict(),
+           'optimizer_kind': learner.optimizer, 'rng': rng_state(generator), 'args': vars(args),
+           'val_score': val_score, 'metric_kind': learner.task.metric_kind}, path(log_dir, step))
 
 
 def resume(checkpoint, learner, optimizer, generator):

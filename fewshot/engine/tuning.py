@@ -37,7 +37,8 @@ def run_key(command, device):
     given = vars(command.args)
     shaping = {dest: given[dest] for dest, flag in sorted(command.flags.items()) if flag.shapes_step}
     gpu = torch.cuda.get_device_name(device) if device.type == 'cuda' else ''
-    return json.dumps([machine(), device.type, gpu, given['algorithm'], given['dataset'], shaping], default=str)
+    return json.dumps([machine(), device.type, gpu, command.algorithm.name, command.dataset.name, shaping],
+                      default=str)
 
 
 def read_cache(path):

@@ -10,7 +10,7 @@ algorithm's `defaults`, the dataset's `defaults` and the algorithm's `own_defaul
 import dataclasses
 import sys
 
-from fewshot import flags, registry
+from fewshot import contracts, flags, registry
 from fewshot.engine import checkpoints, runner
 
 
@@ -30,10 +30,12 @@ class Command:
     log_dir: str
 
     def build_learner(self, args, device):
-        return self.algorithm.build_learner(args, self.dataset, device)
+        learner = self.algorithm.build_learner(args, self.dataset, device)
+        return contracts.check(learner, contracts.Learner, f'the learner of --algorithm {self.algorithm.name}')
 
     def build_sampler(self, split, args, seed, device):
-        return self.dataset.build_sampler(split, args, seed, device)
+        sampler = self.dataset.build_sampler(split, args, seed, device)
+        return contracts.check(sampler, contracts.Sampler, f'the {split} sampler of --dataset {self.dataset.name}')
 
 
 def _chosen(program, argv):

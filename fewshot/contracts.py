@@ -5,12 +5,16 @@ builds and the Sampler a dataset builds. Subclass them; members with a default a
     source files -> Dataset.build_sampler -> Sampler.sample(B) -> TaskBatch
                  -> Learner.loss / evaluate (built by Algorithm.build_learner) -> the engine's loop
 """
-import abc
-
 from fewshot.errors import UserError
 
 
-class Sampler(abc.ABC):
+def required(method):
+    """Marks a member every implementation defines (contracts.check names it when missing)."""
+    method.required = True
+    return method
+
+
+class Sampler:
     """Draws batches of tasks; all its randomness comes from `generator` (a CPU torch.Generator),
     which checkpoints save, so a resumed run draws the same tasks."""
 
@@ -18,12 +22,12 @@ class Sampler(abc.ABC):
     group_names = ()           # names of the task groups a TaskBatch's `groups` index (metabolism: assays)
     meta_batch_ci = False      # --test also prints the course's CI over meta-batch means
 
-    @abc.abstractmethod
+    @required
     def sample(self, batch_size):
         """A tasks.TaskBatch of batch_size tasks on the sampler's device."""
 
 
-class Learner(abc.ABC):
+class Learner:
     """What an algorithm trains. The engine owns zero_grad, backward, the learning-rate
     schedule, the gradient all-reduce and the optimizer step."""
 
@@ -36,23 +40,23 @@ class Learner(abc.ABC):
     tasks_per_backward = 0     # tasks per backward pass (0: the whole meta-batch)
     execution_flags = ()       # the flags that force one of execution_options()
 
-    @abc.abstractmethod
+    @required
     def parameters(self):
         """The tensors the optimizer trains."""
 
-    @abc.abstractmethod
+    @required
     def loss(self, task_batch, step):
         """(scalar objective to call backward() on, {name: (B,) per-task metric})."""
 
-    @abc.abstractmethod
+    @required
     def evaluate(self, task_batch):
         """{name: (B,) per-task metric}, 'loss' among them, changing nothing."""
 
-    @abc.abstractmethod
+    @required
     def state(self):
         """The tensors a checkpoint keeps."""
 
-    @abc.abstractmethod
+    @required
     def load_state(self, state):
         """Load what state() returned."""
 
@@ -70,7 +74,7 @@ class Learner(abc.ABC):
         return {}
 
 
-class Dataset(abc.ABC):
+class Dataset:
     """A kind of tasks: its flags, its samplers and the network its examples need."""
 
     name = None                # its --dataset name
@@ -84,11 +88,11 @@ class Dataset(abc.ABC):
     def check_args(self, args):
         """Check its flags together after parsing; raise a UserError naming the flag."""
 
-    @abc.abstractmethod
+    @required
     def build_sampler(self, split, args, seed, device):
         """The Sampler of 'train', 'val' or 'test' for the run's flags."""
 
-    @abc.abstractmethod
+    @required
     def network(self, args, num_outputs=None):
         """(params, forward): a dict of tensors and forward(params, x, num_tasks=1, fused_bn=True,
         norm=None) -> (T*M, D) features, or (T*M, num_outputs) logits through a linear head."""
@@ -109,7 +113,7 @@ class Dataset(abc.ABC):
         return False
 
 
-class Algorithm(abc.ABC):
+class Algorithm:
     """A meta-learning algorithm: its flags and the learner it builds for a dataset."""
 
     name = None                # its --algorithm name
@@ -132,37 +136,38 @@ class Algorithm(abc.ABC):
         """Whether a checkpoint written before --algorithm existed (its args name none) is of this algorithm."""
         return False
 
-    @abc.abstractmethod
+    @required
     def build_learner(self, args, dataset, device):
         """The Learner, built with dataset.network and dataset.task."""
 
-    @abc.abstractmethod
+    @required
     def log_name(self, args, changed):
         """The hyperparameters part of the default log dir ('way_5.support_1...'); changed:
         '.dest_value' of the log_name flags off their defaults, to be included."""
 
 
-REQUIRED_ATTRIBUTES = {Dataset: ('name', 'task'), Algorithm: ('name',), Learner: ('key_metric', 'task')}
+REQUIRED_ATTRIBUTES = {Dataset: ('name', 'task'), Algorithm: ('name',), Learner: ('key_metric', 'task'),
+                       Sampler: ('generator',)}
 
 
-def missing_members(cls, contract):
-    """The members cls lacks to fulfil the contract: abstract methods not defined, required
-    attributes left None."""
-    missing = []
-    for name in sorted(getattr(contract, '__abstractmethods__', ())):
-        member = getattr(cls, name, None)
-        if member is None or getattr(member, '__isabstractmethod__', False):
-            missing.append(name)
-    return missing + [name for name in REQUIRED_ATTRIBUTES.get(contract, ()) if getattr(cls, name, None) is None]
+def missing_members(obj, contract):
+    """The members obj (a class, or an instance) lacks to fulfil the contract: required methods
+    it does not define, required attributes left None."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    missing = [name for name, member in vars(contract).items()
+               if getattr(member, 'required', False) and getattr(cls, name) is member]
+    return missing + [name for name in REQUIRED_ATTRIBUTES.get(contract, ()) if getattr(obj, name, None) is None]
 
 
-def check(cls, contract, what):
-    """Raise a UserError naming what the class lacks to fulfil the contract; else return it."""
-    if not (isinstance(cls, type) and issubclass(cls, contract)):
-        raise UserError(f'{what} {getattr(cls, "__module__", "?")}.{getattr(cls, "__name__", cls)} is not a '
-                        f'fewshot.contracts.{contract.__name__}: subclass it')
-    missing = missing_members(cls, contract)
+def check(obj, contract, what):
+    """Raise a UserError naming what obj (a class, or an instance) lacks to fulfil the contract;
+    else return obj."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    if not issubclass(cls, contract):
+        raise UserError(f'{what} {cls.__module__}.{cls.__name__} is not a fewshot.contracts.{contract.__name__}: '
+                        'subclass it')
+    missing = missing_members(obj, contract)
     if missing:
         raise UserError(f'{what} {cls.__module__}.{cls.__name__} does not fulfil the {contract.__name__} contract '
                         f'(fewshot/contracts.py): define {", ".join(missing)}')
-    return cls
+    return obj

@@ -59,6 +59,7 @@ PROGRAMS = (  # the first that offers an (algorithm, dataset) pair is named in m
     Program('protonet.py', 'Train or test a ProtoNet on Omniglot or the metabolism assays.', algorithms=('protonet',)),
     Program('maml.py', 'Train or test MAML (or Reptile) on Omniglot, sinusoids or the metabolism assays.',
             algorithms=('maml', 'reptile')),
+    Program('python -m fewshot', 'Train or test any registered algorithm on any registered dataset it fits.'),
 )
 
 

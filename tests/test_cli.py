@@ -12,27 +12,21 @@ import pytest
 import torch
 
 import maml
-import omniglot
 import protonet
 import run_metabolism
-
+from fewshot import cli, registry, tasks
+from fewshot.engine import checkpoints, loop, runner
+from fewshot.errors import UserError
+from helpers import run_with
 from test_metabolism import write_tables
 from test_protonet import synthetic_sampler
-from fewshot.engine import checkpoints
-from fewshot.engine import loop
-from fewshot import cli
-from fewshot import flags
-from fewshot import tasks
-from fewshot.datasets import sinusoid
-from helpers import run_with
-from fewshot.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--num_train_iterations', '3', '--num_val_tasks', '4', '--batch_size', '2']
 
 
-def parsed(script, *flags):
-    return cli.parse(script, list(flags))[0]
+def parsed(program, *flags):
+    return cli.parse(program, list(flags)).args
 
 
 def test_the_course_defaults_of_each_script():
@@ -57,9 +51,8 @@ def test_flag_spellings_are_aliases():
 
 
 def test_default_log_dirs_keep_the_course_names():
-    def log_dir(script, *flags):
-        args, defaults, algorithm, _ = cli.parse(script, list(flags))
-        return cli.default_log_dir(args, defaults, algorithm)
+    def log_dir(program, *flags):
+        return cli.parse(program, list(flags)).log_dir
     assert log_dir(protonet.PROGRAM, '--num_support', '5') == \
         './logs/protonet/omniglot.way_5.support_5.query_15.lr_0.001.batch_size_16'
     assert log_dir(run_metabolism.PROGRAM) == './logs/metabolism/protonet.way_2.support_5.query_10.lr_0.0005.batch_size_4'
@@ -68,6 +61,9 @@ def test_default_log_dirs_keep_the_course_names():
                                                          '.batch_size_16')
     assert log_dir(maml.PROGRAM, '--algorithm', 'reptile', '--dataset', 'sinusoid').startswith(
         './logs/reptile/sinusoid.way_1.support_10.query_10.inner_steps_1.inner_lr_0.01')
+    assert log_dir(maml.PROGRAM, '--first_order', '--anil', '--split', 'lake', '--weight_decay', '0.1') == (
+        './logs/maml/omniglot.way_5.support_1.query_15.inner_steps_1.inner_lr_0.4.learn_inner_lrs_False'
+        '.outer_lr_0.001.batch_size_16.first_order_True.anil_True.class_split_lake.weight_decay_0.1')
 
 
 def run_cli(script, *flags):
@@ -97,8 +93,9 @@ def test_every_algorithm_trains_and_tests_on_the_datasets_it_fits(tmp_path, caps
     first = checkpoints.load(log_dir, 0)
     def chosen(flag, default):
         return flags[flags.index(flag) + 1] if flag in flags else default
-    assert saved['args']['algorithm'] == chosen('--algorithm', script.algorithms[0])
-    assert saved['args']['dataset'] == chosen('--dataset', script.datasets[0])
+    algorithms, datasets = script.offers()
+    assert saved['args']['algorithm'] == chosen('--algorithm', algorithms[0])
+    assert saved['args']['dataset'] == chosen('--dataset', datasets[0])
     weights = saved['learner'].get('meta_parameters') or saved['learner']['network']
     before = first['learner'].get('meta_parameters') or first['learner']['network']
     assert any(not torch.equal(weights[k], before[k]) for k in weights)  # it trained
@@ -113,10 +110,10 @@ def test_test_takes_the_checkpoints_algorithm_or_names_the_script(tmp_path):
     log_dir = str(tmp_path / 'log')
     cli.main(maml.PROGRAM, ['--dataset', 'metabolism', '--algorithm', 'reptile', '--data_dir', data, '--log_dir',
                            log_dir, '--num_support', '2', '--num_query', '3', *TINY])
-    args, _, algorithm, dataset = cli.parse(run_metabolism.PROGRAM, ['--test', '--log_dir', log_dir])
-    assert (args.algorithm, algorithm.NAME, dataset.NAME) == ('reptile', 'reptile', 'metabolism')
+    command = cli.parse(run_metabolism.PROGRAM, ['--test', '--log_dir', log_dir])
+    assert (command.args.algorithm, command.algorithm.name, command.dataset.name) == ('reptile', 'reptile', 'metabolism')
     with pytest.raises(UserError, match='written by reptile on metabolism tasks; test it with '
-                                             'run_metabolism.py --algorithm reptile'):
+                                        'run_metabolism.py --algorithm reptile'):
         cli.parse(protonet.PROGRAM, ['--test', '--log_dir', log_dir])
 
 
@@ -132,45 +129,69 @@ def test_run_bio_sh_runs_the_course_command(tmp_path):
         ('protonet', 'metabolism', data, 4, 0.0005)
 
 
-# ---------------------------------------------------------------- a new dataset
+# ---------------------------------------------------------------- a new dataset, a new algorithm
 
-def module_from_docs(name):
-    """The module whose code docs/architecture.md shows as `# {name}.py` (so the docs' examples run)."""
-    text = open(os.path.join(ROOT, 'docs', 'architecture.md')).read()
+def module_from_readme(name):
+    """The module whose code the README shows as `# {name}.py` (so the README's examples run)."""
+    text = open(os.path.join(ROOT, 'README.md')).read()
     code = text.split(f'```python\n# {name}.py\n')[1].split('```')[0]
     module = types.ModuleType(name)
-    exec(compile(code, f'docs/architecture.md:{name}.py', 'exec'), module.__dict__)
+    exec(compile(code, f'README.md:{name}.py', 'exec'), module.__dict__)
     return module
 
 
+@pytest.fixture
+def clusters(monkeypatch):
+    """The README's example dataset, registered with its one line."""
+    monkeypatch.setitem(sys.modules, 'clusters', module_from_readme('clusters'))
+    monkeypatch.setitem(registry.DATASETS, 'clusters', 'clusters:Clusters')
+
+
 @pytest.mark.parametrize('algorithm', ['protonet', 'maml', 'reptile'])
-def test_a_new_dataset_plugs_in_with_its_module_and_one_table_entry(tmp_path, monkeypatch, capsys, algorithm):
-    """The example dataset of docs/architecture.md, 3-way tasks of Gaussian clusters in 8-D."""
-    monkeypatch.setitem(sys.modules, 'clusters', module_from_docs('clusters'))
-    monkeypatch.setitem(cli.DATASETS, 'clusters', 'clusters')
-    script = cli.Script('clusters', ('protonet', 'maml', 'reptile'), ('clusters',))
-    args, defaults, module, _ = cli.parse(script, ['--algorithm', algorithm, '--noise', '0.1'])
-    assert cli.default_log_dir(args, defaults, module).startswith(f'./logs/{algorithm}/clusters.way_3.support_2.query_3')
+def test_a_new_dataset_plugs_in_with_its_module_and_one_table_entry(tmp_path, capsys, clusters, algorithm):
+    """The README's example dataset, 3-way tasks of Gaussian clusters in 8-D, from the course's programs."""
+    program = protonet.PROGRAM if algorithm == 'protonet' else maml.PROGRAM
+    flags = ['--dataset', 'clusters', '--noise', '0.1'] + ([] if algorithm == 'protonet' else ['--algorithm', algorithm])
+    assert cli.parse(program, flags).log_dir.startswith(f'./logs/{algorithm}/clusters.way_3.support_2.query_3')
     log_dir = str(tmp_path)
-    cli.main(script, ['--algorithm', algorithm, '--noise', '0.1', '--log_dir', log_dir, *TINY])
-    cli.main(script, ['--test', '--log_dir', log_dir, '--num_test_tasks', '20', '--noise', '0.1'])
+    cli.main(program, [*flags, '--log_dir', log_dir, *TINY])
+    cli.main(program, ['--test', '--log_dir', log_dir, '--num_test_tasks', '20', '--noise', '0.1'])
     mean = float(capsys.readouterr().out.split('Accuracy over 20 test tasks: mean ')[1].split(',')[0])
     assert mean > 0.6  # chance is 1/3; well-separated clusters are easy even after 3 steps
 
 
-def test_a_new_algorithm_plugs_in_with_its_module_and_one_table_entry(tmp_path, monkeypatch, capsys):
-    """The example algorithm of docs/architecture.md, a classifier trained without adaptation."""
-    monkeypatch.setitem(sys.modules, 'classifier', module_from_docs('classifier'))
-    monkeypatch.setitem(sys.modules, 'clusters', module_from_docs('clusters'))
-    monkeypatch.setitem(cli.ALGORITHMS, 'classifier', 'classifier')
-    monkeypatch.setitem(cli.DATASETS, 'clusters', 'clusters')
-    script = cli.Script('classifier', ('classifier',), ('clusters',))
-    log_dir = str(tmp_path)
-    cli.main(script, ['--log_dir', log_dir, '--num_train_iterations', '20', '--num_val_tasks', '4'])
+def test_a_new_algorithm_plugs_in_with_its_module_and_one_table_entry(tmp_path, monkeypatch, capsys, clusters):
+    """The README's example algorithm, a classifier trained without adaptation, from python -m fewshot."""
+    monkeypatch.setitem(sys.modules, 'classifier', module_from_readme('classifier'))
+    monkeypatch.setitem(registry.ALGORITHMS, 'classifier', 'classifier:ClassifierAlgorithm')
+    program, log_dir = registry.program('python -m fewshot'), str(tmp_path)
+    cli.main(program, ['--algorithm', 'classifier', '--dataset', 'clusters', '--log_dir', log_dir,
+                       '--num_train_iterations', '20', '--num_val_tasks', '4'])
     first, last = checkpoints.load(log_dir, 0)['learner'], checkpoints.load(log_dir, 19)['learner']
     assert any(not torch.equal(first[k], last[k]) for k in first)  # the loop trained its parameters
-    cli.main(script, ['--test', '--log_dir', log_dir, '--num_test_tasks', '8'])
+    cli.main(program, ['--test', '--log_dir', log_dir, '--num_test_tasks', '8'])
     assert 'Accuracy over 8 test tasks: mean' in capsys.readouterr().out
+
+
+def test_a_member_missing_from_a_contract_is_one_line_naming_it(monkeypatch, clusters):
+    del sys.modules['clusters'].Clusters.network
+    with pytest.raises(UserError, match=r"dataset 'clusters' clusters.Clusters does not fulfil the Dataset contract "
+                                        r'\(fewshot/contracts.py\): define network'):
+        cli.parse(protonet.PROGRAM, ['--dataset', 'clusters'])
+
+
+def test_every_registered_dataset_and_algorithm_fulfils_its_contract():
+    for name in registry.DATASETS:
+        dataset = registry.dataset(name)
+        assert dataset.name == name and dataset.task in (tasks.CLASSIFICATION, tasks.REGRESSION)
+    for name in registry.ALGORITHMS:
+        assert registry.algorithm(name).name == name
+    offered = {(a, d) for p in registry.PROGRAMS for a in p.offers()[0] for d in p.offers()[1]
+               if registry.algorithm(a).fits(registry.dataset(d))}
+    assert offered == {(a, d) for a in registry.ALGORITHMS for d in registry.DATASETS
+                       if registry.algorithm(a).fits(registry.dataset(d))}  # every pair that fits has a program
+    assert registry.command_for('reptile', 'sinusoid') == 'maml.py --algorithm reptile --dataset sinusoid'
+    assert registry.command_for('baseline', 'metabolism') == 'run_metabolism.py --algorithm baseline'
 
 
 # ---------------------------------------------------------------- flags stay as parsed
@@ -178,13 +199,13 @@ def test_a_new_algorithm_plugs_in_with_its_module_and_one_table_entry(tmp_path, 
 def test_a_run_does_not_change_its_flags(tmp_path):
     args = parsed(maml.PROGRAM, '--num_way', '3', '--num_hidden_channels', '4', '--num_query', '2', *TINY)
     before = copy.deepcopy(vars(args))
-    build = lambda a, device: maml.build_learner(a, omniglot, device)  # noqa: E731
+    build = lambda a, device: registry.algorithm('maml').build_learner(a, registry.dataset('omniglot'), device)  # noqa: E731
     sampler = lambda split, a, seed, device: synthetic_sampler(split, a, seed, device)  # noqa: E731
-    run_with(args, str(tmp_path), build, sampler)
+    run_with(args, str(tmp_path), build, sampler, given=())
     sweep = parsed(maml.PROGRAM, '--test', '--num_way', '3', '--num_support', '1', '2', '--num_query', '2',
                    '--num_test_tasks', '4')
     swept = copy.deepcopy(vars(sweep))
-    run_with(sweep, str(tmp_path), build, sampler)
+    run_with(sweep, str(tmp_path), build, sampler, given=())
     assert vars(args) == before and vars(sweep) == swept
     assert swept['support_sweep'] == [1, 2] and swept['num_support'] == 1 and swept['num_inner_steps'] is None
 
@@ -208,8 +229,8 @@ def to_older_layout(log_dir, step):
 def test_checkpoint_in_the_older_layout_resumes_exactly_and_tests(tmp_path, capsys, flags):
     common = ['--num_way', '3', '--num_support', '1', '--num_query', '2', '--batch_size', '2', '--num_val_tasks', '2',
               '--num_hidden_channels', '4', *flags]
-    args = lambda *more: parsed(maml.PROGRAM, *common, *more)  # noqa: E731
-    build = lambda a, device: cli.algorithm_module(a.algorithm).build_learner(a, omniglot, device)  # noqa: E731
+    args = lambda *more: cli.parse(maml.PROGRAM, [*common, *more])  # noqa: E731
+    build = lambda a, device: registry.algorithm(a.algorithm).build_learner(a, registry.dataset('omniglot'), device)  # noqa: E731
     straight, older = str(tmp_path / 'straight'), str(tmp_path / 'older')
     for log_dir in (straight, older):  # checkpoints at steps 0 and 4
         run_with(args('--num_train_iterations', '5'), log_dir, build, synthetic_sampler)
@@ -233,14 +254,17 @@ def test_namespace_of_an_older_checkpoint_is_translated():
                   'args': {'datadir': 'D', 'learning_rate': 0.1}}
     translated = checkpoints.translate(checkpoint)
     assert translated['optimizer'] == {'state': {}} and translated['optimizer_kind'] == 'adam'
-    assert translated['args'] == {'data_dir': 'D', 'learning_rate': 0.1, 'algorithm': 'protonet',
-                                  'dataset': 'metabolism',  # run_metabolism.py's ProtoNet
-                                  'features': 'morgan', 'validation_protocol': 'halves', 'dropout': 0.0,
-                                  'label_order': 'random'}  # what it was trained with, whatever today's defaults
+    assert translated['args'] == {'datadir': 'D', 'learning_rate': 0.1, 'algorithm': 'protonet',
+                                  'dataset': 'metabolism'}  # run_metabolism.py's ProtoNet
     assert translated['metric_kind'] == 'accuracy'
+    command = cli.parse(run_metabolism.PROGRAM, [])
+    assert {k: v for k, v in runner.recorded(command, translated).items() if k != 'algorithm'} == {
+        'data_dir': 'D', 'learning_rate': 0.1, 'dataset': 'metabolism', 'features': 'morgan',
+        'validation_protocol': 'halves', 'dropout': 0.0, 'label_order': 'random'}  # as trained, whatever today's defaults
     older_maml = checkpoints.translate({'learner': {'meta_parameters': {}, 'optimizer': {}},
                                         'args': {'outer_lr': 0.2, 'dataset': 'sinusoid'}, 'metric_kind': 'loss'})
-    assert older_maml['args'] == {'learning_rate': 0.2, 'dataset': 'sinusoid', 'algorithm': 'maml'}
+    assert older_maml['args'] == {'outer_lr': 0.2, 'dataset': 'sinusoid', 'algorithm': 'maml'}
+    assert runner.recorded(cli.parse(maml.PROGRAM, ['--dataset', 'sinusoid']), older_maml)['learning_rate'] == 0.2
     assert older_maml['metric_kind'] == 'loss'
 
 
@@ -252,14 +276,14 @@ def test_twenty_way_trains_and_tests_with_a_k_sweep(tmp_path, capsys, algorithm)
         return tasks.TaskSampler(examples, args.num_way, args.num_support, args.num_query, seed, device)
     script = maml.PROGRAM if algorithm == 'maml' else protonet.PROGRAM
     common = ['--num_hidden_channels', '4', '--batch_size', '2', '--num_query', '2', '--num_val_tasks', '2']
-    args, _, module, dataset = cli.parse(script, ['--num_way', '20', '--num_train_iterations', '2', *common])
-    build = lambda a, device: module.build_learner(a, dataset, device)  # noqa: E731
-    run_with(args, str(tmp_path), build, sampler)
+    command = cli.parse(script, ['--num_way', '20', '--num_train_iterations', '2', *common])
+    build = lambda a, device: command.algorithm.build_learner(a, command.dataset, device)  # noqa: E731
+    run_with(command, str(tmp_path), build, sampler)
     if algorithm == 'maml':
         assert checkpoints.load(str(tmp_path), 1)['learner']['meta_parameters']['head'].shape == (20, 4)
     test_way = '20' if algorithm == 'maml' else '5'
-    sweep, _, _, _ = cli.parse(script, ['--test', '--num_way', test_way, '--num_support', '1', '3', '--num_query', '3',
-                                        '--num_test_tasks', '4', *common[:2]])
+    sweep = cli.parse(script, ['--test', '--num_way', test_way, '--num_support', '1', '3', '--num_query', '3',
+                               '--num_test_tasks', '4', *common[:2]])
     results = run_with(sweep, str(tmp_path), build, sampler)
     assert len(results) == 2 and all(0 <= mean <= 1 for mean, _ in results)
     out = capsys.readouterr().out
@@ -267,10 +291,8 @@ def test_twenty_way_trains_and_tests_with_a_k_sweep(tmp_path, capsys, algorithm)
 
 
 def test_lr_halving_steps_halve_the_loops_learning_rate(omniglot_dir, tmp_path, monkeypatch):
-    import protonet
-    import training
     rates, real = [], loop.train_step
-    monkeypatch.setattr(training, 'train_step', lambda learner, optimizer, batch, step, lr, *rest:
+    monkeypatch.setattr(loop, 'train_step', lambda learner, optimizer, batch, step, lr, *rest:
                         rates.append((lr, step)) or real(learner, optimizer, batch, step, lr, *rest))
     protonet.main(['--data_dir', omniglot_dir, '--log_dir', str(tmp_path), '--num_hidden_channels', '4',
                    '--batch_size', '1', '--num_val_tasks', '1', '--num_query', '1', '--num_train_iterations', '5',

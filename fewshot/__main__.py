@@ -1,0 +1,7 @@
+"""python -m fewshot --algorithm A --dataset D ...: any registered algorithm on any registered
+dataset it fits (the course's programs offer their own choices: protonet.py, maml.py, run_metabolism.py)."""
+from fewshot import cli, registry
+from fewshot.errors import run_cli
+
+if __name__ == '__main__':
+    run_cli(lambda: cli.main(registry.program('python -m fewshot')))

@@ -6,7 +6,6 @@ checkpoints do with it. The code that needs a role asks the declarations.
     Flag('--features', default='morgan_counts', log_name=True, at_test=TASKS, before_it_existed='morgan')
 """
 import argparse
-import dataclasses
 import math
 
 from fewshot.errors import UserError

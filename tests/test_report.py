@@ -3,10 +3,9 @@ import os
 
 import pytest
 
-import report
-from fewshot.engine import checkpoints
 from fewshot import cli
-from fewshot import files
+from fewshot.engine import checkpoints
+from tools import report
 
 
 def write_events(log_dir, tag, points, mtime=None):
@@ -96,15 +95,19 @@ def test_jobs_run_at_once_each_with_its_own_gpu(tmp_path):
     assert {marks['a'][2], marks['b'][2]} == {'4', '7'} and marks['c'][2] in ('4', '7')  # one GPU each
 
 
-def test_a_failed_job_is_named_after_the_others_finish(tmp_path):
-    commands = [['python', '-c', 'raise SystemExit(3)'], marker_command(tmp_path, 'ok', 0.5)]
-    with pytest.raises(SystemExit, match='1 command\\(s\\) failed.*raise SystemExit\\(3\\)'):
-        report.run_commands(commands, jobs=2, logs=[str(tmp_path / 'x.log'), str(tmp_path / 'y.log')])
-    assert (tmp_path / 'ok').exists()
+@pytest.mark.parametrize('jobs', [1, 2])
+def test_the_first_failed_job_stops_the_others_in_one_line(tmp_path, jobs):
+    commands = [['python', '-c', 'raise SystemExit(3)'], marker_command(tmp_path, 'running', 3.0),
+                marker_command(tmp_path, 'waiting', 0.0)]
+    logs = [str(tmp_path / f'{name}.log') for name in 'xyz']
+    with pytest.raises(SystemExit) as failure:
+        report.run_commands(commands, jobs=jobs, logs=logs)
+    line = str(failure.value)
+    assert line.startswith('error: python -c raise SystemExit(3) failed (exit 3') and '\n' not in line
+    assert not (tmp_path / 'running').exists() and not (tmp_path / 'waiting').exists()  # stopped, never started
 
 
 def test_two_jobs_train_what_one_job_trains(tmp_path):
-    import checkpoints
     import torch
     runs = {}
     for jobs in (1, 2):
@@ -122,11 +125,10 @@ def test_two_jobs_train_what_one_job_trains(tmp_path):
 
 @pytest.mark.parametrize('name', list(report.PAPER_EXPERIMENTS))
 def test_papers_experiments_parse_to_the_cited_settings(name):
-    import cli
     import maml
     import protonet
     script, flags, _, _ = report.PAPER_EXPERIMENTS[name]
-    args = cli.parse(protonet.PROGRAM if script == 'protonet.py' else maml.PROGRAM, flags)[0]
+    args = cli.parse(protonet.PROGRAM if script == 'protonet.py' else maml.PROGRAM, flags).args
     assert (args.class_split, args.augment_rotations, args.learning_rate) == ('vinyals', True, 0.001)
     if script == 'protonet.py':
         assert (args.num_way, args.num_query, args.batch_size, args.lr_halving_steps) == (60, 5, 1, 2000)

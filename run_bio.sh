@@ -6,9 +6,14 @@
 #   bash run_bio.sh                          # data in ./data/metabolism
 #   bash run_bio.sh DIR [more flags]         # data in DIR; e.g. --algorithm maml, --device gpu
 #   METABOLISM_DATA=DIR bash run_bio.sh
+#
+# A relative DIR is taken from where you run it; the default data and the logs are in the repository's
+# ./data/metabolism and ./logs/, as the course's were.
 set -euo pipefail
-cd "$(dirname "$0")"
-datadir="${1:-${METABOLISM_DATA:-./data/metabolism}}"
+datadir="${1:-${METABOLISM_DATA:-}}"
 if [ $# -gt 0 ]; then shift; fi
+case "$datadir" in ''|/*) ;; *) datadir="$PWD/$datadir" ;; esac  # a DIR you give is where you are
+cd "$(dirname "$0")"
+datadir="${datadir:-./data/metabolism}"
 exec python run_metabolism.py --datadir "$datadir" --num_way 2 --num_support 5 --num_query 10 \
     --batch_size 4 --num_train_iterations 8000 --learning_rate 0.0005 "$@"

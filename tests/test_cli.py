@@ -129,6 +129,18 @@ def test_run_bio_sh_runs_the_course_command(tmp_path):
         ('protonet', 'metabolism', data, 4, 0.0005)
 
 
+def test_run_bio_sh_takes_a_relative_data_folder_from_where_it_is_run(tmp_path):
+    write_tables(tmp_path / 'data')
+    log_dir = str(tmp_path / 'log')
+    before = sorted(os.listdir(ROOT))
+    result = subprocess.run(['bash', os.path.join(ROOT, 'run_bio.sh'), 'data', '--num_train_iterations', '1',
+                             '--num_val_tasks', '2', '--num_support', '2', '--num_query', '3', '--log_dir', log_dir],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert checkpoints.load(log_dir, 0)['args']['data_dir'] == str(tmp_path / 'data')
+    assert sorted(os.listdir(ROOT)) == before  # nothing made inside the repository
+
+
 # ---------------------------------------------------------------- a new dataset, a new algorithm
 
 def module_from_readme(name):

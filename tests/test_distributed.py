@@ -22,7 +22,6 @@ import torch
 from test_reference import is_conv_bias
 from fewshot.engine import checkpoints
 from fewshot.engine import distributed
-from fewshot import flags
 from fewshot import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,6 +13,7 @@ import torch
 from test_metabolism import write_tables
 from fewshot.engine import checkpoints
 from fewshot import files
+from fewshot.errors import UserError
 from helpers import run_with
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,3 +149,16 @@ def test_checkpoints_honour_the_umask(tmp_path):
         os.umask(old)
     assert os.stat(tmp_path / 'state0.pt').st_mode & 0o777 == 0o644
     assert os.stat(tmp_path / 'state1.pt').st_mode & 0o777 == 0o600
+
+
+def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
+    import urllib.request
+    import protonet
+
+    def offline(*args, **kwargs):
+        raise OSError('no network')
+    monkeypatch.setattr(urllib.request, 'urlopen', offline)
+    data, log_dir = tmp_path / 'data' / 'omniglot', tmp_path / 'logs' / 'run'
+    with pytest.raises(UserError, match='could not download Omniglot \\(no network\\)'):
+        protonet.main(['--data_dir', str(data), '--log_dir', str(log_dir)])
+    assert os.listdir(tmp_path) == []  # neither the data folder nor the log dir is left behind

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import maml
-import omniglot
 import protonet
 from fewshot.errors import UserError
 from fewshot.datasets.omniglot import source as omniglot_source

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 import maml
 
-import omniglot
 from fewshot.engine import checkpoints
 from fewshot.engine import loop
 from fewshot import cli

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import conftest
-import omniglot
 from fewshot.errors import UserError
 from fewshot.datasets.omniglot import source as omniglot_source
 from fewshot import registry

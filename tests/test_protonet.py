@@ -1,6 +1,5 @@
 """ProtoNet's step against an independent per-task computation, checkpoints,
 exact resume, the command line's errors, and a short real training run."""
-import argparse
 import os
 import subprocess
 import sys
@@ -13,11 +12,8 @@ import torch.nn.functional as F
 import protonet
 from fewshot.engine import checkpoints
 from fewshot.engine import loop
-from fewshot import cli
-from fewshot import flags
 from fewshot import networks
 from fewshot import tasks
-from fewshot import files
 from helpers import run_with
 from fewshot.errors import UserError
 from helpers import common_args

@@ -22,7 +22,6 @@ class MAML(contracts.Learner):
     """A MAML learner: the inner loop, the outer loss, and what the training loop needs."""
 
     key_metric = 'post_adapt_query'
-    execution_flags = ('--vmap_tasks', '--channels_last')
 
     def __init__(self, params, forward, task=tasks.CLASSIFICATION, num_inner_steps=1, inner_lr=0.4,
                  learn_inner_lrs=False, first_order=False, device='cpu', vmap_tasks=None, variants=None,
@@ -108,6 +107,10 @@ class MAML(contracts.Learner):
         """A backward per task for the per-task loop (one task's graph held at a time, as fast on a
         CPU: bench.py), one per meta-batch with vmap."""
         return 0 if self.inner.vmap_tasks else 1
+
+    @property
+    def execution_flags(self):
+        return ('--vmap_tasks',) * self.inner.tunable + ('--channels_last',) * self.inner.layout.tunable
 
     def execution_options(self):
         """{name: switch to it}: a per-task loop or vmap over tasks, contiguous or channels-last

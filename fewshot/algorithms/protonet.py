@@ -30,7 +30,6 @@ class ProtoNet(contracts.Learner):
 
     key_metric = 'query'
     task = tasks.CLASSIFICATION
-    execution_flags = ('--encoder_calls', '--channels_last')
 
     def __init__(self, network, device='cpu', tasks_per_call=None, joint_batch_norm=False, channels_last=False):
         """network: maps (T*M, ...) examples of T tasks (num_tasks=T) to (T*M, D) embeddings.
@@ -46,6 +45,10 @@ class ProtoNet(contracts.Learner):
 
     def execution_options(self):
         return self.calls.options()
+
+    @property
+    def execution_flags(self):
+        return ('--encoder_calls',) * self.calls.tunable + ('--channels_last',) * self.calls.layout.tunable
 
     def parameters(self):
         return list(self._network.parameters())

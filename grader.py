@@ -77,6 +77,9 @@ def grade(check_ids):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if argv in (['-h'], ['--help']):
+        print(f'usage: grader.py [CHECK ...]\n{__doc__}\nchecks: {", ".join(CHECKS)}')
+        return 0
     unknown = [a for a in argv if a not in CHECKS]
     if unknown:
         print(f'error: unknown check {unknown[0]}; choose from {", ".join(CHECKS)}', file=sys.stderr)

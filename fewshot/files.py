@@ -5,6 +5,8 @@ import os
 import tempfile
 import urllib.request
 
+from tqdm import tqdm
+
 from fewshot.errors import UserError
 
 TEMPORARY_SUFFIX = '.tmp'
@@ -165,7 +167,6 @@ def download_file(url, target, check):
     the partial file and the folders made for it are removed and the OSError or
     ValueError propagates.
     """
-    from tqdm import tqdm
     created = missing_folders(os.path.dirname(os.path.abspath(target)))
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     partial = target + '.part'

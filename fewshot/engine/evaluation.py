@@ -5,6 +5,7 @@ import csv
 import os
 
 import numpy as np
+from tqdm import tqdm
 
 from fewshot import runtime, stats
 from fewshot.engine import distributed
@@ -20,7 +21,6 @@ def evaluate_tasks(learner, sampler, num_tasks, batch_size, processes=distribute
     GROUP -> each task's group when the sampler's tasks have groups (metabolism: the assay).
     Each process evaluates its share of every batch; the shares are gathered in task order.
     progress: show a progress bar (rank 0) on stderr."""
-    from tqdm import tqdm
     results = {}
     bar = tqdm(total=num_tasks, desc='testing', unit='task', leave=False,
                disable=not (progress and processes.is_main))

@@ -4,6 +4,7 @@ and the loop around it with TensorBoard logging, validation and checkpoints."""
 import math
 
 import torch
+from tqdm import tqdm
 
 from fewshot import networks
 from fewshot.engine import checkpoints, distributed, evaluation
@@ -78,7 +79,6 @@ def log_scalars(writer, split, metrics, kind, step):
 def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_step=0, processes=distributed.ONE):
     """Meta-train from start_step to args.num_train_iterations - 1, logging and checkpointing (rank 0)."""
     from torch.utils.tensorboard import SummaryWriter  # slow to import: only when training
-    from tqdm import tqdm
     writer = SummaryWriter(log_dir=log_dir) if processes.is_main else None
     last, kind = args.num_train_iterations - 1, learner.task.metric_kind
     val_metrics = {}

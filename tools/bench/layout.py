@@ -53,7 +53,7 @@ def bench_layout(repeats, device):
     print('|---|---|---|')
     inputs = [('contiguous', images), ('.contiguous(memory_format=torch.channels_last)',
                                         images.contiguous(memory_format=torch.channels_last)),
-              ('networks.channels_last (strides set)', execution.channels_last(images))]
+              ('execution.channels_last (strides set)', execution.channels_last(images))]
     for name, x in inputs:
         output = F.conv2d(x, conv0, padding=1)
         grad = torch.randn_like(output)

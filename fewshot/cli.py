@@ -8,6 +8,7 @@ ones winning, from the flags' own (the course's Omniglot settings), the
 algorithm's `defaults`, the dataset's `defaults` and the algorithm's `own_defaults`.
 """
 import dataclasses
+import shlex
 import sys
 
 from fewshot import contracts, flags, registry
@@ -21,6 +22,7 @@ class Command:
     args: the flags' values (argparse.Namespace), saved in checkpoints as they are.
     given: the dests the command line gave explicitly.
     flags: {dest: flags.Flag} of every flag of the run.
+    program, argv: the program and the command line, to say how to resume.
     """
     args: object
     given: set
@@ -28,6 +30,20 @@ class Command:
     algorithm: object
     dataset: object
     log_dir: str
+    program: str = 'python -m fewshot'
+    argv: tuple = ()
+
+    def resume_line(self, step):
+        """The command that resumes this run from a step's checkpoint."""
+        words, skip = [], False
+        for word in self.argv:
+            if skip or word.startswith('--checkpoint_step'):
+                skip = word == '--checkpoint_step'
+                continue
+            words.append(shlex.quote(word))
+        program = self.program if self.program.startswith('python') else f'python {self.program}'
+        log_dir = [] if self.args.log_dir else ['--log_dir', shlex.quote(self.log_dir)]
+        return ' '.join([program, *words, *log_dir, '--checkpoint_step', str(step)])
 
     def build_learner(self, args, device):
         learner = self.algorithm.build_learner(args, self.dataset, device)
@@ -99,7 +115,8 @@ def parse(program, argv=None):
     dataset.check_args(args)
     algorithm.check_args(args)
     log_dir = args.log_dir or default_log_dir(args, vars(parser.parse_args([])), algorithm, dataset, declared)
-    return Command(args, given, {flag.dest: flag for flag in declared}, algorithm, dataset, log_dir)
+    return Command(args, given, {flag.dest: flag for flag in declared}, algorithm, dataset, log_dir, program.file,
+                   tuple(argv))
 
 
 def unknown_flags_line(unknown, program, algorithm_name, dataset_name):

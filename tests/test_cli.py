@@ -303,9 +303,9 @@ def test_twenty_way_trains_and_tests_with_a_k_sweep(tmp_path, capsys, algorithm)
 
 
 def test_lr_halving_steps_halve_the_loops_learning_rate(omniglot_dir, tmp_path, monkeypatch):
-    rates, real = [], loop.train_step
-    monkeypatch.setattr(loop, 'train_step', lambda learner, optimizer, batch, step, lr, *rest:
-                        rates.append((lr, step)) or real(learner, optimizer, batch, step, lr, *rest))
+    rates, real = [], loop.meta_update
+    monkeypatch.setattr(loop, 'meta_update', lambda learner, optimizer, batch, step, lr, *rest, **options:
+                        rates.append((lr, step)) or real(learner, optimizer, batch, step, lr, *rest, **options))
     protonet.main(['--data_dir', omniglot_dir, '--log_dir', str(tmp_path), '--num_hidden_channels', '4',
                    '--batch_size', '1', '--num_val_tasks', '1', '--num_query', '1', '--num_train_iterations', '5',
                    '--lr_halving_steps', '2', '--learning_rate', '0.004'])

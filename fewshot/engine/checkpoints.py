@@ -71,7 +71,8 @@ def flags_of(log_dir, step=-1):
 
 def best_step(log_dir):
     """The saved step with the best validation key metric, highest accuracy or lowest
-    loss (latest among ties)."""
+    loss (latest among ties); checkpoints without a finite score (a step saved on
+    interruption, not validated) are not picked while a scored one exists."""
     steps = saved_steps(log_dir)
     if not steps:
         raise UserError(f'no checkpoints (state*.pt) in {log_dir}; train first or pass the right --log_dir')
@@ -79,7 +80,8 @@ def best_step(log_dir):
     for step in steps:
         checkpoint = load(log_dir, step)
         sign = -1 if checkpoint['metric_kind'] == 'loss' else 1
-        scores.append((sign * checkpoint.get('val_score', sign * -np.inf), step))
+        score = checkpoint.get('val_score', -sign * np.inf)
+        scores.append((sign * score if np.isfinite(score) else -np.inf, step))
     return max(scores)[1]
 
 
@@ -105,9 +107,18 @@ def write(checkpoint, file):
 
 
 def save(log_dir, step, learner, optimizer, generator, args, val_score):
-    write({'step': step, 'learner': learner.state(), 'optimizer': optimizer.state_dict(),
-           'optimizer_kind': learner.optimizer, 'rng': rng_state(generator), 'args': vars(args),
-           'val_score': val_score, 'metric_kind': learner.task.metric_kind}, path(log_dir, step))
+    """Write state{step}.pt; a failed write (a full disk) is one line naming the checkpoint kept."""
+    try:
+        write({'step': step, 'learner': learner.state(), 'optimizer': optimizer.state_dict(),
+               'optimizer_kind': learner.optimizer, 'rng': rng_state(generator), 'args': vars(args),
+               'val_score': val_score, 'metric_kind': learner.task.metric_kind}, path(log_dir, step))
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError from an OSError
+        cause = error if isinstance(error, OSError) else error.__context__ or error.__cause__
+        reason = getattr(cause, 'strerror', None) or str(error).splitlines()[0]
+        kept = [s for s in saved_steps(log_dir) if s < step]
+        where = (f'the last complete checkpoint is {path(log_dir, kept[-1])}; free space and resume with '
+                 f'--checkpoint_step {kept[-1]}') if kept else 'no checkpoint was complete; free space and start again'
+        raise UserError(f'could not write {path(log_dir, step)} ({reason}); {where}') from None
 
 
 def resume(checkpoint, learner, optimizer, generator):

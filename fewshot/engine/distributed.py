@@ -37,15 +37,20 @@ class Processes:
         start = self.rank * base + min(self.rank, extra)
         return slice(start, start + base + (self.rank < extra))
 
-    def sum_gradients(self, tensors):
-        """Sum the .grad of tensors over the processes, in one flattened all-reduce."""
+    def sum_gradients(self, tensors, flags=()):
+        """Sum the .grad of tensors over the processes, in one flattened all-reduce that also
+        sums the numbers in flags (what every process must agree on, such as a request to stop);
+        returns the flags' sums."""
         if self.size == 1:
-            return
+            return tuple(flags)
         grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in tensors]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor(flags, dtype=grads[0].dtype,
+                                                                         device=grads[0].device).reshape(-1)])
         dist.all_reduce(flat)
-        for tensor, chunk in zip(tensors, flat.split([g.numel() for g in grads])):
+        sizes = [g.numel() for g in grads]
+        for tensor, chunk in zip(tensors, flat.split([*sizes, len(flags)])):
             tensor.grad = chunk.view_as(tensor).clone()
+        return tuple(flat[sum(sizes):].tolist())
 
     def average(self, tensors):
         """Replace each tensor by its mean over the processes (batch-norm running statistics)."""

@@ -53,21 +53,50 @@ def backward_in_groups(learner, tasks, step, tasks_per_backward, total_tasks):
     return objective_sum, {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
 
 
+class NonFinite(Exception):
+    """A meta-update whose loss or gradient is not finite; nothing of it was applied."""
+
+    def __init__(self, step, quantity):
+        super().__init__(f'step {step}: the {quantity} is not finite')
+        self.step, self.quantity = step, quantity
+
+
 def train_step(learner, optimizer, task_batch, step, learning_rate, total, processes=distributed.ONE,
                tasks_per_backward=0):
+    """One meta-update (meta_update); returns its metrics."""
+    return meta_update(learner, optimizer, task_batch, step, learning_rate, total, processes, tasks_per_backward)[0]
+
+
+def meta_update(learner, optimizer, task_batch, step, learning_rate, total, processes=distributed.ONE,
+                tasks_per_backward=0, stop_requested=False):
     """One meta-update: the schedule's learning rate, zero_grad, the learner's objective on this
     process's share of the tasks with a backward per tasks_per_backward tasks (backward_in_groups),
-    the gradients summed over the processes, the optimizer step, buffers averaged. Returns the
-    metrics' means over all B tasks as floats, 'loss' among them."""
+    the gradients summed over the processes (with the stop requests, so that all agree), the
+    optimizer step, buffers averaged. Raises NonFinite, before the step, if the loss or a
+    gradient is not finite. Returns (the metrics' means over all B tasks as floats, 'loss' among
+    them; whether any process asked to stop)."""
     for group in optimizer.param_groups:
         group['lr'] = learning_rate_at(learner.lr_schedule, learning_rate, step, total)
     optimizer.zero_grad(set_to_none=True)
     share = task_batch if processes.size == 1 else task_batch.select(processes.share(len(task_batch)))
     objective_sum, metrics = backward_in_groups(learner, share, step, tasks_per_backward, len(task_batch))
-    processes.sum_gradients(learner.parameters())
+    parameters = learner.parameters()
+    stops, bad_losses = processes.sum_gradients(parameters, (float(stop_requested), float(not math.isfinite(
+        objective_sum))))
+    check_finite(parameters, bad_losses, step)
     optimizer.step()
     processes.average(learner.buffers())
-    return {'loss': processes.sum(objective_sum), **{k: processes.mean(v) for k, v in metrics.items()}}
+    return {'loss': processes.sum(objective_sum), **{k: processes.mean(v) for k, v in metrics.items()}}, stops > 0
+
+
+def check_finite(parameters, bad_losses, step):
+    """Raise NonFinite naming the loss, or the shape of the first tensor whose gradient is not finite."""
+    if bad_losses:
+        raise NonFinite(step, 'loss')
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if grads and not torch.stack([g.isfinite().all() for g in grads]).all():
+        bad = next(g for g in grads if not g.isfinite().all())
+        raise NonFinite(step, f'gradient of a {tuple(bad.shape)} parameter tensor')
 
 
 def log_scalars(writer, split, metrics, kind, step):
@@ -76,8 +105,12 @@ def log_scalars(writer, split, metrics, kind, step):
         writer.add_scalar(tag, value, step)
 
 
-def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_step=0, processes=distributed.ONE):
-    """Meta-train from start_step to args.num_train_iterations - 1, logging and checkpointing (rank 0)."""
+def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_step=0, processes=distributed.ONE,
+          interruption=None):
+    """Meta-train from start_step to args.num_train_iterations - 1, logging and checkpointing (rank 0).
+    When interruption (faults.Interruption) has caught a signal, every process stops after the
+    same step, which is saved. Returns that step, or None when the run reached its end.
+    Raises NonFinite at the first step whose loss or gradient is not finite, before applying it."""
     from torch.utils.tensorboard import SummaryWriter  # slow to import: only when training
     writer = SummaryWriter(log_dir=log_dir) if processes.is_main else None
     last, kind = args.num_train_iterations - 1, learner.task.metric_kind
@@ -85,32 +118,45 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
     progress = tqdm(range(start_step, args.num_train_iterations), initial=start_step,
                     total=args.num_train_iterations, dynamic_ncols=True, disable=not processes.is_main)
     per_backward = learner.tasks_per_backward if args.tasks_per_backward is None else args.tasks_per_backward
-    for step in progress:
-        metrics = train_step(learner, optimizer, train_sampler.sample(args.batch_size), step,
-                             halved_learning_rate(args, step), args.num_train_iterations, processes, per_backward)
-        if step % distributed.DRIFT_CHECK_INTERVAL == 0:
-            processes.check_in_step(learner.parameters(), step)
-        if step % VAL_INTERVAL == 0 or step == last:
-            val_metrics = evaluation.validate(learner, val_sampler, args, processes)
-        if not processes.is_main:
-            continue
-        if step % LOG_INTERVAL == 0:
-            log_scalars(writer, 'train', metrics, kind, step)
-            scalars = learner.scalars()
-            if learner.lr_tag:
-                scalars[learner.lr_tag] = optimizer.param_groups[0]['lr']
-            for tag, value in scalars.items():
-                writer.add_scalar(tag, value, step)
-        if step % VAL_INTERVAL == 0 or step == last:
-            log_scalars(writer, 'val', val_metrics, kind, step)
-            writer.flush()
-        if step % SAVE_INTERVAL == 0 or step == last:
-            checkpoints.save(log_dir, step, learner, optimizer, train_sampler.generator, args,
-                             val_metrics[learner.key_metric])
-        progress.set_postfix({'loss': f'{metrics["loss"]:.3f}',
-                              **{f'val_{k}': f'{v:.3f}' for k, v in val_metrics.items() if k == learner.key_metric}})
-    progress.close()
+    try:
+        for step in progress:
+            metrics, stop = meta_update(learner, optimizer, train_sampler.sample(args.batch_size), step,
+                                        halved_learning_rate(args, step), args.num_train_iterations, processes,
+                                        per_backward, stop_requested=bool(interruption and interruption.signal))
+            if step % distributed.DRIFT_CHECK_INTERVAL == 0:
+                processes.check_in_step(learner.parameters(), step)
+            validates, saves = step % VAL_INTERVAL == 0 or step == last, step % SAVE_INTERVAL == 0 or step == last
+            if validates:
+                val_metrics = evaluation.validate(learner, val_sampler, args, processes)
+            if processes.is_main:
+                log_step(writer, learner, optimizer, step, metrics, val_metrics if validates else None)
+                if saves or stop:  # an interrupted step's weights are not validated: no score to be picked by
+                    checkpoints.save(log_dir, step, learner, optimizer, train_sampler.generator, args,
+                                     val_metrics[learner.key_metric] if validates else float('nan'))
+                progress.set_postfix({'loss': f'{metrics["loss"]:.3f}', **{
+                    f'val_{k}': f'{v:.3f}' for k, v in val_metrics.items() if k == learner.key_metric}})
+            if stop:
+                return step
+    finally:
+        progress.close()
+        if writer is not None:
+            writer.close()
     if processes.is_main:
-        writer.close()
         print(f'validation {kind} ({learner.key_metric}) at step {last} over {args.num_val_tasks} tasks: '
               f'mean {val_metrics[learner.key_metric]:.3f}, 95% confidence interval {val_metrics["ci95"]:.3f}')
+    return None
+
+
+def log_step(writer, learner, optimizer, step, metrics, val_metrics):
+    """TensorBoard: the training metrics and scalars every LOG_INTERVAL steps; val_metrics when given."""
+    kind = learner.task.metric_kind
+    if step % LOG_INTERVAL == 0:
+        log_scalars(writer, 'train', metrics, kind, step)
+        scalars = learner.scalars()
+        if learner.lr_tag:
+            scalars[learner.lr_tag] = optimizer.param_groups[0]['lr']
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, step)
+    if val_metrics is not None:
+        log_scalars(writer, 'val', val_metrics, kind, step)
+        writer.flush()

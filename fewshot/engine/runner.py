@@ -6,9 +6,12 @@ tasks are drawn with the command line's, as each flag's `at_test` role says
 `resume_may_change` role allows another value.
 """
 import argparse
+import contextlib
+import os
+import signal
 
 from fewshot import files, flags, runtime
-from fewshot.engine import checkpoints, distributed, evaluation, loop, tuning
+from fewshot.engine import checkpoints, distributed, evaluation, faults, loop, tuning
 
 
 def recorded(command, checkpoint):
@@ -45,18 +48,49 @@ def task_args(command, trained):
     return argparse.Namespace(**merged)
 
 
+def changed_settings(command, trained):
+    """'--flag trained (now given), ...' of the flags a resumed run may not change, or ''."""
+    given = vars(command.args)
+    changed = sorted(dest for dest, flag in command.flags.items()
+                     if not flag.resume_may_change and dest in trained and given[dest] != trained[dest])
+    return ', '.join(f'--{k} {trained[k]} (now {given[k]})' for k in changed)
+
+
 def check_resume_settings(command, trained, where):
     """Refuse, naming the flags, to resume a checkpoint with settings other than its own; RECORDED
     flags not given take the checkpoint's value."""
-    given = vars(command.args)
     for dest, flag in command.flags.items():
         if flag.at_test == flags.RECORDED and dest not in command.given and dest in trained:
             setattr(command.args, dest, trained[dest])
-    changed = sorted(dest for dest, flag in command.flags.items()
-                     if not flag.resume_may_change and dest in trained and given[dest] != trained[dest])
+    changed = changed_settings(command, trained)
     if changed:
-        values = ', '.join(f'--{k} {trained[k]} (now {given[k]})' for k in changed)
-        raise flags.UserError(f'resuming {where} with other settings: {values}; pass the values it was trained with')
+        raise flags.UserError(f'resuming {where} with other settings: {changed}; pass the values it was trained with')
+
+
+FINISHED = 'finished'
+
+
+def step_to_continue(command):
+    """Where a training command goes on in a log dir that already holds checkpoints (and no
+    --checkpoint_step): the latest step when its run had these settings, FINISHED when that run
+    has ended; a run of other settings is refused in one line. None: nothing to continue."""
+    log_dir, args = command.log_dir, command.args
+    steps = checkpoints.saved_steps(log_dir) if os.path.isdir(log_dir) else []
+    if not steps:
+        return None
+    latest = steps[-1]
+    changed = changed_settings(command, recorded(command, checkpoints.load(log_dir, latest)))
+    if changed:
+        raise flags.UserError(f'{log_dir} holds another run (its latest checkpoint, {checkpoints.path(log_dir, latest)}, '
+                              f'was trained with {changed}); resume it with --checkpoint_step {latest} and its '
+                              'settings, or choose another --log_dir')
+    if latest >= args.num_train_iterations - 1:
+        print(f'the run in {log_dir} has finished ({checkpoints.path(log_dir, latest)}); test it with --test, or '
+              f'train on with a larger --num_train_iterations')
+        return FINISHED
+    print(f'resuming from {checkpoints.path(log_dir, latest)}: {log_dir} holds a run with these settings '
+          '(to start anew, choose another --log_dir)')
+    return latest
 
 
 def run(command):
@@ -69,11 +103,18 @@ def run(command):
     created = check_outputs(args, log_dir) if processes.is_main else []
     if processes.device.type == 'cpu':
         runtime.tune_cpu_allocator()
+    writes = not args.test and processes.is_main
     try:
-        with runtime.autocast(processes.device, args.precision):
+        with runtime.autocast(processes.device, args.precision), \
+                (faults.LogDirLock(log_dir) if writes else contextlib.nullcontext()):
             return test(command, processes) if args.test else train(command, processes)
-    except BaseException:
+    except flags.UserError:
         files.remove_if_empty(created)  # a run that failed before writing anything leaves no empty log dir
+        if not processes.is_main:
+            raise SystemExit(2) from None  # rank 0 says why
+        raise
+    except BaseException:
+        files.remove_if_empty(created)
         raise
 
 
@@ -100,12 +141,36 @@ def test(command, processes):
 
 
 def train(command, processes):
-    """Train from scratch, or resume --checkpoint_step (read and checked before any work)."""
+    """Train from scratch, or resume --checkpoint_step (read and checked before any work), or
+    continue the run of these settings the log dir holds. SIGINT and SIGTERM stop it after the
+    step in progress, saved: SystemExit with the signal's status. A non-finite loss or gradient
+    stops it before that step is applied, in one line."""
+    args, log_dir = command.args, command.log_dir
+    resumed, step = None, args.checkpoint_step if args.checkpoint_step >= 0 else step_to_continue(command)
+    if step == FINISHED:
+        processes.finish()
+        return None
+    if step is not None:
+        resumed = checkpoints.load(log_dir, step)
+        check_resume_settings(command, recorded(command, resumed), checkpoints.path(log_dir, step))
+    interruption = faults.Interruption()  # a signal during the set-up stops the run after its first step
+    try:
+        with interruption.installed():
+            stopped = set_up_and_train(command, processes, resumed, interruption)
+    except loop.NonFinite as error:
+        raise flags.UserError(diverged_line(error, log_dir)) from None
+    processes.finish()
+    if stopped is not None:
+        if processes.is_main:
+            print(f'interrupted at step {stopped}; saved state{stopped}.pt; resume with: '
+                  f'{command.resume_line(stopped)}', flush=True)
+        raise SystemExit(128 + (interruption.signal or signal.SIGTERM))
+
+
+def set_up_and_train(command, processes, resumed, interruption):
+    """Build the learner, optimizer and samplers, resume them if asked, choose the fastest way to
+    compute a step, then loop.train. Returns the step interrupted at, or None."""
     args, log_dir, device = command.args, command.log_dir, processes.device
-    resumed = None
-    if args.checkpoint_step >= 0:
-        resumed = checkpoints.load(log_dir, args.checkpoint_step)
-        check_resume_settings(command, recorded(command, resumed), checkpoints.path(log_dir, args.checkpoint_step))
     runtime.seed_everything(args.seed)
     learner = command.build_learner(args, device)
     optimizer = loop.build_optimizer(learner, args.learning_rate, args.weight_decay)
@@ -117,8 +182,17 @@ def train(command, processes):
         tuning.choose(learner, lambda: tune_tasks.sample(args.batch_size), tuning.run_key(command, device))
     if processes.is_main:
         print(f'logging to {log_dir}' + (f' ({processes.size} processes)' if processes.size > 1 else ''))
-    loop.train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start, processes)
-    processes.finish()
+    return loop.train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start, processes, interruption)
+
+
+def diverged_line(error, log_dir):
+    """One line on a run stopped by a non-finite loss or gradient: the step, the quantity, the fix,
+    and the checkpoint to go on from (all checkpoints on disk hold finite weights)."""
+    kept = checkpoints.saved_steps(log_dir)
+    where = (f'the latest checkpoint, {checkpoints.path(log_dir, kept[-1])}, holds finite weights'
+             if kept else 'no checkpoint was written')
+    return (f'{error}: the run stopped before applying it ({where}); lower --learning_rate (or --inner_lr, '
+            'the inner loop\'s), then start again or resume an earlier checkpoint with --checkpoint_step')
 
 
 def check_outputs(args, log_dir):

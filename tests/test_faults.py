@@ -180,3 +180,16 @@ def test_the_resume_line_repeats_the_command_with_the_step():
     command = cli.parse(maml.PROGRAM, ['--dataset', 'sinusoid', '--checkpoint_step', '3', '--seed', '2'])
     assert command.resume_line(7) == (f'python maml.py --dataset sinusoid --seed 2 --log_dir {command.log_dir} '
                                       '--checkpoint_step 7')
+
+
+def test_a_failed_csv_write_is_one_line(tmp_path, monkeypatch):
+    import csv
+    run_with(synthetic_args(num_train_iterations=1), str(tmp_path), small_learner, synthetic_sampler)
+
+    def full_disk(self, row):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(csv.DictWriter, 'writerow', full_disk)
+    table = str(tmp_path / 'results.csv')
+    with pytest.raises(UserError, match=r'could not append to --csv .*results.csv \(No space left on device\)'):
+        run_with(synthetic_args(test=True, num_test_tasks=4, csv=table), str(tmp_path), small_learner,
+                 synthetic_sampler)

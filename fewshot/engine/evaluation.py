@@ -8,6 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fewshot import runtime, stats
+from fewshot.errors import UserError
 from fewshot.engine import distributed
 
 VAL_SEED = 1  # validation tasks are the same at every validation, in every run
@@ -79,13 +80,18 @@ def test(learner, test_sampler, num_tasks, batch_size, processes=distributed.ONE
 
 
 def append_csv(path, row):
-    """Append one result row (a dict over CSV_COLUMNS), writing the header to a new file."""
+    """Append one result row (a dict over CSV_COLUMNS), writing the header to a new file; a failed
+    write (a full disk) is one line."""
     new = not os.path.exists(path) or os.path.getsize(path) == 0
-    with open(path, 'a', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    try:
+        with open(path, 'a', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+    except OSError as error:
+        raise UserError(f'could not append to --csv {path} ({error.strerror}); the result line above is the '
+                        'test\'s; free space and test again') from None
 
 
 def test_support_sweep(learner, build_sampler, args, processes, log_dir, step):

@@ -70,10 +70,11 @@ def check_resume_settings(command, trained, where):
 FINISHED = 'finished'
 
 
-def step_to_continue(command):
+def step_to_continue(command, says=True):
     """Where a training command goes on in a log dir that already holds checkpoints (and no
     --checkpoint_step): the latest step when its run had these settings, FINISHED when that run
-    has ended; a run of other settings is refused in one line. None: nothing to continue."""
+    has ended (says: print which); a run of other settings is refused in one line. None:
+    nothing to continue."""
     log_dir, args = command.log_dir, command.args
     steps = checkpoints.saved_steps(log_dir) if os.path.isdir(log_dir) else []
     if not steps:
@@ -84,13 +85,14 @@ def step_to_continue(command):
         raise flags.UserError(f'{log_dir} holds another run (its latest checkpoint, {checkpoints.path(log_dir, latest)}, '
                               f'was trained with {changed}); resume it with --checkpoint_step {latest} and its '
                               'settings, or choose another --log_dir')
-    if latest >= args.num_train_iterations - 1:
+    finished = latest >= args.num_train_iterations - 1
+    if says and finished:
         print(f'the run in {log_dir} has finished ({checkpoints.path(log_dir, latest)}); test it with --test, or '
-              f'train on with a larger --num_train_iterations')
-        return FINISHED
-    print(f'resuming from {checkpoints.path(log_dir, latest)}: {log_dir} holds a run with these settings '
-          '(to start anew, choose another --log_dir)')
-    return latest
+              'train on with a larger --num_train_iterations')
+    elif says:
+        print(f'resuming from {checkpoints.path(log_dir, latest)}: {log_dir} holds a run with these settings '
+              '(to start anew, choose another --log_dir)')
+    return FINISHED if finished else latest
 
 
 def run(command):
@@ -146,7 +148,8 @@ def train(command, processes):
     step in progress, saved: SystemExit with the signal's status. A non-finite loss or gradient
     stops it before that step is applied, in one line."""
     args, log_dir = command.args, command.log_dir
-    resumed, step = None, args.checkpoint_step if args.checkpoint_step >= 0 else step_to_continue(command)
+    resumed, step = None, args.checkpoint_step if args.checkpoint_step >= 0 else step_to_continue(
+        command, processes.is_main)
     if step == FINISHED:
         processes.finish()
         return None

@@ -112,6 +112,9 @@ def parse(program, argv=None):
         raise flags.UserError(f'--algorithm {algorithm_name} does not learn {dataset.task.name} tasks '
                               f'(--dataset {dataset_name}); {registry.command_for(algorithm_name, dataset_name)}')
     flags.check_common(args)
+    if args.target_accuracy is not None and dataset.task.metric_kind != 'accuracy':
+        raise flags.UserError(f'--target_accuracy: --dataset {dataset_name} scores by {dataset.task.metric_kind}, '
+                              'not accuracy; drop it')
     dataset.check_args(args)
     algorithm.check_args(args)
     log_dir = args.log_dir or default_log_dir(args, vars(parser.parse_args([])), algorithm, dataset, declared)

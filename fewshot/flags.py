@@ -78,6 +78,7 @@ seed = _flag_type(int, lambda v: 0 <= v < 2 ** 32, ' is outside 0 .. 2**32 - 1')
 positive_float = _flag_type(float, lambda v: v > 0, ' is not positive')
 non_negative_float = _flag_type(float, lambda v: v >= 0, ' is negative')
 probability = _flag_type(float, lambda v: 0 <= v < 1, ' is not in [0, 1)')
+fraction = _flag_type(float, lambda v: 0 < v <= 1, ' is not in (0, 1]')
 
 AUTO_YES_NO = ('auto', 'yes', 'no')
 
@@ -126,6 +127,9 @@ COMMON = (
     Flag('--num_workers', type=non_negative_int, default=2, resume_may_change=True, shapes_step=False,
          help="the course's flag, accepted and unused: tasks are drawn from an in-memory array"),
     Flag('--seed', type=seed, default=0, shapes_step=False, help='seeds initialisation and task sampling'),
+    Flag('--target_accuracy', type=fraction, default=None, resume_may_change=True, shapes_step=False,
+         help='stop training at the first validation at or above this accuracy, saving that step (the one --test '
+              'then picks) and printing the wall time since the command started; classification only'),
     Flag('--precision', choices=['fp32', 'bf16'], default='fp32',
          help='bf16: convolutions and matrix products in bfloat16 (torch.autocast), on GPUs and on CPUs with '
               'AVX512-BF16 or AMX; parameters, optimizer and losses stay float32'),

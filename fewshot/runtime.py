@@ -1,9 +1,11 @@
 """What a run computes on: the device, bfloat16 autocast, the CPU allocator, the processor, seeds."""
 import contextlib
 import ctypes
+import os
 import platform
 import random
 import sys
+import time
 
 import numpy as np
 import torch
@@ -50,6 +52,24 @@ def cpuinfo(field):
             return next((line.split(':', 1)[1].strip() for line in f if line.startswith(field)), None)
     except OSError:
         return None
+
+
+def process_start_time():
+    """When this process started (seconds since the epoch, as time.time()): from Linux's /proc,
+    else the first call's time."""
+    global _first_call
+    try:
+        with open('/proc/self/stat') as f:
+            ticks = int(f.read().rsplit(')', 1)[1].split()[19])  # field 22, starttime, after the command name
+        with open('/proc/stat') as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith('btime'))
+        return boot + ticks / os.sysconf('SC_CLK_TCK')
+    except (OSError, ValueError, IndexError, StopIteration):
+        _first_call = _first_call or time.time()
+        return _first_call
+
+
+_first_call = None
 
 
 def cpu_name():

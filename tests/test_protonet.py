@@ -1,6 +1,7 @@
 """ProtoNet's step against an independent per-task computation, checkpoints,
 exact resume, the command line's errors, and a short real training run."""
 import os
+import re
 import subprocess
 import sys
 
@@ -10,13 +11,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import protonet
-from fewshot.engine import checkpoints
-from fewshot.engine import loop
-from fewshot import networks
-from fewshot import tasks
-from helpers import run_with
+from fewshot import cli, networks, tasks
+from fewshot.engine import checkpoints, evaluation, loop
 from fewshot.errors import UserError
-from helpers import common_args
+from helpers import common_args, run_with
 
 
 
@@ -291,3 +289,24 @@ def test_short_real_training_is_clearly_above_chance(omniglot_dir, tmp_path):
                    '--num_val_tasks', '48', '--log_dir', str(tmp_path)])
     score = checkpoints.load(str(tmp_path), 24)['val_score']
     assert score > 0.85
+
+
+def test_target_accuracy_stops_at_the_first_validation_reaching_it(tmp_path, monkeypatch, capsys):
+    accuracies = iter([0.2, 0.5, 0.95, 0.99, 0.99, 0.99])
+    monkeypatch.setattr(loop, 'VAL_INTERVAL', 1)
+    monkeypatch.setattr(evaluation, 'validate', lambda *_: {'query': next(accuracies), 'ci95': 0.01, 'loss': 1.0})
+    run_with(synthetic_args(num_train_iterations=6, target_accuracy=0.9), str(tmp_path), small_learner,
+             synthetic_sampler)
+    assert re.search(r'reached validation accuracy 0.9500 at step 2 after \d+\.\d s', capsys.readouterr().out)
+    assert checkpoints.saved_steps(str(tmp_path)) == [0, 2] and checkpoints.best_step(str(tmp_path)) == 2
+    run_with(synthetic_args(num_train_iterations=6, target_accuracy=0.9), str(tmp_path), small_learner,
+             synthetic_sampler)  # the same command again: it has finished
+    assert 'reached --target_accuracy 0.9 ' in capsys.readouterr().out and checkpoints.saved_steps(str(tmp_path)) == [0, 2]
+
+
+def test_target_accuracy_is_for_classification():
+    import maml
+    with pytest.raises(UserError, match='--target_accuracy: --dataset sinusoid scores by loss'):
+        cli.parse(maml.PROGRAM, ['--dataset', 'sinusoid', '--target_accuracy', '0.5'])
+    with pytest.raises(UserError, match=r'argument --target_accuracy: 1.5 is not in \(0, 1\]'):
+        cli.parse(maml.PROGRAM, ['--target_accuracy', '1.5'])

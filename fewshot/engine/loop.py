@@ -2,11 +2,12 @@
 meta-update (the engine owns zero_grad, backward, the all-reduce and the step),
 and the loop around it with TensorBoard logging, validation and checkpoints."""
 import math
+import time
 
 import torch
 from tqdm import tqdm
 
-from fewshot import networks
+from fewshot import networks, runtime
 from fewshot.engine import checkpoints, distributed, evaluation
 
 LOG_INTERVAL = 10
@@ -128,15 +129,22 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
             validates, saves = step % VAL_INTERVAL == 0 or step == last, step % SAVE_INTERVAL == 0 or step == last
             if validates:
                 val_metrics = evaluation.validate(learner, val_sampler, args, processes)
+            reached = validates and reached_target(args, val_metrics[learner.key_metric])
             if processes.is_main:
                 log_step(writer, learner, optimizer, step, metrics, val_metrics if validates else None)
-                if saves or stop:  # an interrupted step's weights are not validated: no score to be picked by
+                if saves or stop or reached:  # an interrupted step's weights are not validated: no score
                     checkpoints.save(log_dir, step, learner, optimizer, train_sampler.generator, args,
                                      val_metrics[learner.key_metric] if validates else float('nan'))
                 progress.set_postfix({'loss': f'{metrics["loss"]:.3f}', **{
                     f'val_{k}': f'{v:.3f}' for k, v in val_metrics.items() if k == learner.key_metric}})
             if stop:
                 return step
+            if reached:
+                progress.close()
+                if processes.is_main:
+                    print(f'reached validation accuracy {val_metrics[learner.key_metric]:.4f} at step {step} after '
+                          f'{time.time() - runtime.process_start_time():.1f} s')
+                return None
     finally:
         progress.close()
         if writer is not None:
@@ -145,6 +153,11 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
         print(f'validation {kind} ({learner.key_metric}) at step {last} over {args.num_val_tasks} tasks: '
               f'mean {val_metrics[learner.key_metric]:.3f}, 95% confidence interval {val_metrics["ci95"]:.3f}')
     return None
+
+
+def reached_target(args, accuracy):
+    """Whether a validation accuracy reaches --target_accuracy (never without one)."""
+    return args.target_accuracy is not None and accuracy >= args.target_accuracy
 
 
 def log_step(writer, learner, optimizer, step, metrics, val_metrics):

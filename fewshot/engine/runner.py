@@ -80,15 +80,18 @@ def step_to_continue(command, says=True):
     if not steps:
         return None
     latest = steps[-1]
-    changed = changed_settings(command, recorded(command, checkpoints.load(log_dir, latest)))
+    checkpoint = checkpoints.load(log_dir, latest)
+    changed = changed_settings(command, recorded(command, checkpoint))
     if changed:
         raise flags.UserError(f'{log_dir} holds another run (its latest checkpoint, {checkpoints.path(log_dir, latest)}, '
                               f'was trained with {changed}); resume it with --checkpoint_step {latest} and its '
                               'settings, or choose another --log_dir')
-    finished = latest >= args.num_train_iterations - 1
+    reached = loop.reached_target(args, checkpoint['val_score'])
+    finished = latest >= args.num_train_iterations - 1 or reached
     if says and finished:
-        print(f'the run in {log_dir} has finished ({checkpoints.path(log_dir, latest)}); test it with --test, or '
-              'train on with a larger --num_train_iterations')
+        how = f'reached --target_accuracy {args.target_accuracy}' if reached else 'has finished'
+        print(f'the run in {log_dir} {how} ({checkpoints.path(log_dir, latest)}); test it with --test, or train on '
+              f'with a larger {"--target_accuracy" if reached else "--num_train_iterations"}')
     elif says:
         print(f'resuming from {checkpoints.path(log_dir, latest)}: {log_dir} holds a run with these settings '
               '(to start anew, choose another --log_dir)')

@@ -54,11 +54,10 @@ class Command:
         return contracts.check(sampler, contracts.Sampler, f'the {split} sampler of --dataset {self.dataset.name}')
 
 
-def _chosen(program, argv):
-    """The algorithm and dataset names of the run: as given, else (at --test) the
-    checkpoint's, else the program's defaults. A checkpoint to test or resume that
-    another algorithm or dataset wrote is refused in one line naming its command."""
-    algorithms, datasets = program.offers()
+def _chosen(algorithms, datasets, argv):
+    """The algorithm and dataset names of the run among those offered: as given, else (at --test)
+    the checkpoint's, else the program's defaults (the first offered). A checkpoint to test or
+    resume that another algorithm or dataset wrote is refused in one line naming its command."""
     pre = flags.ArgumentParser(add_help=False)
     for flag in ('--algorithm', '--dataset', '--log_dir'):
         pre.add_argument(flag)
@@ -89,9 +88,9 @@ def run_flags(algorithm, dataset):
 def parse(program, argv=None):
     """Parse and check the flags once: a Command."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    algorithm_name, dataset_name = _chosen(program, argv)
-    algorithm, dataset = registry.algorithm(algorithm_name), registry.dataset(dataset_name)
     algorithms, datasets = program.offers()
+    algorithm_name, dataset_name = _chosen(algorithms, datasets, argv)
+    algorithm, dataset = registry.algorithm(algorithm_name), registry.dataset(dataset_name)
     parser = flags.ArgumentParser(prog=program.file, description=program.description)
     if len(algorithms) > 1:
         parser.add_argument('--algorithm', choices=algorithms, help='the meta-learning algorithm')
@@ -106,7 +105,8 @@ def parse(program, argv=None):
                         **{k: v for k, v in defaults.items() if k in known})
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        raise flags.UserError(unknown_flags_line(unknown, program, algorithm_name, dataset_name))
+        raise flags.UserError(unknown_flags_line(unknown, program.file, algorithms, datasets, algorithm_name,
+                                                 dataset_name))
     given = flags.given_on_command_line(parser, argv)
     if not algorithm.fits(dataset):
         raise flags.UserError(f'--algorithm {algorithm_name} does not learn {dataset.task.name} tasks '
@@ -122,10 +122,9 @@ def parse(program, argv=None):
                    tuple(argv))
 
 
-def unknown_flags_line(unknown, program, algorithm_name, dataset_name):
+def unknown_flags_line(unknown, program_file, algorithms, datasets, algorithm_name, dataset_name):
     """One line on flags the run does not take, naming whose they are when another algorithm or
-    dataset of the program has them."""
-    algorithms, datasets = program.offers()
+    dataset the program offers has them."""
     owners = {}
     for kind, names, load in (('algorithm', algorithms, registry.algorithm), ('dataset', datasets, registry.dataset)):
         for name in names:
@@ -135,8 +134,8 @@ def unknown_flags_line(unknown, program, algorithm_name, dataset_name):
     first = next((text.split('=')[0] for text in unknown if text.startswith('--')), unknown[0])
     if first in owners:
         return (f'{first} is a flag of {owners[first]}, not of --algorithm {algorithm_name} on --dataset '
-                f'{dataset_name}; drop it (see {program.file} --help)')
-    return f'unrecognized arguments: {" ".join(unknown)}; see {program.file} --help'
+                f'{dataset_name}; drop it (see {program_file} --help)')
+    return f'unrecognized arguments: {" ".join(unknown)}; see {program_file} --help'
 
 
 def default_log_dir(args, defaults, algorithm, dataset, declared):

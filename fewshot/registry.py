@@ -46,9 +46,9 @@ class Program:
     def offers(self):
         """(algorithm names, dataset names) it offers: those listed, or every registered one that fits
         one of the other side's."""
-        algorithms = self.algorithms or tuple(ALGORITHMS)
-        datasets = self.datasets or tuple(DATASETS)
-        pairs = [(a, d) for a in algorithms for d in datasets if algorithm(a).fits(dataset(d))]
+        algorithms = {name: algorithm(name) for name in self.algorithms or ALGORITHMS}
+        datasets = {name: dataset(name) for name in self.datasets or DATASETS}
+        pairs = [(a, d) for a, a_class in algorithms.items() for d, d_class in datasets.items() if a_class.fits(d_class)]
         return (tuple(a for a in algorithms if any(p[0] == a for p in pairs)),
                 tuple(d for d in datasets if any(p[1] == d for p in pairs)))
 

@@ -113,8 +113,10 @@ def save(log_dir, step, learner, optimizer, generator, args, val_score):
                'optimizer_kind': learner.optimizer, 'rng': rng_state(generator), 'args': vars(args),
                'val_score': val_score, 'metric_kind': learner.task.metric_kind}, path(log_dir, step))
     except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError from an OSError
-        cause = error if isinstance(error, OSError) else error.__context__ or error.__cause__
-        reason = getattr(cause, 'strerror', None) or str(error).splitlines()[0]
+        cause = error if isinstance(error, OSError) else error.__cause__ or error.__context__
+        if not isinstance(cause, OSError):
+            raise
+        reason = cause.strerror or str(cause)
         kept = [s for s in saved_steps(log_dir) if s < step]
         where = (f'the last complete checkpoint is {path(log_dir, kept[-1])}; free space and resume with '
                  f'--checkpoint_step {kept[-1]}') if kept else 'no checkpoint was complete; free space and start again'

@@ -119,6 +119,7 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
     progress = tqdm(range(start_step, args.num_train_iterations), initial=start_step,
                     total=args.num_train_iterations, dynamic_ncols=True, disable=not processes.is_main)
     per_backward = learner.tasks_per_backward if args.tasks_per_backward is None else args.tasks_per_backward
+    reached = False
     try:
         for step in progress:
             metrics, stop = meta_update(learner, optimizer, train_sampler.sample(args.batch_size), step,
@@ -140,16 +141,15 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
             if stop:
                 return step
             if reached:
-                progress.close()
-                if processes.is_main:
-                    print(f'reached validation accuracy {val_metrics[learner.key_metric]:.4f} at step {step} after '
-                          f'{time.time() - runtime.process_start_time():.1f} s')
-                return None
+                break
     finally:
         progress.close()
         if writer is not None:
             writer.close()
-    if processes.is_main:
+    if processes.is_main and reached:
+        print(f'reached validation accuracy {val_metrics[learner.key_metric]:.4f} at step {step} after '
+              f'{time.time() - runtime.process_start_time():.1f} s')
+    elif processes.is_main:
         print(f'validation {kind} ({learner.key_metric}) at step {last} over {args.num_val_tasks} tasks: '
               f'mean {val_metrics[learner.key_metric]:.3f}, 95% confidence interval {val_metrics["ci95"]:.3f}')
     return None

@@ -72,13 +72,13 @@ FINISHED = 'finished'
 
 def step_to_continue(command, says=True):
     """Where a training command goes on in a log dir that already holds checkpoints (and no
-    --checkpoint_step): the latest step when its run had these settings, FINISHED when that run
-    has ended (says: print which); a run of other settings is refused in one line. None:
-    nothing to continue."""
+    --checkpoint_step): (the latest step, its checkpoint) when its run had these settings,
+    (FINISHED, None) when that run has ended (says: print which); a run of other settings is
+    refused in one line. (None, None): nothing to continue."""
     log_dir, args = command.log_dir, command.args
     steps = checkpoints.saved_steps(log_dir) if os.path.isdir(log_dir) else []
     if not steps:
-        return None
+        return None, None
     latest = steps[-1]
     checkpoint = checkpoints.load(log_dir, latest)
     changed = changed_settings(command, recorded(command, checkpoint))
@@ -95,7 +95,7 @@ def step_to_continue(command, says=True):
     elif says:
         print(f'resuming from {checkpoints.path(log_dir, latest)}: {log_dir} holds a run with these settings '
               '(to start anew, choose another --log_dir)')
-    return FINISHED if finished else latest
+    return (FINISHED, None) if finished else (latest, checkpoint)
 
 
 def run(command):
@@ -113,13 +113,10 @@ def run(command):
         with runtime.autocast(processes.device, args.precision), \
                 (faults.LogDirLock(log_dir) if writes else contextlib.nullcontext()):
             return test(command, processes) if args.test else train(command, processes)
-    except flags.UserError:
+    except BaseException as error:
         files.remove_if_empty(created)  # a run that failed before writing anything leaves no empty log dir
-        if not processes.is_main:
+        if isinstance(error, flags.UserError) and not processes.is_main:
             raise SystemExit(2) from None  # rank 0 says why
-        raise
-    except BaseException:
-        files.remove_if_empty(created)
         raise
 
 
@@ -151,13 +148,14 @@ def train(command, processes):
     step in progress, saved: SystemExit with the signal's status. A non-finite loss or gradient
     stops it before that step is applied, in one line."""
     args, log_dir = command.args, command.log_dir
-    resumed, step = None, args.checkpoint_step if args.checkpoint_step >= 0 else step_to_continue(
-        command, processes.is_main)
+    if args.checkpoint_step >= 0:
+        step, resumed = args.checkpoint_step, checkpoints.load(log_dir, args.checkpoint_step)
+    else:
+        step, resumed = step_to_continue(command, processes.is_main)
     if step == FINISHED:
         processes.finish()
         return None
-    if step is not None:
-        resumed = checkpoints.load(log_dir, step)
+    if resumed is not None:
         check_resume_settings(command, recorded(command, resumed), checkpoints.path(log_dir, step))
     interruption = faults.Interruption()  # a signal during the set-up stops the run after its first step
     try:

@@ -34,8 +34,8 @@ def cache_path():
 
 def run_key(command, device):
     """The cache key of a run: machine, device, algorithm, dataset and every flag that shapes a step."""
-    given = vars(command.args)
-    shaping = {dest: given[dest] for dest, flag in sorted(command.flags.items()) if flag.shapes_step}
+    values = vars(command.args)
+    shaping = {dest: values[dest] for dest, flag in sorted(command.flags.items()) if flag.shapes_step}
     gpu = torch.cuda.get_device_name(device) if device.type == 'cuda' else ''
     return json.dumps([machine(), device.type, gpu, command.algorithm.name, command.dataset.name, shaping],
                       default=str)

@@ -129,6 +129,21 @@ def test_run_bio_sh_runs_the_course_command(tmp_path):
         ('protonet', 'metabolism', data, 4, 0.0005)
 
 
+def test_test_and_resume_take_the_runs_data_folder_unless_given(tmp_path, capsys):
+    data, log_dir = write_tables(tmp_path / 'data'), str(tmp_path / 'log')
+    shape = ['--num_support', '2', '--num_query', '3']
+    run_metabolism.main(['--datadir', data, '--log_dir', log_dir, *shape, *TINY])
+    run_metabolism.main(['--log_dir', log_dir, *shape, *TINY[2:], '--num_train_iterations', '5',
+                         '--checkpoint_step', '2'])  # no --datadir: the run's
+    assert checkpoints.load(log_dir, 4)['args']['data_dir'] == data
+    run_metabolism.main(['--test', '--log_dir', log_dir, *shape, '--num_test_tasks', '4'])
+    assert 'Accuracy over 4 test tasks' in capsys.readouterr().out
+    (tmp_path / 'a_file').write_text('')
+    with pytest.raises(UserError, match='--data_dir .*a_file is a file'):  # a folder given is the one used
+        run_metabolism.main(['--test', '--log_dir', log_dir, *shape, '--num_test_tasks', '4',
+                             '--data_dir', str(tmp_path / 'a_file')])
+
+
 def test_run_bio_sh_takes_a_relative_data_folder_from_where_it_is_run(tmp_path):
     write_tables(tmp_path / 'data')
     log_dir = str(tmp_path / 'log')

@@ -193,3 +193,17 @@ def test_a_failed_csv_write_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r'could not append to --csv .*results.csv \(No space left on device\)'):
         run_with(synthetic_args(test=True, num_test_tasks=4, csv=table), str(tmp_path), small_learner,
                  synthetic_sampler)
+
+
+def test_sigterm_to_one_torchrun_process_stops_both_after_the_same_step(tmp_path):
+    """The request to stop is agreed in the gradient all-reduce: a signal to one worker stops both."""
+    launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
+    run = start(tmp_path, '--num_train_iterations', '100000', launcher=launcher)
+    wait_for_checkpoint(tmp_path, run)
+    workers = subprocess.run(['pgrep', '-P', str(run.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    os.kill(int(workers[-1]), signal.SIGTERM)
+    out, err = run.communicate(timeout=120)
+    found = re.search(r'interrupted at step (\d+); saved state\1\.pt', out)
+    assert found, out + err
+    assert checkpoints.saved_steps(str(tmp_path))[-1] == int(found.group(1))

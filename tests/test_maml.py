@@ -307,3 +307,19 @@ def test_a_backward_per_group_of_tasks_gives_the_same_update(options):
         assert other_logged == pytest.approx(logged, rel=1e-12)
         for g, h in zip(grads, other_grads):
             torch.testing.assert_close(h, g, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize('vmap_tasks', [False, True])
+def test_evaluation_reports_the_unadapted_models_query_accuracy(vmap_tasks):
+    learner = tiny_maml(vmap_tasks=vmap_tasks)
+    generator = torch.Generator().manual_seed(0)
+    classes = torch.rand(6, 1, 1, 28, 28, generator=generator, dtype=torch.float64)  # each class its own pattern
+    examples = classes + 0.1 * torch.rand(6, 20, 1, 28, 28, generator=generator, dtype=torch.float64)
+    batch = tasks.TaskSampler(examples, 3, 2, 5, seed=0).sample(3)
+    metrics = learner.evaluate(batch)
+    meta = {k: v.detach() for k, v in learner.inner.meta_parameters.items()}
+    expected = torch.stack([tasks.task_accuracy(networks.conv_net(meta, x), y)
+                            for x, y in zip(batch.images_query, batch.labels_query)])
+    assert torch.equal(metrics['pre_adapt_query'], expected)
+    assert not torch.equal(metrics['pre_adapt_query'], metrics['post_adapt_query'])  # adaptation changed something
+    assert 'pre_adapt_query' not in learner.loss(batch, 0)[1]  # not in training: it would cost a forward pass

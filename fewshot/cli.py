@@ -5,8 +5,10 @@ datasets (registry.PROGRAMS); `--algorithm` and `--dataset` pick among them (at
 --test, the checkpoint's unless given). The parser holds the common flags, the
 dataset's and the algorithm's (flags.Flag declarations). Defaults come, later
 ones winning, from the flags' own (the course's Omniglot settings), the
-algorithm's `defaults`, the dataset's `defaults` and the algorithm's `own_defaults`.
+algorithm's `defaults`, the dataset's `defaults`, the algorithm's `own_defaults`
+and, with --fast, the dataset's recipe for the algorithm (`fast_recipes`).
 """
+import argparse
 import dataclasses
 import shlex
 import sys
@@ -50,6 +52,9 @@ class Command:
         return contracts.check(learner, contracts.Learner, f'the learner of --algorithm {self.algorithm.name}')
 
     def build_sampler(self, split, args, seed, device):
+        if split == 'train':  # training tasks may be wider or hold fewer queries than the tasks it is scored on
+            args = argparse.Namespace(**{**vars(args), 'num_way': args.train_num_way or args.num_way,
+                                         'num_query': args.train_num_query or args.num_query})
         sampler = self.dataset.build_sampler(split, args, seed, device)
         return contracts.check(sampler, contracts.Sampler, f'the {split} sampler of --dataset {self.dataset.name}')
 
@@ -96,14 +101,19 @@ def parse(program, argv=None):
         parser.add_argument('--algorithm', choices=algorithms, help='the meta-learning algorithm')
     if len(datasets) > 1:
         parser.add_argument('--dataset', choices=datasets, help='the tasks (flags below are this one\'s)')
-    declared = run_flags(algorithm, dataset)
+    recipe = dataset.fast_recipes.get(algorithm_name)
+    declared = (*run_flags(algorithm, dataset), *((flags.fast_flag(recipe),) if recipe else ()))
     for flag in declared:
         flag.add_to(parser)
     known = {flag.dest for flag in declared}
     defaults = {**algorithm.defaults, **dataset.defaults, **algorithm.own_defaults}
     parser.set_defaults(algorithm=algorithm_name, dataset=dataset_name,
                         **{k: v for k, v in defaults.items() if k in known})
+    plain_defaults = vars(parser.parse_args([]))  # the log dir names what differs from these
     args, unknown = parser.parse_known_args(argv)
+    if recipe and args.fast and not args.test:  # the recipe trains; the test keeps the course's tasks
+        parser.set_defaults(**recipe)
+        args, unknown = parser.parse_known_args(argv)
     if unknown:
         raise flags.UserError(unknown_flags_line(unknown, program.file, algorithms, datasets, algorithm_name,
                                                  dataset_name))
@@ -117,7 +127,7 @@ def parse(program, argv=None):
                               'not accuracy; drop it')
     dataset.check_args(args)
     algorithm.check_args(args)
-    log_dir = args.log_dir or default_log_dir(args, vars(parser.parse_args([])), algorithm, dataset, declared)
+    log_dir = args.log_dir or default_log_dir(args, plain_defaults, algorithm, dataset, declared)
     return Command(args, given, {flag.dest: flag for flag in declared}, algorithm, dataset, log_dir, program.file,
                    tuple(argv))
 

@@ -99,6 +99,12 @@ COMMON = (
     Flag('--num_support', type=positive_int, nargs='+', default=[1],
          help='support examples per class (K); with --test, several values sweep K'),
     Flag('--num_query', type=positive_int, default=15, help='query examples per class (Q)'),
+    Flag('--train_num_way', type=positive_int, default=None, log_name=True, before_it_existed=None,
+         help='classes per training task (Snell et al. train wider than they test); validation and test tasks '
+              'keep --num_way; default: --num_way'),
+    Flag('--train_num_query', type=positive_int, default=None, log_name=True, before_it_existed=None,
+         help='query examples per class in training tasks; validation and test tasks keep --num_query; '
+              'default: --num_query'),
     Flag('--batch_size', type=positive_int, default=16, help='tasks per meta-batch (B)'),
     Flag('--learning_rate', '--outer_lr', dest='learning_rate', type=positive_float, default=0.001,
          help='learning rate of the meta-update (--outer_lr is the same flag): Adam for ProtoNet and MAML, '
@@ -122,6 +128,8 @@ COMMON = (
     Flag('--csv', type=str, default=None, resume_may_change=True, shapes_step=False,
          help='with --test: also append the results to this CSV file'),
     Flag('--num_val_tasks', type=positive_int, default=64, shapes_step=False, help='tasks at each validation'),
+    Flag('--val_interval', type=positive_int, default=50, resume_may_change=True, shapes_step=False,
+         before_it_existed=50, help='validate every this many steps (and at the last)'),
     Flag('--device', type=str, default='cpu', at_test=TEST_TIME, resume_may_change=True,
          help='cpu, gpu (CUDA, else MPS), cuda, mps or auto'),
     Flag('--num_workers', type=non_negative_int, default=2, resume_may_change=True, shapes_step=False,
@@ -134,6 +142,17 @@ COMMON = (
          help='bf16: convolutions and matrix products in bfloat16 (torch.autocast), on GPUs and on CPUs with '
               'AVX512-BF16 or AMX; parameters, optimizer and losses stay float32'),
 )
+
+
+def fast_flag(recipe):
+    """--fast, for a run whose dataset has a recipe for its algorithm ({dest: value}): its help lists the recipe."""
+    settings = ' '.join(f'--{dest}' if value is True else f'--{dest} {value}' for dest, value in recipe.items())
+    return Flag('--fast', default=False, action='store_true', log_name=True, shapes_step=False,
+                before_it_existed=False,
+                help="train with the recipe that reached the course's target in the least wall time measured on a "
+                     f'2-core CPU (docs/benchmarks.md): {settings}; flags given override it')
+
+
 IMAGE_FLAGS = (  # the flags of datasets whose examples are images for a conv net
     Flag('--channels_last', choices=AUTO_YES_NO, default='auto', at_test=TEST_TIME, resume_may_change=True,
          help='give the conv net its images channels-last (same numbers to round-off); auto: the faster on this '

@@ -293,13 +293,12 @@ def test_short_real_training_is_clearly_above_chance(omniglot_dir, tmp_path):
 
 def test_target_accuracy_stops_at_the_first_validation_reaching_it(tmp_path, monkeypatch, capsys):
     accuracies = iter([0.2, 0.5, 0.95, 0.99, 0.99, 0.99])
-    monkeypatch.setattr(loop, 'VAL_INTERVAL', 1)
     monkeypatch.setattr(evaluation, 'validate', lambda *_: {'query': next(accuracies), 'ci95': 0.01, 'loss': 1.0})
-    run_with(synthetic_args(num_train_iterations=6, target_accuracy=0.9), str(tmp_path), small_learner,
+    run_with(synthetic_args(num_train_iterations=6, target_accuracy=0.9, val_interval=1), str(tmp_path), small_learner,
              synthetic_sampler)
     assert re.search(r'reached validation accuracy 0.9500 at step 2 after \d+\.\d s', capsys.readouterr().out)
     assert checkpoints.saved_steps(str(tmp_path)) == [0, 2] and checkpoints.best_step(str(tmp_path)) == 2
-    run_with(synthetic_args(num_train_iterations=6, target_accuracy=0.9), str(tmp_path), small_learner,
+    run_with(synthetic_args(num_train_iterations=6, target_accuracy=0.9, val_interval=1), str(tmp_path), small_learner,
              synthetic_sampler)  # the same command again: it has finished
     assert 'reached --target_accuracy 0.9 ' in capsys.readouterr().out and checkpoints.saved_steps(str(tmp_path)) == [0, 2]
 

@@ -129,3 +129,15 @@ def test_timing_restores_state_the_forward_passes_changed(tmp_path):
     learner = CountingLearner()
     tuning.choose(learner, batch, KEY, str(tmp_path / 't.json'))
     assert learner.calls.item() == 0 and learner.weight.grad is None
+
+
+def test_maml_on_a_cpu_times_no_vmap_trial():
+    """vmap's trial would hold several tasks' graphs at once, more than the per-task loop's
+    training ever holds: on a CPU the loop is taken untimed, and only the image layouts are timed."""
+    from fewshot.algorithms import maml
+    params = networks.init_conv_params(1, 1, 2, num_outputs=3)
+    meta = maml.MAML(params, networks.conv_net, num_inner_steps=5, vmap_tasks=None, channels_last=None)
+    assert not meta.inner.vmap_tasks and list(meta.execution_options()) == ['channels-last images',
+                                                                              'contiguous images']
+    forced = maml.MAML(params, networks.conv_net, vmap_tasks=True, channels_last=False)
+    assert forced.inner.vmap_tasks

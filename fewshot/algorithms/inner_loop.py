@@ -87,7 +87,7 @@ class InnerLoop:
                  learn_inner_lrs=False, device='cpu', vmap_tasks=None, variants=None, channels_last=False):
         """params, forward: the network, forward(params, x, fused_bn=..., norm=...) -> (M, outputs).
         vmap_tasks: adapt a meta-batch's tasks with torch.vmap (True) or in a loop (False);
-        None picks the measured faster one for the device.
+        None: the loop on a CPU; on a GPU vmap, or the faster of both when tuning times them.
         channels_last: give a conv network its (C, H, W) images channels-last (execution.ImageLayout),
         but for second-order inner steps (forward); None: the device's default, both offered to tuning."""
         self.device = torch.device(device)
@@ -95,7 +95,9 @@ class InnerLoop:
         self.num_inner_steps = num_inner_steps
         self.variants = variants or Variants()
         self.vmap_tasks = self.device.type != 'cpu' if vmap_tasks is None else vmap_tasks
-        self.tunable = vmap_tasks is None
+        # on a CPU the loop, untimed: vmap's trial alone would hold more graph than the loop's training
+        # (docs/benchmarks.md: the loop 2-2.4x faster with under half the memory on the CPUs measured)
+        self.tunable = vmap_tasks is None and self.device.type != 'cpu'
         self.layout = execution.ImageLayout(channels_last, self.device)
         self._network = forward
         self.per_step_bn = None

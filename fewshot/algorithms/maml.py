@@ -151,9 +151,9 @@ NUM_INNER_STEPS = Flag('--num_inner_steps', type=positive_int, default=None, at_
                        help='inner-loop steps (default 1; at --test: as trained unless given)')
 INNER_LR = Flag('--inner_lr', type=positive_float, default=0.4, help='inner-loop learning rate (initial if learned)')
 VMAP_TASKS = Flag('--vmap_tasks', choices=AUTO_YES_NO, default='auto', at_test=TEST_TIME, resume_may_change=True,
-                  help='adapt the tasks of a meta-batch with torch.vmap (same numbers); auto: the faster on this '
-                       'machine, timed once at the start of training and cached (at --test and under torchrun: no '
-                       'on a CPU, yes on a GPU)')
+                  help='adapt the tasks of a meta-batch with torch.vmap (same numbers); auto: no on a CPU (the '
+                       'per-task loop: faster, and leaner, on the CPUs measured); on a GPU the faster, timed once '
+                       'at the start of training and cached (at --test and under torchrun: yes)')
 INNER_OPTIMIZER = Flag('--inner_optimizer', choices=['sgd', 'adagrad'], default=Variants.inner_optimizer,
                        log_name=True, help="the inner loop's optimizer")
 INNER_ADAGRAD_EPS = Flag('--inner_adagrad_eps', type=positive_float, default=Variants.inner_adagrad_eps,
@@ -198,9 +198,13 @@ class MAMLAlgorithm(contracts.Algorithm):
     flags = FLAGS
 
     def check_args(self, args):
-        """To train, an unset --num_inner_steps is 1 (at --test: as trained)."""
+        """To train, an unset --num_inner_steps is 1 (at --test: as trained). Training tasks have
+        --num_way classes: the head's outputs."""
         if not args.test and args.num_inner_steps is None:
             args.num_inner_steps = 1
+        if args.train_num_way not in (None, args.num_way):
+            raise UserError(f'--train_num_way {args.train_num_way}: the {args.algorithm} head has --num_way '
+                            f'{args.num_way} outputs, so its training tasks have {args.num_way} classes; drop it')
 
     def recognizes_older(self, checkpoint):
         return 'meta_parameters' in checkpoint['learner']

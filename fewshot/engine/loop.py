@@ -11,7 +11,6 @@ from fewshot import networks, runtime
 from fewshot.engine import checkpoints, distributed, evaluation
 
 LOG_INTERVAL = 10
-VAL_INTERVAL = 50
 SAVE_INTERVAL = 100
 
 
@@ -116,18 +115,18 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
     writer = SummaryWriter(log_dir=log_dir) if processes.is_main else None
     last, kind = args.num_train_iterations - 1, learner.task.metric_kind
     val_metrics = {}
-    progress = tqdm(range(start_step, args.num_train_iterations), initial=start_step,
-                    total=args.num_train_iterations, dynamic_ncols=True, disable=not processes.is_main)
+    progress = tqdm(initial=start_step, total=args.num_train_iterations, dynamic_ncols=True,
+                    disable=not processes.is_main)
     per_backward = learner.tasks_per_backward if args.tasks_per_backward is None else args.tasks_per_backward
     reached = False
     try:
-        for step in progress:
+        for step in range(start_step, args.num_train_iterations):
             metrics, stop = meta_update(learner, optimizer, train_sampler.sample(args.batch_size), step,
                                         halved_learning_rate(args, step), args.num_train_iterations, processes,
                                         per_backward, stop_requested=bool(interruption and interruption.signal))
             if step % distributed.DRIFT_CHECK_INTERVAL == 0:
                 processes.check_in_step(learner.parameters(), step)
-            validates, saves = step % VAL_INTERVAL == 0 or step == last, step % SAVE_INTERVAL == 0 or step == last
+            validates, saves = step % args.val_interval == 0 or step == last, step % SAVE_INTERVAL == 0 or step == last
             if validates:
                 val_metrics = evaluation.validate(learner, val_sampler, args, processes)
             reached = validates and reached_target(args, val_metrics[learner.key_metric])
@@ -138,6 +137,9 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
                                      val_metrics[learner.key_metric] if validates else float('nan'))
                 progress.set_postfix({'loss': f'{metrics["loss"]:.3f}', **{
                     f'val_{k}': f'{v:.3f}' for k, v in val_metrics.items() if k == learner.key_metric}})
+            progress.update()
+            if step == start_step:
+                restart_clock(progress)
             if stop:
                 return step
             if reached:
@@ -153,6 +155,15 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
         print(f'validation {kind} ({learner.key_metric}) at step {last} over {args.num_val_tasks} tasks: '
               f'mean {val_metrics[learner.key_metric]:.3f}, 95% confidence interval {val_metrics["ci95"]:.3f}')
     return None
+
+
+def restart_clock(progress):
+    """Time the bar's rate (and so its ETA) from now: the first step warms up and validates, so its
+    time says little about the steps after it."""
+    done = progress.n
+    progress.reset()
+    progress.initial = progress.n = progress.last_print_n = done
+    progress.refresh()
 
 
 def reached_target(args, accuracy):

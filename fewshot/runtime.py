@@ -85,10 +85,10 @@ def cpu_has_bf16():
 
 def autocast(device, precision):
     """The context a run computes in: --precision bf16 is torch.autocast to bfloat16 (refused in
-    one line where the device has no native bfloat16), fp32 a no-op."""
-    if precision == 'fp32':
-        return contextlib.nullcontext()
+    one line where the device has no native bfloat16), fp32 a no-op, auto bf16 where native."""
     native = cpu_has_bf16() if device.type == 'cpu' else device.type == 'cuda' and torch.cuda.is_bf16_supported()
+    if precision == 'fp32' or (precision == 'auto' and not native):
+        return contextlib.nullcontext()
     if not native:
         raise UserError(f'--precision bf16: the {device.type} device here has no native bfloat16 '
                         '(a CPU needs AVX512-BF16 or AMX); use --precision fp32')

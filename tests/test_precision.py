@@ -84,3 +84,10 @@ def test_the_runs_autocast_sees_every_optimizer_step(monkeypatch):
         optimizer.step()
         after = torch.nn.functional.linear(x, weight)
     assert before.dtype == torch.bfloat16 and (after == 0).all()  # the stepped weights (1 - 0.5 * 2), not the first
+
+
+@pytest.mark.parametrize('native', [True, False])
+def test_auto_precision_is_bf16_only_where_native(native, monkeypatch):
+    monkeypatch.setattr(runtime, 'cpu_has_bf16', lambda: native)
+    with runtime.autocast(torch.device('cpu'), 'auto'):
+        assert torch.is_autocast_enabled('cpu') == native

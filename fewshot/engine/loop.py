@@ -115,8 +115,8 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
     writer = SummaryWriter(log_dir=log_dir) if processes.is_main else None
     last, kind = args.num_train_iterations - 1, learner.task.metric_kind
     val_metrics = {}
-    progress = tqdm(initial=start_step, total=args.num_train_iterations, dynamic_ncols=True,
-                    disable=not processes.is_main)
+    progress = None  # rank 0's bar, made after the first step: that one warms up and validates, and its
+                     # time would make the first ETA many times too long
     per_backward = learner.tasks_per_backward if args.tasks_per_backward is None else args.tasks_per_backward
     reached = False
     try:
@@ -135,17 +135,19 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
                 if saves or stop or reached:  # an interrupted step's weights are not validated: no score
                     checkpoints.save(log_dir, step, learner, optimizer, train_sampler.generator, args,
                                      val_metrics[learner.key_metric] if validates else float('nan'))
+                if progress is None:
+                    progress = tqdm(initial=step + 1, total=args.num_train_iterations, dynamic_ncols=True)
+                else:
+                    progress.update()
                 progress.set_postfix({'loss': f'{metrics["loss"]:.3f}', **{
                     f'val_{k}': f'{v:.3f}' for k, v in val_metrics.items() if k == learner.key_metric}})
-            progress.update()
-            if step == start_step:
-                restart_clock(progress)
             if stop:
                 return step
             if reached:
                 break
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
         if writer is not None:
             writer.close()
     if processes.is_main and reached:
@@ -155,15 +157,6 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
         print(f'validation {kind} ({learner.key_metric}) at step {last} over {args.num_val_tasks} tasks: '
               f'mean {val_metrics[learner.key_metric]:.3f}, 95% confidence interval {val_metrics["ci95"]:.3f}')
     return None
-
-
-def restart_clock(progress):
-    """Time the bar's rate (and so its ETA) from now: the first step warms up and validates, so its
-    time says little about the steps after it."""
-    done = progress.n
-    progress.reset()
-    progress.initial = progress.n = progress.last_print_n = done
-    progress.refresh()
 
 
 def reached_target(args, accuracy):

@@ -90,7 +90,7 @@ class Omniglot(contracts.Dataset):
         'protonet': dict(train_num_way=20, train_num_query=5, batch_size=4, learning_rate=0.002,
                          augment_rotations=True, val_interval=25, num_hidden_channels=32),
         'maml': dict(train_num_query=5, batch_size=8, learning_rate=0.003, lr_halving_steps=700,
-                     learn_inner_lrs=True, augment_rotations=True, val_interval=50, precision='auto'),
+                     learn_inner_lrs=True, augment_rotations=True, precision='auto'),
     }
     flags = (
         Flag('--split', dest='class_split', choices=CLASS_SPLITS, default='course', log_name=True, at_test=TASKS,

@@ -13,6 +13,8 @@ import sys
 import tempfile
 import time
 
+from fewshot import files
+from fewshot.engine import tuning
 from tools.bench.common import ROOT
 
 # (name, program, the course's test shot, target, the flags of the default command)
@@ -22,11 +24,22 @@ REACHED = re.compile(r'reached validation accuracy ([0-9.]+) at step (\d+)')
 TESTED = re.compile(r'Accuracy over \d+ test tasks: mean ([0-9.]+), 95% confidence interval ([0-9.]+)')
 
 
+def cache_without_tuning(work_dir):
+    """A cache root holding the user's cached data (linked) but no tuning cache: a command run with
+    it times its ways to compute a step as a first run of its settings on a machine does."""
+    root = tempfile.mkdtemp(prefix='cache.', dir=work_dir)
+    ours, users = os.path.join(root, 'few-shot-meta'), files.user_cache_folder()
+    os.makedirs(ours)
+    for name in os.listdir(users) if os.path.isdir(users) else []:
+        if name != os.path.basename(tuning.cache_path()):
+            os.symlink(os.path.join(users, name), os.path.join(ours, name))
+    return root
+
+
 def run_command(words, log_path):
     """Run python words... from the repository root, its output kept in log_path; (seconds, output).
-    Each command has a tuning cache of its own, so each times its ways to compute a step as a
-    first run on a machine does."""
-    environment = dict(os.environ, XDG_CACHE_HOME=tempfile.mkdtemp(prefix='cache.', dir=os.path.dirname(log_path)))
+    Each command has no tuning cache (cache_without_tuning)."""
+    environment = dict(os.environ, XDG_CACHE_HOME=cache_without_tuning(os.path.dirname(log_path)))
     start = time.perf_counter()
     with open(log_path, 'w') as log:
         done = subprocess.run([sys.executable, *words], cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True,

@@ -138,6 +138,10 @@ COMMON = (
     Flag('--target_accuracy', type=fraction, default=None, resume_may_change=True, shapes_step=False,
          help='stop training at the first validation at or above this accuracy, saving that step (the one --test '
               'then picks) and printing the wall time since the command started; classification only'),
+    Flag('--target_tasks', type=positive_int, default=600, resume_may_change=True, shapes_step=False,
+         before_it_existed=0, help='a validation at or above --target_accuracy is redone on this many other '
+                                    'validation tasks, which must reach it too (a mean over --num_val_tasks, '
+                                    'checked again and again, passes by luck now and then)'),
     Flag('--precision', choices=['fp32', 'bf16', 'auto'], default='fp32',
          help='bf16: convolutions and matrix products in bfloat16 (torch.autocast), on GPUs and on CPUs with '
               'AVX512-BF16 or AMX; parameters, optimizer and losses stay float32; auto: bf16 where the device '

@@ -292,16 +292,25 @@ def test_short_real_training_is_clearly_above_chance(omniglot_dir, tmp_path):
     assert score > 0.85
 
 
-def test_target_accuracy_stops_at_the_first_validation_reaching_it(tmp_path, monkeypatch, capsys):
-    accuracies = iter([0.2, 0.5, 0.95, 0.99, 0.99, 0.99])
-    monkeypatch.setattr(evaluation, 'validate', lambda *_: {'query': next(accuracies), 'ci95': 0.01, 'loss': 1.0})
-    run_with(synthetic_args(num_train_iterations=6, target_accuracy=0.9, val_interval=1), str(tmp_path), small_learner,
-             synthetic_sampler)
-    assert re.search(r'reached validation accuracy 0.9500 at step 2 after \d+\.\d s', capsys.readouterr().out)
-    assert checkpoints.saved_steps(str(tmp_path)) == [0, 2] and checkpoints.best_step(str(tmp_path)) == 2
-    run_with(synthetic_args(num_train_iterations=6, target_accuracy=0.9, val_interval=1), str(tmp_path), small_learner,
-             synthetic_sampler)  # the same command again: it has finished
-    assert 'reached --target_accuracy 0.9 ' in capsys.readouterr().out and checkpoints.saved_steps(str(tmp_path)) == [0, 2]
+def test_target_accuracy_stops_at_the_first_validation_reaching_it_on_more_tasks(tmp_path, monkeypatch, capsys):
+    """Step 1's 0.95 on the 4 validation tasks is not confirmed on --target_tasks others (0.85);
+    step 3's 0.93 is (0.91): the run stops there, and that step scores highest."""
+    accuracies, calls = iter([0.2, 0.95, 0.85, 0.5, 0.93, 0.91, 0.99, 0.99]), []
+
+    def validate(learner, sampler, args, processes, num_tasks=None, seed=evaluation.VAL_SEED):
+        calls.append((num_tasks, seed))
+        return {'query': next(accuracies), 'ci95': 0.01, 'loss': 1.0}
+    monkeypatch.setattr(evaluation, 'validate', validate)
+    run_with(synthetic_args(num_train_iterations=6, target_accuracy=0.9, val_interval=1, target_tasks=20),
+             str(tmp_path), small_learner, synthetic_sampler)
+    assert re.search(r'reached validation accuracy 0.9100 \(20 tasks\) at step 3 after \d+\.\d s',
+                     capsys.readouterr().out)
+    assert calls == [(None, 1), (None, 1), (20, evaluation.TARGET_SEED), (None, 1), (None, 1),
+                     (20, evaluation.TARGET_SEED)] and evaluation.TARGET_SEED != evaluation.VAL_SEED
+    assert checkpoints.saved_steps(str(tmp_path)) == [0, 3] and checkpoints.best_step(str(tmp_path)) == 3
+    run_with(synthetic_args(num_train_iterations=6, target_accuracy=0.9, val_interval=1, target_tasks=20),
+             str(tmp_path), small_learner, synthetic_sampler)  # the same command again: it has finished
+    assert 'reached --target_accuracy 0.9 ' in capsys.readouterr().out and checkpoints.saved_steps(str(tmp_path)) == [0, 3]
 
 
 def test_target_accuracy_is_for_classification():

@@ -12,6 +12,7 @@ from fewshot.errors import UserError
 from fewshot.engine import distributed
 
 VAL_SEED = 1  # validation tasks are the same at every validation, in every run
+TARGET_SEED = 2  # and those that confirm --target_accuracy, others of the same split
 GROUP = 'group'
 CSV_COLUMNS = ['log_dir', 'checkpoint_step', 'num_way', 'num_support', 'num_query', 'num_test_tasks', 'metric',
                'mean', 'ci95']
@@ -51,11 +52,12 @@ def group_results(per_task, key_metric, group_names):
             for g, name in enumerate(group_names) if (groups == g).any()}
 
 
-def validate(learner, sampler, args, processes=distributed.ONE):
-    """Mean metrics over the fixed validation tasks, 'ci95': the 95% CI half-width of the key
-    metric, and the key metric's mean per group of tasks (metabolism: per assay)."""
-    sampler.generator.manual_seed(VAL_SEED)
-    per_task = evaluate_tasks(learner, sampler, args.num_val_tasks, args.batch_size, processes)
+def validate(learner, sampler, args, processes=distributed.ONE, num_tasks=None, seed=VAL_SEED):
+    """Mean metrics over the fixed validation tasks (num_tasks drawn after seeding with seed;
+    None: --num_val_tasks), 'ci95': the 95% CI half-width of the key metric, and the key
+    metric's mean per group of tasks (metabolism: per assay)."""
+    sampler.generator.manual_seed(seed)
+    per_task = evaluate_tasks(learner, sampler, num_tasks or args.num_val_tasks, args.batch_size, processes)
     groups = group_results(per_task, learner.key_metric, sampler.group_names)
     metrics = {name: float(values.mean()) for name, values in per_task.items() if name != GROUP}
     metrics['ci95'] = float(stats.mean_ci95(per_task[learner.key_metric])[1])

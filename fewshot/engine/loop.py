@@ -128,7 +128,7 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
                 processes.check_in_step(learner.parameters(), step)
             validates, saves = step % args.val_interval == 0 or step == last, step % SAVE_INTERVAL == 0 or step == last
             if validates:
-                val_metrics = evaluation.validate(learner, val_sampler, args, processes)
+                val_metrics = validate_towards_target(learner, val_sampler, args, processes)
             reached = validates and reached_target(args, val_metrics[learner.key_metric])
             if processes.is_main:
                 log_step(writer, learner, optimizer, step, metrics, val_metrics if validates else None)
@@ -151,12 +151,23 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
         if writer is not None:
             writer.close()
     if processes.is_main and reached:
-        print(f'reached validation accuracy {val_metrics[learner.key_metric]:.4f} at step {step} after '
-              f'{time.time() - runtime.process_start_time():.1f} s')
+        tasks = max(args.target_tasks, args.num_val_tasks)
+        print(f'reached validation accuracy {val_metrics[learner.key_metric]:.4f} ({tasks} tasks) at step {step} '
+              f'after {time.time() - runtime.process_start_time():.1f} s')
     elif processes.is_main:
         print(f'validation {kind} ({learner.key_metric}) at step {last} over {args.num_val_tasks} tasks: '
               f'mean {val_metrics[learner.key_metric]:.3f}, 95% confidence interval {val_metrics["ci95"]:.3f}')
     return None
+
+
+def validate_towards_target(learner, val_sampler, args, processes):
+    """The validation metrics; when they reach --target_accuracy, those of --target_tasks other
+    validation tasks instead (a mean over 64 tasks, checked again and again, passes by luck now and
+    then), so that every validation before the one that reaches the target scored below it."""
+    metrics = evaluation.validate(learner, val_sampler, args, processes)
+    if reached_target(args, metrics[learner.key_metric]) and args.target_tasks > args.num_val_tasks:
+        metrics = evaluation.validate(learner, val_sampler, args, processes, args.target_tasks, evaluation.TARGET_SEED)
+    return metrics
 
 
 def reached_target(args, accuracy):

@@ -20,7 +20,7 @@ from tools.bench.common import ROOT
 # (name, program, the course's test shot, target, the flags of the default command)
 TARGETS = {'protonet': ('ProtoNet 5-way 5-shot', 'protonet.py', 5, 0.99, ['--num_support', '5']),
            'maml': ('MAML 5-way 1-shot', 'maml.py', 1, 0.97, [])}
-REACHED = re.compile(r'reached validation accuracy ([0-9.]+) at step (\d+)')
+REACHED = re.compile(r'reached validation accuracy ([0-9.]+) \(\d+ tasks\) at step (\d+)')
 TESTED = re.compile(r'Accuracy over \d+ test tasks: mean ([0-9.]+), 95% confidence interval ([0-9.]+)')
 
 

@@ -28,7 +28,8 @@ def cache_without_tuning(work_dir):
     """A cache root holding the user's cached data (linked) but no tuning cache: a command run with
     it times its ways to compute a step as a first run of its settings on a machine does."""
     root = tempfile.mkdtemp(prefix='cache.', dir=work_dir)
-    ours, users = os.path.join(root, 'few-shot-meta'), files.user_cache_folder()
+    users = files.user_cache_folder()
+    ours = os.path.join(root, os.path.basename(users))
     os.makedirs(ours)
     for name in os.listdir(users) if os.path.isdir(users) else []:
         if name != os.path.basename(tuning.cache_path()):
@@ -53,7 +54,8 @@ def run_command(words, log_path):
 
 
 def time_to_target(algorithm, recipe, seed, data_dir, work_dir, extra=()):
-    """Train one command to its target and test it: {'steps', 'seconds', 'val', 'test', 'ci', 'reached'}."""
+    """Train one command to its target and test it: {'steps', 'seconds', 'val', 'test', 'ci'} (steps and
+    val None when the run ended short of the target)."""
     _, program, shot, target, flags = TARGETS[algorithm]
     log_dir = os.path.join(work_dir, f'{algorithm}.{recipe}.seed_{seed}')
     chosen = ['--fast'] if recipe == 'fast' else []
@@ -64,9 +66,8 @@ def time_to_target(algorithm, recipe, seed, data_dir, work_dir, extra=()):
     _, tested = run_command([program, '--test', '--log_dir', log_dir, '--num_support', str(shot)],
                             log_dir + '.test.log')
     test = TESTED.search(tested)
-    return {'reached': reached is not None, 'steps': int(reached.group(2)) + 1 if reached else None,
-            'val': float(reached.group(1)) if reached else None, 'seconds': seconds,
-            'test': float(test.group(1)), 'ci': float(test.group(2)), 'command': ' '.join(words[:-2])}
+    return {'steps': int(reached.group(2)) + 1 if reached else None, 'val': float(reached.group(1)) if reached else None,
+            'seconds': seconds, 'test': float(test.group(1)), 'ci': float(test.group(2))}
 
 
 def bench_time_to_target(data_dir, algorithms, recipes, seeds, machine):

@@ -5,6 +5,8 @@ builds and the Sampler a dataset builds. Subclass them; members with a default a
     source files -> Dataset.build_sampler -> Sampler.sample(B) -> TaskBatch
                  -> Learner.loss / evaluate (built by Algorithm.build_learner) -> the engine's loop
 """
+import contextlib
+
 from fewshot.errors import UserError
 
 
@@ -64,6 +66,12 @@ class Learner:
         """Extra TensorBoard scalars {tag: float} (learned inner learning rates)."""
         return {}
 
+    @contextlib.contextmanager
+    def queries_alone(self):
+        """Inside, evaluate() classifies each query on its own from its task's support set
+        (yields True), or cannot (yields False: its queries share batch statistics)."""
+        yield False
+
     def buffers(self):
         """Tensors not trained but averaged over the processes after each step (running statistics)."""
         return []
@@ -85,6 +93,8 @@ class Dataset:
                                # the ways to call an encoder over a meta-batch are timed
     num_train_classes = None   # the classes its training sampler names in TaskBatch.classes (or None)
     fast_recipes = {}          # {algorithm name: {dest: value}}: what --fast sets (flags given override it)
+    distort = None             # f(examples (..., *example_shape) float, generator) -> randomly distorted copies
+                               # of the same shape (the training augmentation; test-time augmentation uses it)
 
     def check_args(self, args):
         """Check its flags together after parsing; raise a UserError naming the flag."""

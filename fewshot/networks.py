@@ -28,8 +28,10 @@ class FunctionalNet(torch.nn.Module):
         return self.function(dict(self.params), x, num_tasks)
 
 
-def init_conv_params(num_blocks=4, in_channels=1, hidden_channels=64, num_outputs=None, dtype=torch.float32):
-    """Parameters of [conv3x3 -> BN -> ReLU -> maxpool2] x num_blocks (+ linear head).
+def init_conv_params(num_blocks=4, in_channels=1, hidden_channels=64, num_outputs=None, dtype=torch.float32,
+                     positions=1):
+    """Parameters of [conv3x3 -> BN -> ReLU -> maxpool2] x num_blocks (+ linear head on the
+    hidden_channels * positions flattened features: positions = H * W left after the pools).
 
     Conv and linear weights use PyTorch's default (Kaiming-uniform) init,
     biases 0; BN weight 1, bias 0. Keys: conv{i}, conv{i}_bias, bn{i}_weight,
@@ -46,7 +48,7 @@ def init_conv_params(num_blocks=4, in_channels=1, hidden_channels=64, num_output
         params[f'bn{i}_bias'] = torch.zeros(hidden_channels, dtype=dtype)
         channels = hidden_channels
     if num_outputs is not None:
-        params.update(init_linear_params('head', channels, num_outputs, dtype))
+        params.update(init_linear_params('head', channels * positions, num_outputs, dtype))
     return params
 
 
@@ -58,7 +60,8 @@ def init_linear_params(name, fan_in, fan_out, dtype=torch.float32):
 
 
 def task_batch_norm(x, weight, bias, num_tasks, fused=True):
-    """Batch norm with separate batch statistics for each of num_tasks equal groups.
+    """Batch norm with separate batch statistics for each of num_tasks equal groups
+    (inside `statistics_of_first(n)`: the statistics of each group's first n examples).
 
     Args:
         x: (num_tasks * M, C, ...) activations, tasks contiguous along dim 0.
@@ -70,11 +73,12 @@ def task_batch_norm(x, weight, bias, num_tasks, fused=True):
     Returns:
         tensor like x.
     """
-    if num_tasks == 1 and fused:
+    first = getattr(_mode, 'statistics_of_first', None)
+    if num_tasks == 1 and fused and first is None:
         return F.batch_norm(x, None, None, weight, bias, training=True, eps=BN_EPS)
     grouped = x.unflatten(0, (num_tasks, -1))  # (T, M, C, ...)
     dims = [1] + list(range(3, grouped.dim()))
-    var, mean = torch.var_mean(grouped, dim=dims, keepdim=True, correction=0)
+    var, mean = torch.var_mean(grouped[:, :first], dim=dims, keepdim=True, correction=0)
     scale = weight.view(-1, *[1] * (x.dim() - 2)) * torch.rsqrt(var + BN_EPS)  # (T, 1, C, 1, ...)
     shift = bias.view(-1, *[1] * (x.dim() - 2)) - mean * scale
     return (grouped * scale + shift).flatten(0, 1)
@@ -141,6 +145,19 @@ def mlp_net(params, x, num_tasks=1, fused_bn=True, norm=None, dropout=0.0):
 
 
 _mode = threading.local()
+
+
+@contextlib.contextmanager
+def statistics_of_first(count):
+    """Inside, batch norm normalises each task's examples with the statistics of its first
+    `count` examples alone (a task's support set: then every other example is normalised
+    without seeing the others)."""
+    before = getattr(_mode, 'statistics_of_first', None)
+    _mode.statistics_of_first = count
+    try:
+        yield
+    finally:
+        _mode.statistics_of_first = before
 
 
 def is_training():

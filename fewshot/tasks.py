@@ -120,21 +120,45 @@ class TaskSampler(contracts.Sampler):
     are disjoint draws without replacement from a class's D examples. All
     randomness comes from one CPU generator, so a seed gives the same tasks on
     any device and its state can be checkpointed.
+
+    class_groups: (C,) int64 group of each class (Omniglot: its alphabet), or None.
+        Given, every task draws its N classes from one group, picked uniformly
+        among the groups with at least N classes.
+    transform: f(examples (B, N, K+Q, ...) float, generator) -> like it (augmentation), or None.
     """
 
-    def __init__(self, examples, num_way, num_support, num_query, seed=0, device='cpu', where='the split'):
-        check_task_shape(num_way, num_support, num_query, examples.shape[0], examples.shape[1], where)
+    def __init__(self, examples, num_way, num_support, num_query, seed=0, device='cpu', where='the split',
+                 class_groups=None, transform=None):
+        largest = examples.shape[0] if class_groups is None else int(torch.bincount(class_groups).max())
+        check_task_shape(num_way, num_support, num_query, largest, examples.shape[1],
+                         where if class_groups is None else f'the largest group (alphabet) of {where}')
         self.examples = examples.to(device)
         self.num_way, self.num_support, self.num_query = num_way, num_support, num_query
         self.generator = torch.Generator().manual_seed(seed)
+        self.transform = transform
+        self.class_groups = class_groups
+        if class_groups is not None:
+            sizes = torch.bincount(class_groups)
+            self.eligible_groups = torch.nonzero(sizes >= num_way).flatten()  # (G,)
+
+    def draw_classes(self, batch_size):
+        """(B, N) classes of each task, in random order."""
+        num_classes = self.examples.shape[0]
+        scores = torch.rand(batch_size, num_classes, generator=self.generator)
+        if self.class_groups is not None:  # classes outside the task's group sort last
+            pick = torch.randint(len(self.eligible_groups), (batch_size,), generator=self.generator)
+            outside = self.class_groups.unsqueeze(0) != self.eligible_groups[pick].unsqueeze(1)  # (B, C)
+            scores = scores + outside
+        return scores.argsort(dim=1)[:, :self.num_way]
 
     def sample(self, batch_size):
         """A TaskBatch of batch_size tasks on the sampler's device."""
-        num_classes, num_examples = self.examples.shape[:2]
+        num_examples = self.examples.shape[1]
         n, k, q = self.num_way, self.num_support, self.num_query
-        g = self.generator
-        classes = torch.rand(batch_size, num_classes, generator=g).argsort(dim=1)[:, :n]
-        draws = torch.rand(batch_size, n, num_examples, generator=g).argsort(dim=2)[..., :k + q]
+        classes = self.draw_classes(batch_size)
+        draws = torch.rand(batch_size, n, num_examples, generator=self.generator).argsort(dim=2)[..., :k + q]
         device = self.examples.device
         picked = self.examples[classes.unsqueeze(-1).to(device), draws.to(device)]  # (B, N, K+Q, ...)
+        if self.transform is not None:
+            picked = self.transform(picked.float(), self.generator)
         return task_batch_from_draws(picked, k)

@@ -1,8 +1,8 @@
-"""Lake et al.'s one-shot runs: the reader, the scoring and the refusals, on runs
+"""Lake et al.'s one-shot runs: the builder, the reader, the scoring and the refusals, on runs
 built in the official all_runs.zip layout from images_evaluation drawings (the
 official zip is not available offline)."""
+import contextlib
 import os
-import random
 import re
 import shutil
 import zipfile
@@ -18,40 +18,7 @@ from fewshot.datasets.omniglot import source as omniglot_source
 from fewshot import files
 from fewshot.datasets.omniglot import lake_runs
 
-NUM_RUNS, NUM_WAY = 20, 20
-
-
-def build_runs(evaluation_zip, target, seed=0):
-    """Write NUM_RUNS runs to the zip `target`: each run NUM_WAY characters of one alphabet,
-    the training image drawn by one person and the test image by another, test items
-    in shuffled order. Returns, per run, [(character, training drawing, test drawing)]
-    in class order and the class of each test item in item order."""
-    rng = random.Random(seed)
-    with zipfile.ZipFile(evaluation_zip) as source:
-        characters = {}
-        for entry in source.namelist():
-            parts = entry.split('/')
-            if entry.endswith('.png') and len(parts) == 4:
-                characters.setdefault(parts[1], {}).setdefault(parts[2], []).append(entry)
-        runs = []
-        with zipfile.ZipFile(target, 'w') as out:
-            for r in range(1, NUM_RUNS + 1):
-                alphabet = rng.choice(sorted(characters))
-                chosen = rng.sample(sorted(characters[alphabet]), NUM_WAY)
-                first, second = rng.sample(range(20), 2)
-                classes, order = [], rng.sample(range(NUM_WAY), NUM_WAY)
-                lines = []
-                for k, character in enumerate(chosen):
-                    drawings = sorted(characters[alphabet][character])
-                    out.writestr(f'run{r:02d}/training/class{k + 1:02d}.png', source.read(drawings[first]))
-                    classes.append((f'{alphabet}/{character}', first, second))
-                for m, k in enumerate(order):
-                    drawings = sorted(characters[alphabet][chosen[k]])
-                    out.writestr(f'run{r:02d}/test/item{m + 1:02d}.png', source.read(drawings[second]))
-                    lines.append(f'run{r:02d}/test/item{m + 1:02d}.png run{r:02d}/training/class{k + 1:02d}.png')
-                out.writestr(f'run{r:02d}/class_labels.txt', '\n'.join(lines) + '\n')
-                runs.append((classes, order))
-    return runs
+NUM_RUNS, NUM_WAY = lake_runs.NUM_RUNS, lake_runs.NUM_WAY
 
 
 @pytest.fixture(scope='module')
@@ -59,14 +26,19 @@ def runs(tmp_path_factory):
     import conftest
     data_dir = conftest.real_data('omniglot')
     path = str(tmp_path_factory.mktemp('lake') / 'all_runs.zip')
-    built = build_runs(os.path.join(data_dir, 'images_evaluation.zip'), path)
+    built = lake_runs.build_runs(os.path.join(data_dir, 'images_evaluation.zip'), path)
     images, names = omniglot_source.load_omniglot(data_dir)
     return path, built, images, names, data_dir
 
 
 class PixelNearestNeighbour:
-    """A learner double: each test image takes the class of the nearest training image in pixels."""
+    """A learner double: each test image takes the class of the nearest training image in pixels,
+    on its own."""
     key_metric, num_outputs = 'query', None
+
+    @contextlib.contextmanager
+    def queries_alone(self):
+        yield True
 
     def parameters(self):
         return [torch.zeros(1)]
@@ -114,7 +86,7 @@ def test_error_rates_match_an_independent_nearest_neighbour(runs, capsys):
             test = images[names.index(character), second].reshape(1, -1).astype(np.int64)
             wrong += int(np.argmin(((training - test) ** 2).sum(1)) != k)
         expected.append(wrong / NUM_WAY)
-    args = type('Args', (), {'class_split': 'lake', 'lake_runs': path, 'data_dir': data_dir})
+    args = type('Args', (), {'class_split': 'lake', 'lake_runs': path, 'data_dir': data_dir, 'image_size': 28})
     errors = lake_runs.lake_test(PixelNearestNeighbour(), args, 'D')
     assert np.allclose(errors, expected) and 0 < np.mean(expected) < 1
     out = capsys.readouterr().out.splitlines()

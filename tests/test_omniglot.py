@@ -167,7 +167,7 @@ def test_test_uses_the_checkpoints_class_split(omniglot_dir, tmp_path, monkeypat
     flags = ['--data_dir', omniglot_dir, '--log_dir', str(tmp_path), '--num_hidden_channels', '4', '--batch_size', '2',
              '--num_val_tasks', '2', '--num_query', '2']
     protonet.main(['--split', 'lake', '--num_train_iterations', '1', *flags])
-    assert {f.dest for f in registry.dataset('omniglot').flags if f.at_test == TASKS} == {'class_split'}
+    assert {f.dest for f in registry.dataset('omniglot').flags if f.at_test == TASKS} == {'class_split', 'image_size'}
     seen = []
     real = omniglot_dataset.split_indices
     monkeypatch.setattr(omniglot_dataset, 'split_indices', lambda class_split, names=None: seen.append(class_split) or

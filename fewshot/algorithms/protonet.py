@@ -1,10 +1,15 @@
 """Prototypical Networks (Snell et al., 2017): embed the support examples, average them
 per class into prototypes, classify each query by its negative squared distances to them."""
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
 from fewshot import contracts, execution, networks, tasks
-from fewshot.flags import TEST_TIME, Flag
+from fewshot.errors import UserError
+from fewshot.flags import TEST_TIME, Flag, positive_int
+
+TEST_VIEWS_SEED = 0  # the distorted copies of test-time augmentation: the same for every evaluation
 
 
 def prototype_logits(support, labels_support, query, num_way):
@@ -31,16 +36,22 @@ class ProtoNet(contracts.Learner):
     key_metric = 'query'
     task = tasks.CLASSIFICATION
 
-    def __init__(self, network, device='cpu', tasks_per_call=None, joint_batch_norm=False, channels_last=False):
+    def __init__(self, network, device='cpu', tasks_per_call=None, joint_batch_norm=False, channels_last=False,
+                 inductive=False, test_views=1, distort=None):
         """network: maps (T*M, ...) examples of T tasks (num_tasks=T) to (T*M, D) embeddings.
         tasks_per_call, channels_last: how the encoder goes over a meta-batch (execution.EncoderCalls);
             None: the device's default, both ways offered to tuning.
         joint_batch_norm: a task's support and query examples share batch-norm statistics.
             By default each set has its own, as in the course, whose step encodes
-            support and query in two calls."""
+            support and query in two calls.
+        inductive: evaluate() normalises every query with its task's support statistics alone,
+            so each query is classified on its own from the support set (training is unchanged).
+        test_views, distort: evaluate() averages each image's embedding over the image and
+            test_views - 1 copies distorted by distort(images, generator), drawn from a fixed seed."""
         self.device = torch.device(device)
         self._network = network.to(self.device)
-        self.joint_batch_norm = joint_batch_norm
+        self.joint_batch_norm, self.inductive = joint_batch_norm, inductive
+        self.test_views, self.distort = test_views, distort
         self.calls = execution.EncoderCalls(tasks_per_call, channels_last, self.device)
 
     def execution_options(self):
@@ -57,21 +68,35 @@ class ProtoNet(contracts.Learner):
         """(B, M, ...) examples of B tasks -> (B, M, D) embeddings, batch-norm statistics per task."""
         return self.calls(self._network, examples)
 
-    def logits(self, task_batch):
-        """(B, N*K, N) support logits and (B, N*Q, N) query logits of a TaskBatch."""
-        if self.joint_batch_norm:
-            num_support = task_batch.labels_support.shape[1]
-            embeddings = self.embed(torch.cat([task_batch.images_support, task_batch.images_query], dim=1))
-            support, query = embeddings[:, :num_support], embeddings[:, num_support:]
-        else:
-            support, query = self.embed(task_batch.images_support), self.embed(task_batch.images_query)
+    def embed_task(self, images_support, images_query, inductive=False):
+        """(B, N*K, D) support and (B, N*Q, D) query embeddings under the batch-norm choice:
+        inductive (queries with the support set's statistics), joint, or per set."""
+        num_support = images_support.shape[1]
+        if inductive or self.joint_batch_norm:
+            with networks.statistics_of_first(num_support) if inductive else contextlib.nullcontext():
+                embeddings = self.embed(torch.cat([images_support, images_query], dim=1))
+            return embeddings[:, :num_support], embeddings[:, num_support:]
+        return self.embed(images_support), self.embed(images_query)
+
+    def logits(self, task_batch, inductive=False, views=1):
+        """(B, N*K, N) support logits and (B, N*Q, N) query logits of a TaskBatch; inductive: the
+        queries normalised with the support set's batch-norm statistics; views: embeddings averaged
+        over the images and views - 1 distorted copies."""
+        support, query = self.embed_task(task_batch.images_support, task_batch.images_query, inductive)
+        generator = torch.Generator().manual_seed(TEST_VIEWS_SEED)
+        for _ in range(views - 1):
+            images = [self.distort(x.cpu(), generator).to(x.device)
+                      for x in (task_batch.images_support, task_batch.images_query)]
+            extra_support, extra_query = self.embed_task(*images, inductive)
+            support, query = support + extra_support, query + extra_query
+        support, query = support / views, query / views
         num_way = int(task_batch.labels_support.max()) + 1
         labels = task_batch.labels_support
         return prototype_logits(support, labels, support, num_way), prototype_logits(support, labels, query, num_way)
 
-    def task_metrics(self, task_batch):
+    def task_metrics(self, task_batch, inductive=False, views=1):
         """Mean query NLL over all tasks, and (B,) per-task support and query accuracies."""
-        support_logits, query_logits = self.logits(task_batch)
+        support_logits, query_logits = self.logits(task_batch, inductive, views)
         loss = F.cross_entropy(query_logits.flatten(0, 1), task_batch.labels_query.flatten())
         accuracy = {
             'support': tasks.task_accuracy(support_logits, task_batch.labels_support),
@@ -85,8 +110,16 @@ class ProtoNet(contracts.Learner):
 
     @torch.no_grad()
     def evaluate(self, task_batch):
-        loss, accuracy = self.task_metrics(task_batch)
+        loss, accuracy = self.task_metrics(task_batch, self.inductive, self.test_views)
         return {'loss': loss.expand(len(task_batch)), **accuracy}
+
+    @contextlib.contextmanager
+    def queries_alone(self):
+        before, self.inductive = self.inductive, True
+        try:
+            yield True
+        finally:
+            self.inductive = before
 
     def state(self):
         return {'network': self._network.state_dict()}
@@ -114,16 +147,27 @@ class ProtoNetAlgorithm(contracts.Algorithm):
                                           'training and cached (images only; other examples: batched)'),
         Flag('--joint_batch_norm', default=False, action='store_true',
              help="normalise a task's support and query images together (default: separately, as the course does)"),
+        Flag('--inductive', default=False, action='store_true', log_name=True, at_test=TEST_TIME, resume_may_change=True,
+             help="at validation and test, normalise each query image with its task's support statistics "
+                  "alone, so it is classified on its own (default: the queries' batch statistics, as the course "
+                  'does)'),
+        Flag('--test_views', type=positive_int, default=1, at_test=TEST_TIME, resume_may_change=True,
+             help="at validation and test, average each image's embedding over itself and V - 1 copies "
+                  'distorted as --augment_affine does (1: none)'),
     )
 
     def recognizes_older(self, checkpoint):
         return 'network' in checkpoint['learner']
 
     def build_learner(self, args, dataset, device):
+        if args.test_views > 1 and dataset.distort is None:
+            raise UserError(f'--test_views {args.test_views}: --dataset {dataset.name} has no distortions '
+                            'to average over; leave it at 1')
         params, forward = dataset.network(args)
         return ProtoNet(networks.FunctionalNet(forward, params), device, tasks_per_call=encoder_calls(args, dataset),
                         joint_batch_norm=args.joint_batch_norm,
-                        channels_last=execution.image_layout_flag(args, dataset))
+                        channels_last=execution.image_layout_flag(args, dataset), inductive=args.inductive,
+                        test_views=args.test_views, distort=dataset.distort)
 
     def log_name(self, args, changed):
         return (f'way_{args.num_way}.support_{args.num_support}.query_{args.num_query}.lr_{args.learning_rate}'

@@ -1,8 +1,9 @@
 """Omniglot as few-shot tasks: the class splits (the course's, Vinyals et al.'s, Lake et al.'s),
 a TaskSampler over one split, and the Omniglot dataset (flags, samplers, the conv net, Lake's runs).
 
-Data path: source files -> cache (1623, 20, 28, 28) uint8 (source.py) -> one split's
-(C, 20, 1, 28, 28) classes -> tasks.TaskSampler -> tasks.TaskBatch.
+Data path: source files -> cache (1623, 20, S, S) uint8 (source.py; S = --image_size, 28 the
+course's) -> one split's (C, 20, 1, S, S) classes and their alphabets -> tasks.TaskSampler
+(within-alphabet tasks, affine distortions: augment.py) -> tasks.TaskBatch.
 """
 import os
 
@@ -10,14 +11,16 @@ import numpy as np
 import torch
 
 from fewshot import contracts, networks, tasks
-from fewshot.datasets.omniglot import lake_runs
-from fewshot.datasets.omniglot.source import NUM_CHARACTERS, load_omniglot
+from fewshot.datasets.omniglot import augment, lake_runs
+from fewshot.datasets.omniglot.source import IMAGE_SIZE, NUM_CHARACTERS, load_omniglot
 from fewshot.errors import UserError
-from fewshot.flags import TASKS, Flag, positive_int
+from fewshot.flags import TASKS, TEST_TIME, Flag, positive_int
 
 NUM_TRAIN_CLASSES, NUM_VAL_CLASSES, NUM_TEST_CLASSES = 1100, 100, 423
 SPLIT_SEED = 0  # the class split is fixed, independent of --seed
 CLASS_SPLITS = ('course', 'vinyals', 'lake')
+EPISODES = ('random', 'within_alphabet')
+IMAGE_SIZES = (IMAGE_SIZE, 56, 84, 105)
 BACKGROUND_ALPHABETS = (  # Lake et al.'s images_background; the other 20 alphabets are images_evaluation
     'Alphabet_of_the_Magi', 'Anglo-Saxon_Futhorc', 'Arcadian', 'Armenian', 'Asomtavruli_(Georgian)', 'Balinese',
     'Bengali', 'Blackfoot_(Canadian_Aboriginal_Syllabics)', 'Braille', 'Burmese_(Myanmar)', 'Cyrillic',
@@ -60,30 +63,59 @@ def split_indices(class_split='course', names=None):
 # ---------------------------------------------------------------- tasks of one split
 
 def omniglot_split(images, split, augment_rotations=False, class_split='course', names=None):
-    """(C, 20, 1, 28, 28) uint8 tensor of one split's classes; with rotations, 4C classes."""
+    """(C, 20, 1, S, S) uint8 tensor of one split's classes; with rotations, 4C classes.
+
+    Under Lake's split rotations add training classes only: its validation, like its
+    test (Lake's runs), is upright characters."""
     chosen = torch.from_numpy(images[split_indices(class_split, names)[split]]).unsqueeze(2)
-    if augment_rotations:  # class 4c + r is character c rotated by r * 90 degrees
+    if rotates(split, augment_rotations, class_split):  # class 4c + r is character c rotated by r * 90 degrees
         chosen = torch.stack([torch.rot90(chosen, r, dims=(-2, -1)) for r in range(4)], dim=1)
         chosen = chosen.flatten(0, 1)
     return chosen
 
 
-def omniglot_sampler(split, num_way, num_support, num_query, data_dir='./data', seed=0,
-                     device='cpu', augment_rotations=False, class_split='course'):
-    """A TaskSampler over one Omniglot split ('train', 'val' or 'test') of a class split."""
-    images, names = load_omniglot(data_dir)
+def rotates(split, augment_rotations, class_split):
+    return augment_rotations and (class_split != 'lake' or split == 'train')
+
+
+def split_alphabets(names, split, augment_rotations=False, class_split='course'):
+    """(C,) int64 alphabet of each class of omniglot_split's classes (an index into the sorted alphabets)."""
+    alphabets = [name.split('/')[0] for name in names]
+    index = {a: i for i, a in enumerate(sorted(set(alphabets)))}
+    groups = torch.tensor([index[alphabets[i]] for i in split_indices(class_split, names)[split]])
+    return groups.repeat_interleave(4) if rotates(split, augment_rotations, class_split) else groups
+
+
+def omniglot_sampler(split, num_way, num_support, num_query, data_dir='./data', seed=0, device='cpu',
+                     augment_rotations=False, class_split='course', image_size=IMAGE_SIZE, episodes='random',
+                     augment_affine=False):
+    """A TaskSampler over one Omniglot split ('train', 'val' or 'test') of a class split.
+
+    episodes: 'random' (any N classes of the split) or 'within_alphabet' (N classes of one alphabet).
+    augment_affine: every image of a task randomly distorted (augment.random_affine)."""
+    images, names = load_omniglot(data_dir, image_size=image_size)
     examples = omniglot_split(images, split, augment_rotations, class_split, names)
+    groups = split_alphabets(names, split, augment_rotations, class_split) if episodes == 'within_alphabet' else None
     return tasks.TaskSampler(examples, num_way, num_support, num_query, seed, device,
-                             f'the Omniglot {split} split ({class_split})')
+                             f'the Omniglot {split} split ({class_split})', class_groups=groups,
+                             transform=augment.random_affine if augment_affine else None)
+
+
+def features_per_channel(image_size, num_blocks=4):
+    """Positions left of an image_size x image_size input after num_blocks halving max-pools."""
+    for _ in range(num_blocks):
+        image_size //= 2
+    return image_size * image_size
 
 
 # ---------------------------------------------------------------- the dataset
 
 class Omniglot(contracts.Dataset):
-    """N-way K-shot tasks of 28x28 handwritten characters; the common flags' defaults are the course's."""
+    """N-way K-shot tasks of handwritten characters (28x28 by default); the common flags' defaults are the course's."""
     name = 'omniglot'
     task = tasks.CLASSIFICATION
-    images = True  # (1, 28, 28) examples: a conv net
+    images = True  # (1, S, S) examples: a conv net
+    distort = staticmethod(augment.random_affine)
     # --fast: what reached the course's targets (ProtoNet 5w5s 0.99, MAML 5w1s 0.97) in the least wall time
     # measured on a 2-core CPU, lever by lever (docs/benchmarks.md, bench.py --only time_to_target)
     fast_recipes = {
@@ -98,6 +130,17 @@ class Omniglot(contracts.Dataset):
                   "background / evaluation (at --test: the checkpoint's)"),
         Flag('--augment_rotations', default=False, action='store_true', log_name=True,
              help='rotations by 90/180/270 degrees become new classes'),
+        Flag('--image_size', type=int, choices=IMAGE_SIZES, default=IMAGE_SIZE, log_name=True, at_test=TASKS,
+             before_it_existed=IMAGE_SIZE, help="images' side in pixels: 28 the course's; larger sizes are made "
+                                                'from the 105x105 originals (images_background.zip and '
+                                                'images_evaluation.zip in --data_dir)'),
+        Flag('--episodes', choices=EPISODES, default='random', log_name=True, at_test=TEST_TIME,
+             before_it_existed='random', help="the classes of a task: any of the split's, or all from one "
+                                              "alphabet (within_alphabet: like Lake's runs)"),
+        Flag('--train_episodes', choices=EPISODES, log_name=True, before_it_existed=None,
+             help='the classes of a training task (default: --episodes)'),
+        Flag('--augment_affine', default=False, action='store_true', log_name=True, before_it_existed=False,
+             help='distort every training image by a random small rotation, shear, scale and shift'),
         Flag('--num_hidden_channels', type=positive_int, default=64, log_name=True,
              help='channels of each conv block'),
         Flag('--lake_runs', nargs='?', const='', metavar='PATH', shapes_step=False,
@@ -115,8 +158,11 @@ class Omniglot(contracts.Dataset):
         return 'datadir' not in checkpoint['args']  # only the course's metabolism script spelt it so
 
     def build_sampler(self, split, args, seed, device):
+        training = split == 'train'
+        episodes = (args.train_episodes or args.episodes) if training else args.episodes
         return omniglot_sampler(split, args.num_way, args.num_support, args.num_query, args.data_dir, seed, device,
-                                args.augment_rotations, args.class_split)
+                                args.augment_rotations, args.class_split, args.image_size, episodes,
+                                args.augment_affine and training)
 
     def benchmark_test(self, learner, args, log_dir, processes):
         """With --lake_runs, Lake et al.'s one-shot runs replace the sampled test tasks; otherwise None."""
@@ -125,7 +171,9 @@ class Omniglot(contracts.Dataset):
         return lake_runs.lake_test(learner, args, log_dir, processes.is_main)
 
     def network(self, args, num_outputs=None):
-        """(params, forward): 4 x [conv3x3 -> BN -> ReLU -> maxpool2] on (T*M, 1, 28, 28) images,
-        giving (T*M, hidden) features, or (T*M, num_outputs) logits through a linear head."""
-        params = networks.init_conv_params(4, 1, args.num_hidden_channels, num_outputs=num_outputs)
+        """(params, forward): 4 x [conv3x3 -> BN -> ReLU -> maxpool2] on (T*M, 1, S, S) images, giving
+        (T*M, hidden * P) features (P = 1 at 28x28, 9 at 56x56, 25 at 84x84), or (T*M, num_outputs)
+        logits through a linear head."""
+        params = networks.init_conv_params(4, 1, args.num_hidden_channels, num_outputs=num_outputs,
+                                           positions=features_per_channel(args.image_size))
         return params, networks.conv_features if num_outputs is None else networks.conv_net

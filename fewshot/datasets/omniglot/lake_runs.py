@@ -13,19 +13,21 @@ test images given the wrong training image's class.
 """
 import os
 import posixpath
+import random
 import zipfile
 
 import numpy as np
 import torch
 
 from fewshot import files, tasks
-from fewshot.datasets.omniglot.source import png_to_ink
+from fewshot.datasets.omniglot.source import IMAGE_SIZE, png_to_ink
 from fewshot.errors import UserError
 
 RUNS_ZIP = 'all_runs.zip'
 RUNS_MD5 = 'e8996daecdf12afeeb4a53a179f06b19'
 RUNS_URL = 'https://github.com/brendenlake/omniglot/raw/master/python/one-shot-classification/all_runs.zip'
 LABELS_FILE = 'class_labels.txt'
+NUM_RUNS, NUM_WAY = 20, 20
 
 
 def official_runs(data_dir):
@@ -41,6 +43,45 @@ def official_runs(data_dir):
     return target
 
 
+def build_runs(source_zip, target, seed=0, num_runs=NUM_RUNS, alphabets=None):
+    """Write num_runs runs in all_runs.zip's layout to the zip `target`, from the 105x105 drawings of
+    an official zip (images_evaluation.zip; images_background.zip with its held-out alphabets for
+    model selection): each run NUM_WAY characters of one alphabet (of `alphabets`, if given), the
+    training image drawn by one person and the test image by another, test items shuffled.
+
+    Returns, per run, [(alphabet/character, training drawing, test drawing)] in class order and
+    the class of each test item in item order (drawings index the character's sorted files)."""
+    rng = random.Random(seed)
+    with zipfile.ZipFile(source_zip) as source:
+        characters = {}
+        for entry in source.namelist():
+            parts = entry.split('/')
+            if entry.endswith('.png') and len(parts) == 4 and (alphabets is None or parts[1] in alphabets):
+                characters.setdefault(parts[1], {}).setdefault(parts[2], []).append(entry)
+        candidates = sorted(a for a in characters if len(characters[a]) >= NUM_WAY)
+        if not candidates:
+            raise UserError(f'{source_zip} holds no alphabet of {NUM_WAY} characters to build runs from')
+        runs = []
+        with zipfile.ZipFile(target, 'w') as out:
+            for r in range(1, num_runs + 1):
+                alphabet = rng.choice(candidates)
+                chosen = rng.sample(sorted(characters[alphabet]), NUM_WAY)
+                first, second = rng.sample(range(20), 2)
+                classes, order = [], rng.sample(range(NUM_WAY), NUM_WAY)
+                lines = []
+                for k, character in enumerate(chosen):
+                    drawings = sorted(characters[alphabet][character])
+                    out.writestr(f'run{r:02d}/training/class{k + 1:02d}.png', source.read(drawings[first]))
+                    classes.append((f'{alphabet}/{character}', first, second))
+                for m, k in enumerate(order):
+                    drawings = sorted(characters[alphabet][chosen[k]])
+                    out.writestr(f'run{r:02d}/test/item{m + 1:02d}.png', source.read(drawings[second]))
+                    lines.append(f'run{r:02d}/test/item{m + 1:02d}.png run{r:02d}/training/class{k + 1:02d}.png')
+                out.writestr(f'run{r:02d}/{LABELS_FILE}', '\n'.join(lines) + '\n')
+                runs.append((classes, order))
+    return runs
+
+
 def _files(path):
     """name -> a function returning its bytes, for every file of a zip or folder ('/'-separated names)."""
     if os.path.isdir(path):
@@ -54,8 +95,8 @@ def _files(path):
     return {name: lambda name=name: archive.read(name) for name in archive.namelist() if not name.endswith('/')}
 
 
-def _read_run(entries, labels_name, path):
-    """One run -> (support (20, 1, 28, 28), query (20, 1, 28, 28), query labels (20,)).
+def _read_run(entries, labels_name, path, image_size):
+    """One run -> (support (20, S, S), query (20, S, S), query labels (20,)), S = image_size.
 
     The names in class_labels.txt are relative to the folder that holds the run folder."""
     base = posixpath.dirname(posixpath.dirname(labels_name))
@@ -69,27 +110,27 @@ def _read_run(entries, labels_name, path):
         full = posixpath.join(base, name)
         if full not in entries:
             raise UserError(f'{path}: {full}, named in {labels_name}, is missing; replace the runs with a complete copy')
-        return png_to_ink(entries[full](), resize=True)
+        return png_to_ink(entries[full](), image_size)
     support = np.stack([image(name) for name in training])
     query = np.stack([image(test) for test, _ in pairs])
     labels = np.array([training.index(train) for _, train in pairs])
     return support, query, labels
 
 
-def read_runs(path):
-    """Every run under path (a zip or a folder), in name order.
+def read_runs(path, image_size=IMAGE_SIZE):
+    """Every run under path (a zip or a folder), in name order, its images at image_size.
 
     Returns:
         names: the R run folder names.
-        batch: a TaskBatch of R tasks: support (R, N, 1, 28, 28) labelled 0..N-1 by
-            training file name, query (R, N, 1, 28, 28) with the labels of class_labels.txt.
+        batch: a TaskBatch of R tasks: support (R, N, 1, S, S) labelled 0..N-1 by
+            training file name, query (R, N, 1, S, S) with the labels of class_labels.txt.
     """
     try:
         entries = _files(path)
         labels_files = sorted(name for name in entries if posixpath.basename(name) == LABELS_FILE)
         if not labels_files:
             raise UserError(f'--lake_runs {path} holds no runNN/{LABELS_FILE}; give all_runs.zip or its folder')
-        runs = [_read_run(entries, name, path) for name in labels_files]
+        runs = [_read_run(entries, name, path, image_size) for name in labels_files]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise UserError(f'--lake_runs {path} is unreadable ({error}); give all_runs.zip or its folder') from None
     if len({run[0].shape for run in runs}) != 1:
@@ -113,22 +154,29 @@ def check_model(class_split, num_outputs, log_dir):
 
 
 def error_rates(learner, batch):
-    """(R,) error rate of each run: the fraction of its test images classified wrong."""
-    accuracy = learner.evaluate(batch.to(learner.parameters()[0].device))[learner.key_metric]
-    return 1 - accuracy.cpu().numpy().astype(np.float64)
+    """(R,) error rate of each run: the fraction of its test images classified wrong, and whether
+    each test image was classified on its own (learner.queries_alone)."""
+    with learner.queries_alone() as alone:
+        accuracy = learner.evaluate(batch.to(learner.parameters()[0].device))[learner.key_metric]
+    return 1 - accuracy.cpu().numpy().astype(np.float64), alone
 
 
 def lake_test(learner, args, log_dir, prints=True):
-    """Print (if prints) each run's error rate and the mean over runs; returns the (R,) error rates."""
+    """Print (if prints) each run's error rate and the mean over runs; returns the (R,) error rates.
+
+    Each test image is classified on its own from its run's training images where the learner
+    can (ProtoNet: batch norm with the training images' statistics); otherwise the line says
+    that the run's test images shared batch statistics."""
     check_model(args.class_split, learner.num_outputs, log_dir)
     path = args.lake_runs or official_runs(args.data_dir)
-    names, batch = read_runs(path)
-    errors = error_rates(learner, batch)
+    names, batch = read_runs(path, args.image_size)
+    errors, alone = error_rates(learner, batch)
     if not prints:
         return errors
     num_items = batch.labels_query.shape[1]
     for name, error in zip(names, errors):
         print(f'{name}: error rate {100 * error:.1f}% ({round(error * num_items)} of {num_items} wrong)')
     print(f'Lake one-shot runs: mean error rate {100 * errors.mean():.2f}% over {len(errors)} runs '
-          f'(accuracy {100 * (1 - errors.mean()):.2f}%)')
+          f'(accuracy {100 * (1 - errors.mean()):.2f}%)' + ('' if alone else ', transductive: the test images '
+                                                           "of a run shared batch-norm statistics"))
     return errors

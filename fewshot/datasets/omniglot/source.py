@@ -1,5 +1,6 @@
 """Omniglot's images: find or download the data and decode it once into a cached
-(1623, 20, 28, 28) uint8 array, ink = 1."""
+(1623, 20, S, S) uint8 array, ink = 1, per image size S (28: the course's; others are
+made from the 105x105 originals)."""
 import hashlib
 import io
 import os
@@ -13,7 +14,8 @@ from fewshot import files
 from fewshot.errors import UserError
 
 NUM_DRAWINGS = 20
-IMAGE_SIZE = 28
+IMAGE_SIZE = 28  # the course's
+ORIGINAL_SIZE = 105
 NUM_CHARACTERS = 1623
 CACHE_VERSION = 1
 OFFICIAL_ZIPS = {  # file name -> md5 of the official file
@@ -25,19 +27,22 @@ OFFICIAL_URL = 'https://github.com/brendenlake/omniglot/raw/master/python/{}'
 
 # ---------------------------------------------------------------- sources
 
-def find_source(data_dir):
+def find_source(data_dir, image_size=IMAGE_SIZE):
     """The first Omniglot source present in data_dir, as (kind, paths).
 
     kind is 'resized_dir' (omniglot_resized/ folder, 28x28), 'resized_zip'
     (omniglot_resized.zip) or 'official_zips' (105x105 zips); None if none.
+    Sizes other than 28 are made from the official zips only.
     """
+    zips = [os.path.join(data_dir, name) for name in OFFICIAL_ZIPS]
+    if image_size != IMAGE_SIZE:
+        return ('official_zips', zips) if all(os.path.isfile(path) for path in zips) else None
     folder = os.path.join(data_dir, 'omniglot_resized')
     if os.path.isdir(folder):
         return 'resized_dir', [folder]
     resized_zip = os.path.join(data_dir, 'omniglot_resized.zip')
     if os.path.isfile(resized_zip):
         return 'resized_zip', [resized_zip]
-    zips = [os.path.join(data_dir, name) for name in OFFICIAL_ZIPS]
     if all(os.path.isfile(path) for path in zips):
         return 'official_zips', zips
     return None
@@ -59,47 +64,54 @@ def source_key(kind, paths):
     return digest.hexdigest()
 
 
-def png_to_ink(data, resize):
-    """PNG bytes -> (28, 28) uint8 with ink = 1 (Omniglot stores ink as black)."""
+def png_to_ink(data, image_size=IMAGE_SIZE):
+    """PNG bytes -> (S, S) uint8 with ink = 1 (Omniglot stores ink as black), S = image_size.
+
+    To 28x28, PIL's resize of the 1-bit image (nearest neighbour), as the course's data
+    was made; to other sizes, the mean of the covered pixels (box filter), ink where
+    at least half is ink, so thin strokes are neither dropped nor thickened."""
     image = Image.open(io.BytesIO(data))
-    if resize:  # PIL resizes a 1-bit image by nearest neighbour, as the course data was made
-        image = image.resize((IMAGE_SIZE, IMAGE_SIZE))
+    if image.size != (image_size, image_size):
+        if image_size == IMAGE_SIZE:
+            image = image.resize((image_size, image_size))
+        else:
+            image = image.convert('L').resize((image_size, image_size), Image.BOX)
     pixels = np.asarray(image.convert('L'))
-    if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(f'image of shape {pixels.shape}, expected 28x28')
+    if pixels.shape != (image_size, image_size):
+        raise ValueError(f'image of shape {pixels.shape}, expected {image_size}x{image_size}')
     return (pixels < 128).astype(np.uint8)
 
 
 def _iter_pngs(kind, paths):
-    """Yield (alphabet/character, file name, png bytes, needs_resize)."""
+    """Yield (alphabet/character, file name, png bytes)."""
     if kind == 'resized_dir':
         for root, _, found in os.walk(paths[0]):
             for name in found:
                 if name.endswith('.png'):
                     character = os.path.relpath(root, paths[0]).replace(os.sep, '/')
                     with open(os.path.join(root, name), 'rb') as f:
-                        yield character, name, f.read(), False
+                        yield character, name, f.read()
         return
     for path in paths:
         with zipfile.ZipFile(path) as archive:
             for entry in archive.namelist():
                 parts = entry.split('/')
                 if entry.endswith('.png') and len(parts) == 4:  # top/alphabet/character/file
-                    yield f'{parts[1]}/{parts[2]}', parts[3], archive.read(entry), kind == 'official_zips'
+                    yield f'{parts[1]}/{parts[2]}', parts[3], archive.read(entry)
 
 
-def decode_source(kind, paths):
-    """Decode every image of a source.
+def decode_source(kind, paths, image_size=IMAGE_SIZE):
+    """Decode every image of a source at image_size x image_size.
 
     Returns:
-        images: (1623, 20, 28, 28) uint8, ink = 1, characters sorted by
+        images: (1623, 20, S, S) uint8, ink = 1, characters sorted by
             'alphabet/character' and drawings by file name.
         names: list of the 1623 'alphabet/character' names.
     """
     characters = {}
     try:
-        for character, name, data, resize in _iter_pngs(kind, paths):
-            characters.setdefault(character, {})[name] = png_to_ink(data, resize)
+        for character, name, data in _iter_pngs(kind, paths):
+            characters.setdefault(character, {})[name] = png_to_ink(data, image_size)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, Image.DecompressionBombError) as error:
         raise UserError(f'Omniglot source {", ".join(paths)} is unreadable ({error}); '
                         'replace it with a complete copy or delete it to download again') from None
@@ -129,12 +141,12 @@ def download_official(data_dir):
 
 # ---------------------------------------------------------------- cache
 
-def cache_path(data_dir):
+def cache_path(data_dir, image_size=IMAGE_SIZE):
     """Where the decoded array lives: data_dir if writable, else the user's cache folder."""
-    return files.cache_file(data_dir, 'omniglot28.cache.npz')
+    return files.cache_file(data_dir, f'omniglot{image_size}.cache.npz')
 
 
-def _read_cache(path, key):
+def _read_cache(path, key, image_size=IMAGE_SIZE):
     """The cached images and names if the file is intact and built from this source, else None."""
     try:
         with np.load(path, allow_pickle=False) as cache:
@@ -145,7 +157,7 @@ def _read_cache(path, key):
                 return None
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError, zlib.error):
         return None
-    if images.shape != (NUM_CHARACTERS, NUM_DRAWINGS, IMAGE_SIZE, IMAGE_SIZE):
+    if images.shape != (NUM_CHARACTERS, NUM_DRAWINGS, image_size, image_size):
         return None
     return images, names
 
@@ -155,29 +167,31 @@ def _write_cache(path, key, images, names):
                                                 digest=hashlib.sha256(images.tobytes()).hexdigest()))
 
 
-def load_omniglot(data_dir='./data', download=True):
-    """All of Omniglot at 28x28.
+def load_omniglot(data_dir='./data', download=True, image_size=IMAGE_SIZE):
+    """All of Omniglot at image_size x image_size (28: the course's).
 
     Returns:
-        images: (1623, 20, 28, 28) uint8 numpy array, ink = 1.
+        images: (1623, 20, S, S) uint8 numpy array, ink = 1.
         names: the 1623 'alphabet/character' names, sorted.
     """
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise UserError(f'--data_dir {data_dir} is a file; name the folder that holds the data')
-    source = find_source(data_dir)
+    source = find_source(data_dir, image_size)
     if source is None:
         if not download:
-            raise UserError(f'no Omniglot data in {data_dir}: put omniglot_resized/, omniglot_resized.zip '
-                            f'or {" and ".join(OFFICIAL_ZIPS)} there, or point --data_dir at them')
+            needed = (f'omniglot_resized/, omniglot_resized.zip or {" and ".join(OFFICIAL_ZIPS)}'
+                      if image_size == IMAGE_SIZE else f'{" and ".join(OFFICIAL_ZIPS)} (--image_size {image_size} '
+                                                       f'is made from the {ORIGINAL_SIZE}x{ORIGINAL_SIZE} originals)')
+            raise UserError(f'no Omniglot data in {data_dir}: put {needed} there, or point --data_dir at them')
         download_official(data_dir)
-        source = find_source(data_dir)
+        source = find_source(data_dir, image_size)
     kind, paths = source
     key = source_key(kind, paths)
-    path = cache_path(data_dir)
-    cached = _read_cache(path, key) if os.path.exists(path) else None
+    path = cache_path(data_dir, image_size)
+    cached = _read_cache(path, key, image_size) if os.path.exists(path) else None
     if cached is not None:
         return cached
     print(f'decoding Omniglot from {", ".join(paths)} (once; cached at {path})')
-    images, names = decode_source(kind, paths)
+    images, names = decode_source(kind, paths, image_size)
     _write_cache(path, key, images, names)
     return images, names

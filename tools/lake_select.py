@@ -1,0 +1,56 @@
+"""Choose a --split lake ProtoNet's checkpoint on one-shot runs of held-out background alphabets,
+then score that checkpoint once on evaluation runs: the protocol of docs/results.md's Lake table.
+
+    python -m tools.lake_select --log_dir L --val_runs val_runs.zip --test_runs eval_runs.zip [--every 200]
+
+val_runs / test_runs: zips written by tools.build_lake_runs (background_validation / evaluation).
+Prints the validation error rate of every checkpoint scored, then the chosen one's two rates.
+"""
+import argparse
+import contextlib
+import io
+import re
+
+import numpy as np
+
+import protonet
+from fewshot.engine import checkpoints
+
+MEAN = re.compile(r'mean error rate ([0-9.]+)% over (\d+) runs')
+PER_RUN = re.compile(r'^run\d+: error rate ([0-9.]+)%', re.M)
+
+
+def run_errors(log_dir, step, runs, extra=()):
+    """(R,) error rates in % of checkpoint `step` on the runs in the zip `runs`."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        protonet.main(['--test', '--log_dir', log_dir, '--checkpoint_step', str(step), '--lake_runs', runs, *extra])
+    return np.array([float(e) for e in PER_RUN.findall(out.getvalue())])
+
+
+def spread(errors):
+    """'mean ± 95% CI over runs' of (R,) error rates in %."""
+    return f'{errors.mean():.2f}% ± {1.96 * errors.std(ddof=1) / np.sqrt(len(errors)):.2f}'
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--log_dir', required=True)
+    parser.add_argument('--val_runs', required=True)
+    parser.add_argument('--test_runs', required=True)
+    parser.add_argument('--every', type=int, default=100, help='score the checkpoints at multiples of this step')
+    args = parser.parse_args(argv)
+    steps = [s for s in checkpoints.saved_steps(args.log_dir) if s % args.every == 0 or s == max(
+        checkpoints.saved_steps(args.log_dir))]
+    scored = {}
+    for step in steps:
+        scored[step] = run_errors(args.log_dir, step, args.val_runs)
+        print(f'step {step}: validation runs {spread(scored[step])}', flush=True)
+    best = min(steps, key=lambda s: (scored[s].mean(), -s))  # ties: the later checkpoint
+    test = run_errors(args.log_dir, best, args.test_runs)
+    print(f'chosen step {best}: validation runs {spread(scored[best])} ({len(scored[best])} runs), '
+          f'evaluation runs {spread(test)} ({len(test)} runs)')
+
+
+if __name__ == '__main__':
+    main()

@@ -182,6 +182,16 @@ def test_inductive_evaluation_classifies_each_query_from_the_support_alone():
         assert not learner.inductive
 
 
+def test_train_inductive_trains_on_the_loss_of_inductive_logits():
+    torch.manual_seed(0)
+    encoder = networks.FunctionalNet(networks.conv_features, networks.init_conv_params(4, 1, 4, dtype=torch.float64))
+    batch = tasks.TaskSampler(torch.rand(6, 5, 1, 28, 28, dtype=torch.float64), 3, 1, 2, seed=0).sample(2)
+    loss, _ = ProtoNet(encoder, train_inductive=True).loss(batch, 0)
+    _, logits = ProtoNet(encoder).logits(batch, inductive=True)
+    assert torch.allclose(loss, F.cross_entropy(logits.flatten(0, 1), batch.labels_query.flatten()))
+    assert not torch.allclose(loss, ProtoNet(encoder).loss(batch, 0)[0])
+
+
 class SharedStatistics:
     """A learner double whose queries share batch statistics: the line must say so."""
     key_metric, num_outputs = 'query', None

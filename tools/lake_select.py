@@ -1,7 +1,8 @@
 """Choose a --split lake ProtoNet's checkpoint on one-shot runs of held-out background alphabets,
 then score that checkpoint once on evaluation runs: the protocol of docs/results.md's Lake table.
 
-    python -m tools.lake_select --log_dir L --val_runs val_runs.zip --test_runs eval_runs.zip [--every 200]
+    python -m tools.lake_select --log_dir L --val_runs val_runs.zip --test_runs eval_runs.zip [--every 200] \
+        [--test_flags '--test_views 8']
 
 val_runs / test_runs: zips written by tools.build_lake_runs (background_validation / evaluation).
 Prints the validation error rate of every checkpoint scored, then the chosen one's two rates.
@@ -16,7 +17,6 @@ import numpy as np
 import protonet
 from fewshot.engine import checkpoints
 
-MEAN = re.compile(r'mean error rate ([0-9.]+)% over (\d+) runs')
 PER_RUN = re.compile(r'^run\d+: error rate ([0-9.]+)%', re.M)
 
 
@@ -39,15 +39,16 @@ def main(argv=None):
     parser.add_argument('--val_runs', required=True)
     parser.add_argument('--test_runs', required=True)
     parser.add_argument('--every', type=int, default=100, help='score the checkpoints at multiples of this step')
+    parser.add_argument('--test_flags', default='', help="flags for every scoring, e.g. '--test_views 8'")
     args = parser.parse_args(argv)
     steps = [s for s in checkpoints.saved_steps(args.log_dir) if s % args.every == 0 or s == max(
         checkpoints.saved_steps(args.log_dir))]
     scored = {}
     for step in steps:
-        scored[step] = run_errors(args.log_dir, step, args.val_runs)
+        scored[step] = run_errors(args.log_dir, step, args.val_runs, args.test_flags.split())
         print(f'step {step}: validation runs {spread(scored[step])}', flush=True)
     best = min(steps, key=lambda s: (scored[s].mean(), -s))  # ties: the later checkpoint
-    test = run_errors(args.log_dir, best, args.test_runs)
+    test = run_errors(args.log_dir, best, args.test_runs, args.test_flags.split())
     print(f'chosen step {best}: validation runs {spread(scored[best])} ({len(scored[best])} runs), '
           f'evaluation runs {spread(test)} ({len(test)} runs)')
 

@@ -37,7 +37,7 @@ class ProtoNet(contracts.Learner):
     task = tasks.CLASSIFICATION
 
     def __init__(self, network, device='cpu', tasks_per_call=None, joint_batch_norm=False, channels_last=False,
-                 inductive=False, test_views=1, distort=None):
+                 inductive=False, test_views=1, distort=None, train_inductive=False):
         """network: maps (T*M, ...) examples of T tasks (num_tasks=T) to (T*M, D) embeddings.
         tasks_per_call, channels_last: how the encoder goes over a meta-batch (execution.EncoderCalls);
             None: the device's default, both ways offered to tuning.
@@ -45,12 +45,12 @@ class ProtoNet(contracts.Learner):
             By default each set has its own, as in the course, whose step encodes
             support and query in two calls.
         inductive: evaluate() normalises every query with its task's support statistics alone,
-            so each query is classified on its own from the support set (training is unchanged).
+            so each query is classified on its own from the support set; train_inductive: loss() too.
         test_views, distort: evaluate() averages each image's embedding over the image and
             test_views - 1 copies distorted by distort(images, generator), drawn from a fixed seed."""
         self.device = torch.device(device)
         self._network = network.to(self.device)
-        self.joint_batch_norm, self.inductive = joint_batch_norm, inductive
+        self.joint_batch_norm, self.inductive, self.train_inductive = joint_batch_norm, inductive, train_inductive
         self.test_views, self.distort = test_views, distort
         self.calls = execution.EncoderCalls(tasks_per_call, channels_last, self.device)
 
@@ -105,7 +105,7 @@ class ProtoNet(contracts.Learner):
 
     def loss(self, task_batch, step):
         """The training objective (scalar) and (B,) per-task support and query accuracies."""
-        loss, accuracy = self.task_metrics(task_batch)
+        loss, accuracy = self.task_metrics(task_batch, self.train_inductive)
         return loss, {k: v.detach() for k, v in accuracy.items()}
 
     @torch.no_grad()
@@ -151,6 +151,8 @@ class ProtoNetAlgorithm(contracts.Algorithm):
              help="at validation and test, normalise each query image with its task's support statistics "
                   "alone, so it is classified on its own (default: the queries' batch statistics, as the course "
                   'does)'),
+        Flag('--train_inductive', default=False, action='store_true', log_name=True,
+             help="train as --inductive evaluates: each query normalised with its task's support statistics"),
         Flag('--test_views', type=positive_int, default=1, at_test=TEST_TIME, resume_may_change=True,
              help="at validation and test, average each image's embedding over itself and V - 1 copies "
                   'distorted as --augment_affine does (1: none)'),
@@ -167,7 +169,7 @@ class ProtoNetAlgorithm(contracts.Algorithm):
         return ProtoNet(networks.FunctionalNet(forward, params), device, tasks_per_call=encoder_calls(args, dataset),
                         joint_batch_norm=args.joint_batch_norm,
                         channels_last=execution.image_layout_flag(args, dataset), inductive=args.inductive,
-                        test_views=args.test_views, distort=dataset.distort)
+                        train_inductive=args.train_inductive, test_views=args.test_views, distort=dataset.distort)
 
     def log_name(self, args, changed):
         return (f'way_{args.num_way}.support_{args.num_support}.query_{args.num_query}.lr_{args.learning_rate}'

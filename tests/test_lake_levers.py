@@ -89,10 +89,10 @@ def test_identity_map_leaves_images_unchanged_and_a_shift_moves_them(monkeypatch
 
 
 def test_affine_distortion_reaches_training_tasks_only(omniglot_dir):
-    def sampler(split):
-        return omniglot_dataset.omniglot_sampler(split, 5, 1, 1, omniglot_dir, seed=0, class_split='lake',
-                                                 augment_affine=split == 'train')
-    train, val = sampler('train').sample(2), sampler('val').sample(2)
+    args = type('Args', (), dict(num_way=5, num_support=1, num_query=1, data_dir=omniglot_dir, augment_rotations=False,
+                                 class_split='lake', image_size=28, episodes='random', train_episodes=None,
+                                 augment_affine=True))
+    train, val = (omniglot_dataset.Omniglot().build_sampler(split, args, 0, 'cpu').sample(2) for split in ('train', 'val'))
     assert train.images_support.shape == val.images_support.shape == (2, 5, 1, 28, 28)
     assert not torch.isin(train.images_support, torch.tensor([0.0, 1.0])).all()  # interpolated
     assert torch.isin(val.images_support, torch.tensor([0.0, 1.0])).all()

@@ -132,6 +132,14 @@ def test_image_size_reaches_the_network_the_checkpoint_and_the_test(omniglot_dir
     assert forward(params, torch.zeros(2, 1, 84, 84)).shape == (2, 20) and params['head'].shape == (20, 3 * 25)
 
 
+def test_a_resized_source_of_another_size_is_refused_not_resized():
+    buffer = io.BytesIO()
+    Image.new('1', (30, 30), 1).save(buffer, format='PNG')
+    with pytest.raises(ValueError, match='expected 28x28'):
+        omniglot_source.png_to_ink(buffer.getvalue(), 28, resize=False)
+    assert omniglot_source.png_to_ink(buffer.getvalue(), 28).shape == (28, 28)
+
+
 def test_larger_images_without_the_originals_is_one_line(tmp_path):
     with pytest.raises(UserError, match=r'images_background.zip and images_evaluation.zip \(--image_size 56'):
         omniglot_source.load_omniglot(str(tmp_path), download=False, image_size=56)

@@ -147,7 +147,8 @@ class ProtoNetAlgorithm(contracts.Algorithm):
                                           'training and cached (images only; other examples: batched)'),
         Flag('--joint_batch_norm', default=False, action='store_true',
              help="normalise a task's support and query images together (default: separately, as the course does)"),
-        Flag('--inductive', default=False, action='store_true', log_name=True, at_test=TEST_TIME, resume_may_change=True,
+        Flag('--inductive', default=False, action='store_true', log_name=True, at_test=TEST_TIME,
+             resume_may_change=True,
              help="at validation and test, normalise each query image with its task's support statistics "
                   "alone, so it is classified on its own (default: the queries' batch statistics, as the course "
                   'does)'),

@@ -1,8 +1,8 @@
 """Random affine distortions of character images (training tasks only): a small rotation,
 shear, scale per axis and translation per image, drawn from the sampler's generator.
 
-The ranges follow the distortions people's drawings of one character show (Lake et al., 2015)
-and those used by Koch et al.'s (2015) Siamese networks on Omniglot.
+Rotation, shear and scale take the ranges Koch et al. (2015) used for their Siamese
+networks on Omniglot; the shift is up to 5% of the image's width.
 """
 import math
 

@@ -64,14 +64,15 @@ def source_key(kind, paths):
     return digest.hexdigest()
 
 
-def png_to_ink(data, image_size=IMAGE_SIZE):
-    """PNG bytes -> (S, S) uint8 with ink = 1 (Omniglot stores ink as black), S = image_size.
+def png_to_ink(data, image_size=IMAGE_SIZE, resize=True):
+    """PNG bytes -> (S, S) uint8 with ink = 1 (Omniglot stores ink as black), S = image_size;
+    resize=False: an image of another size is an error (a resized source's files).
 
     To 28x28, PIL's resize of the 1-bit image (nearest neighbour), as the course's data
     was made; to other sizes, the mean of the covered pixels (box filter), ink where
     at least half is ink, so thin strokes are neither dropped nor thickened."""
     image = Image.open(io.BytesIO(data))
-    if image.size != (image_size, image_size):
+    if resize and image.size != (image_size, image_size):
         if image_size == IMAGE_SIZE:
             image = image.resize((image_size, image_size))
         else:
@@ -83,21 +84,21 @@ def png_to_ink(data, image_size=IMAGE_SIZE):
 
 
 def _iter_pngs(kind, paths):
-    """Yield (alphabet/character, file name, png bytes)."""
+    """Yield (alphabet/character, file name, png bytes, needs_resize)."""
     if kind == 'resized_dir':
         for root, _, found in os.walk(paths[0]):
             for name in found:
                 if name.endswith('.png'):
                     character = os.path.relpath(root, paths[0]).replace(os.sep, '/')
                     with open(os.path.join(root, name), 'rb') as f:
-                        yield character, name, f.read()
+                        yield character, name, f.read(), False
         return
     for path in paths:
         with zipfile.ZipFile(path) as archive:
             for entry in archive.namelist():
                 parts = entry.split('/')
                 if entry.endswith('.png') and len(parts) == 4:  # top/alphabet/character/file
-                    yield f'{parts[1]}/{parts[2]}', parts[3], archive.read(entry)
+                    yield f'{parts[1]}/{parts[2]}', parts[3], archive.read(entry), kind == 'official_zips'
 
 
 def decode_source(kind, paths, image_size=IMAGE_SIZE):
@@ -110,8 +111,8 @@ def decode_source(kind, paths, image_size=IMAGE_SIZE):
     """
     characters = {}
     try:
-        for character, name, data in _iter_pngs(kind, paths):
-            characters.setdefault(character, {})[name] = png_to_ink(data, image_size)
+        for character, name, data, resize in _iter_pngs(kind, paths):
+            characters.setdefault(character, {})[name] = png_to_ink(data, image_size, resize)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, Image.DecompressionBombError) as error:
         raise UserError(f'Omniglot source {", ".join(paths)} is unreadable ({error}); '
                         'replace it with a complete copy or delete it to download again') from None

@@ -129,7 +129,8 @@ class TaskSampler(contracts.Sampler):
 
     def __init__(self, examples, num_way, num_support, num_query, seed=0, device='cpu', where='the split',
                  class_groups=None, transform=None):
-        largest = examples.shape[0] if class_groups is None else int(torch.bincount(class_groups).max())
+        sizes = None if class_groups is None else torch.bincount(class_groups)  # classes per group
+        largest = examples.shape[0] if sizes is None else int(sizes.max())
         check_task_shape(num_way, num_support, num_query, largest, examples.shape[1],
                          where if class_groups is None else f'the largest group (alphabet) of {where}')
         self.examples = examples.to(device)
@@ -138,7 +139,6 @@ class TaskSampler(contracts.Sampler):
         self.transform = transform
         self.class_groups = class_groups
         if class_groups is not None:
-            sizes = torch.bincount(class_groups)
             self.eligible_groups = torch.nonzero(sizes >= num_way).flatten()  # (G,)
 
     def draw_classes(self, batch_size):

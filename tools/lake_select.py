@@ -41,8 +41,8 @@ def main(argv=None):
     parser.add_argument('--every', type=int, default=100, help='score the checkpoints at multiples of this step')
     parser.add_argument('--test_flags', default='', help="flags for every scoring, e.g. '--test_views 8'")
     args = parser.parse_args(argv)
-    steps = [s for s in checkpoints.saved_steps(args.log_dir) if s % args.every == 0 or s == max(
-        checkpoints.saved_steps(args.log_dir))]
+    saved = checkpoints.saved_steps(args.log_dir)
+    steps = [s for s in saved if s % args.every == 0 or s == saved[-1]]
     scored = {}
     for step in steps:
         scored[step] = run_errors(args.log_dir, step, args.val_runs, args.test_flags.split())

@@ -154,8 +154,8 @@ def fast_flag(recipe):
     settings = ' '.join(f'--{dest}' if value is True else f'--{dest} {value}' for dest, value in recipe.items())
     return Flag('--fast', default=False, action='store_true', log_name=True, shapes_step=False,
                 before_it_existed=False,
-                help="train with the recipe that reached the course's target in the least wall time measured on a "
-                     f'2-core CPU (docs/benchmarks.md): {settings}; flags given override it')
+                help="train with the recipe that reached the course's validation target in the least wall time "
+                     f'measured on a 2-core CPU (docs/benchmarks.md): {settings}; flags given override it')
 
 
 IMAGE_FLAGS = (  # the flags of datasets whose examples are images for a conv net

@@ -1,6 +1,6 @@
 """The options for Lake's one-shot challenge: within-alphabet episodes, affine distortions,
 larger images from the 105x105 originals, inductive batch norm (each query on its own),
-test-time augmentation, and runs built from held-out background alphabets."""
+test-time augmentation, runs built from held-out background alphabets, and ProtoNet's cosine metric."""
 import io
 import zipfile
 
@@ -12,7 +12,7 @@ from PIL import Image
 
 import protonet
 from fewshot import networks, tasks
-from fewshot.algorithms.protonet import ProtoNet
+from fewshot.algorithms.protonet import COSINE_SCALE, ProtoNet
 from fewshot.datasets.omniglot import augment, lake_runs
 from fewshot.datasets.omniglot import dataset as omniglot_dataset
 from fewshot.datasets.omniglot import source as omniglot_source
@@ -267,3 +267,31 @@ def test_test_views_without_distortions_is_one_line():
     args = type('Args', (), {'test_views': 2})
     with pytest.raises(UserError, match='--test_views 2: --dataset metabolism has no distortions'):
         ProtoNetAlgorithm().build_learner(args, Metabolism(), 'cpu')
+
+
+def test_cosine_logits_are_the_scaled_cosines_to_the_prototypes():
+    torch.manual_seed(0)
+    encoder = networks.FunctionalNet(networks.conv_features, networks.init_conv_params(4, 1, 4, dtype=torch.float64))
+    batch = tasks.TaskSampler(torch.rand(6, 5, 1, 28, 28, dtype=torch.float64), 3, 2, 2, seed=0).sample(2)
+    learner = ProtoNet(encoder, metric='cosine')
+    with torch.no_grad():
+        learner.cosine_scale.fill_(7.0)
+    _, logits = learner.logits(batch)
+    support, query = learner.embed(batch.images_support), learner.embed(batch.images_query)
+    for t in range(2):
+        for c in range(3):
+            prototype = support[t][batch.labels_support[t] == c].mean(0, keepdim=True)
+            assert torch.allclose(logits[t, :, c], 7.0 * F.cosine_similarity(query[t], prototype, dim=-1))
+    assert ProtoNet(encoder).cosine_scale is None and len(ProtoNet(encoder).parameters()) == len(encoder.params)
+
+
+def test_the_cosine_scale_is_trained_and_kept_in_the_checkpoint(omniglot_dir, tmp_path):
+    protonet.main(['--metric', 'cosine', '--data_dir', omniglot_dir, '--log_dir', str(tmp_path), '--batch_size', '1',
+                   '--num_hidden_channels', '3', '--num_val_tasks', '1', '--num_train_iterations', '2'])
+    state = torch.load(tmp_path / 'state1.pt', weights_only=False)
+    scale = state['learner']['cosine_scale']
+    assert state['args']['metric'] == 'cosine' and float(scale) != COSINE_SCALE
+    params, forward = omniglot_dataset.Omniglot().network(type('A', (), {'num_hidden_channels': 3, 'image_size': 28}))
+    learner = ProtoNet(networks.FunctionalNet(forward, params), metric='cosine')
+    learner.load_state(state['learner'])
+    assert learner.cosine_scale == scale and learner.parameters()[-1] is learner.cosine_scale

@@ -1,5 +1,6 @@
 """Prototypical Networks (Snell et al., 2017): embed the support examples, average them
-per class into prototypes, classify each query by its negative squared distances to them."""
+per class into prototypes, classify each query by its negative squared distances to them
+(or, with --metric cosine, by its cosine similarities to them times a learned scale)."""
 import contextlib
 
 import torch
@@ -10,10 +11,12 @@ from fewshot.errors import UserError
 from fewshot.flags import TEST_TIME, Flag, positive_int
 
 TEST_VIEWS_SEED = 0  # the distorted copies of test-time augmentation: the same for every evaluation
+COSINE_SCALE = 10.0  # the learned scale's start: cosines in [-1, 1] times 10 give a softmax that can be confident
 
 
-def prototype_logits(support, labels_support, query, num_way):
-    """Negative squared Euclidean distances to the class prototypes.
+def prototype_logits(support, labels_support, query, num_way, cosine_scale=None):
+    """Negative squared Euclidean distances to the class prototypes, or with cosine_scale (a scalar
+    tensor) the cosine similarities to them times cosine_scale.
 
     Args:
         support: (B, N*K, D) support embeddings; labels_support: (B, N*K).
@@ -27,6 +30,8 @@ def prototype_logits(support, labels_support, query, num_way):
         support, query = support.to(dtype), query.to(dtype)
         one_hot = F.one_hot(labels_support, num_way).to(support.dtype)  # (B, N*K, N)
         prototypes = one_hot.transpose(1, 2) @ support / one_hot.sum(1).unsqueeze(-1)  # (B, N, D)
+        if cosine_scale is not None:
+            return cosine_scale * F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).transpose(1, 2)
         return -(query.unsqueeze(2) - prototypes.unsqueeze(1)).square().sum(-1)
 
 
@@ -37,7 +42,7 @@ class ProtoNet(contracts.Learner):
     task = tasks.CLASSIFICATION
 
     def __init__(self, network, device='cpu', tasks_per_call=None, joint_batch_norm=False, channels_last=False,
-                 inductive=False, test_views=1, distort=None, train_inductive=False):
+                 inductive=False, test_views=1, distort=None, train_inductive=False, metric='euclidean'):
         """network: maps (T*M, ...) examples of T tasks (num_tasks=T) to (T*M, D) embeddings.
         tasks_per_call, channels_last: how the encoder goes over a meta-batch (execution.EncoderCalls);
             None: the device's default, both ways offered to tuning.
@@ -47,12 +52,15 @@ class ProtoNet(contracts.Learner):
         inductive: evaluate() normalises every query with its task's support statistics alone,
             so each query is classified on its own from the support set; train_inductive: loss() too.
         test_views, distort: evaluate() averages each image's embedding over the image and
-            test_views - 1 copies distorted by distort(images, generator), drawn from a fixed seed."""
+            test_views - 1 copies distorted by distort(images, generator), drawn from a fixed seed.
+        metric: 'euclidean' (the paper's) or 'cosine' (cosine similarity times a learned scale)."""
         self.device = torch.device(device)
         self._network = network.to(self.device)
         self.joint_batch_norm, self.inductive, self.train_inductive = joint_batch_norm, inductive, train_inductive
         self.test_views, self.distort = test_views, distort
         self.calls = execution.EncoderCalls(tasks_per_call, channels_last, self.device)
+        self.cosine_scale = (torch.tensor(COSINE_SCALE, device=self.device, requires_grad=True)
+                             if metric == 'cosine' else None)
 
     def execution_options(self):
         return self.calls.options()
@@ -62,7 +70,7 @@ class ProtoNet(contracts.Learner):
         return ('--encoder_calls',) * self.calls.tunable + ('--channels_last',) * self.calls.layout.tunable
 
     def parameters(self):
-        return list(self._network.parameters())
+        return list(self._network.parameters()) + ([self.cosine_scale] if self.cosine_scale is not None else [])
 
     def embed(self, examples):
         """(B, M, ...) examples of B tasks -> (B, M, D) embeddings, batch-norm statistics per task."""
@@ -92,7 +100,8 @@ class ProtoNet(contracts.Learner):
         support, query = support / views, query / views
         num_way = int(task_batch.labels_support.max()) + 1
         labels = task_batch.labels_support
-        return prototype_logits(support, labels, support, num_way), prototype_logits(support, labels, query, num_way)
+        return (prototype_logits(support, labels, support, num_way, self.cosine_scale),
+                prototype_logits(support, labels, query, num_way, self.cosine_scale))
 
     def task_metrics(self, task_batch, inductive=False, views=1):
         """Mean query NLL over all tasks, and (B,) per-task support and query accuracies."""
@@ -122,10 +131,14 @@ class ProtoNet(contracts.Learner):
             self.inductive = before
 
     def state(self):
-        return {'network': self._network.state_dict()}
+        scale = {} if self.cosine_scale is None else {'cosine_scale': self.cosine_scale.detach().clone()}
+        return {'network': self._network.state_dict(), **scale}
 
     def load_state(self, state):
         self._network.load_state_dict(state['network'])
+        if self.cosine_scale is not None:
+            with torch.no_grad():
+                self.cosine_scale.copy_(state['cosine_scale'])
 
 
 ENCODER_CALLS = {'auto': None, 'per_task': 1, 'batched': execution.ALL_TASKS}
@@ -154,6 +167,10 @@ class ProtoNetAlgorithm(contracts.Algorithm):
                   'does)'),
         Flag('--train_inductive', default=False, action='store_true', log_name=True,
              help="train as --inductive evaluates: each query normalised with its task's support statistics"),
+        Flag('--metric', choices=('euclidean', 'cosine'), default='euclidean', log_name=True,
+             before_it_existed='euclidean',
+             help='squared Euclidean distances to the prototypes (the paper\'s), or cosine similarities '
+                  'times a learned scale'),
         Flag('--test_views', type=positive_int, default=1, at_test=TEST_TIME, resume_may_change=True,
              help="at validation and test, average each image's embedding over itself and V - 1 copies "
                   'distorted as --augment_affine does (1: none)'),
@@ -170,7 +187,8 @@ class ProtoNetAlgorithm(contracts.Algorithm):
         return ProtoNet(networks.FunctionalNet(forward, params), device, tasks_per_call=encoder_calls(args, dataset),
                         joint_batch_norm=args.joint_batch_norm,
                         channels_last=execution.image_layout_flag(args, dataset), inductive=args.inductive,
-                        train_inductive=args.train_inductive, test_views=args.test_views, distort=dataset.distort)
+                        train_inductive=args.train_inductive, test_views=args.test_views, distort=dataset.distort,
+                        metric=args.metric)
 
     def log_name(self, args, changed):
         return (f'way_{args.num_way}.support_{args.num_support}.query_{args.num_query}.lr_{args.learning_rate}'

@@ -323,7 +323,8 @@ def test_target_accuracy_is_for_classification():
 
 def test_the_progress_bars_eta_leaves_out_the_first_steps_validation(tmp_path, monkeypatch, capsys):
     """The first step validates (here: 2 s); the steps after it take milliseconds. An ETA timed
-    from the first step would say 2 s a step for the 29 left (about 58 s)."""
+    from the first step would say 2 s a step for the 29 left (about 58 s); the bound leaves room
+    for a loaded machine's slower steps."""
     real_validate, calls = evaluation.validate, []
 
     def slow_first(*arguments):
@@ -335,4 +336,4 @@ def test_the_progress_bars_eta_leaves_out_the_first_steps_validation(tmp_path, m
     run_with(synthetic_args(num_train_iterations=30, val_interval=100), str(tmp_path), small_learner,
              synthetic_sampler)
     remaining = [int(m) + 60 * int(h) for h, m in re.findall(r'<(\d+):(\d+),', capsys.readouterr().err)]
-    assert remaining and max(remaining) < 2
+    assert remaining and max(remaining) < 20

@@ -76,9 +76,10 @@ class Learner:
         """Tensors not trained but averaged over the processes after each step (running statistics)."""
         return []
 
-    def execution_options(self):
+    def execution_options(self, sample=None):
         """{name: switch to it} of the ways to compute the same numbers, timed at the start of
-        training (engine/tuning.py); {} when there is one way, or a flag forced one."""
+        training (engine/tuning.py) on sample (a TaskBatch of the run's tasks; None: none at hand);
+        {} when there is one way, or a flag forced one."""
         return {}
 
 

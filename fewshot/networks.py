@@ -107,6 +107,36 @@ def conv_net(params, images, num_tasks=1, num_blocks=4, fused_bn=True, norm=None
     return F.linear(features, params['head'], params['head_bias'])
 
 
+def grouped_conv_net(params, images, channels_last=False):
+    """conv_net for T tasks at once, each with its own parameters: the tasks become the groups
+    of one grouped convolution per block (their channels side by side), so that batch norm's
+    per-channel statistics are each task's own. The same numbers as conv_net task by task.
+
+    Args:
+        params: conv_net's tensors, each with a leading task dimension: (T, *shape).
+        images: (T, M, C_in, H, W), M examples per task.
+        channels_last: run the blocks on channels-last activations.
+    Returns:
+        (T, M, num_outputs) logits.
+    """
+    tasks = images.shape[0]
+    x = images.transpose(0, 1).flatten(1, 2)  # (M, T * C_in, H, W)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    i = 0
+    while f'conv{i}' in params:
+        x = F.conv2d(x, params[f'conv{i}'].flatten(0, 1), params[f'conv{i}_bias'].flatten(), padding=1, groups=tasks)
+        x = F.batch_norm(x, None, None, params[f'bn{i}_weight'].flatten(), params[f'bn{i}_bias'].flatten(),
+                         training=True, eps=BN_EPS)
+        x = F.relu(F.max_pool2d(x, 2))
+        i += 1
+    features = x.unflatten(1, (tasks, -1)).transpose(0, 1).flatten(2)  # (T, M, C * h * w), conv_net's order
+    return torch.baddbmm(params['head_bias'].unsqueeze(1), features, params['head'].transpose(1, 2))
+
+
+TASKS_AS_GROUPS = {conv_net: grouped_conv_net}  # a network -> its version for T tasks' parameters at once
+
+
 def init_mlp_params(sizes=(1024, 500, 500), num_outputs=None, dtype=torch.float32):
     """Parameters of [linear -> BN -> LeakyReLU] per consecutive pair of sizes (+ linear head).
 

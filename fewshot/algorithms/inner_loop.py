@@ -1,6 +1,7 @@
 """The inner loop shared by MAML and Reptile: meta-parameters, inner learning
 rates, and the adaptation of the meta-parameters to one task's examples (a
-per-task loop) or to a batch of tasks at once (torch.vmap).
+per-task loop) or to a batch of tasks at once (torch.vmap, or the network's
+version that takes the tasks as the groups of grouped convolutions).
 
 The inner-loop options (Adagrad steps, per-step learned rates, ANIL, MAML++'s
 per-step batch norm) are fields of `Variants`; argparse takes its defaults
@@ -84,10 +85,14 @@ class InnerLoop:
     """Meta-parameters theta, inner learning rates, and phi = adapt(theta, task examples)."""
 
     def __init__(self, params, forward, task=tasks.CLASSIFICATION, num_inner_steps=1, inner_lr=0.4,
-                 learn_inner_lrs=False, device='cpu', vmap_tasks=None, variants=None, channels_last=False):
+                 learn_inner_lrs=False, device='cpu', vmap_tasks=None, variants=None, channels_last=False,
+                 group_tasks=False):
         """params, forward: the network, forward(params, x, fused_bn=..., norm=...) -> (M, outputs).
         vmap_tasks: adapt a meta-batch's tasks with torch.vmap (True) or in a loop (False);
         None: the loop on a CPU; on a GPU vmap, or the faster of both when tuning times them.
+        group_tasks: adapt them all at once through the network's grouped version
+        (networks.TASKS_AS_GROUPS: conv nets) (True), or not (False); None: offered to tuning
+        where the network has one.
         channels_last: give a conv network its (C, H, W) images channels-last (execution.ImageLayout),
         but for second-order inner steps (forward); None: the device's default, both offered to tuning."""
         self.device = torch.device(device)
@@ -101,10 +106,20 @@ class InnerLoop:
         self.layout = execution.ImageLayout(channels_last, self.device)
         self._network = forward
         self.per_step_bn = None
+        self.grouped_network = networks.TASKS_AS_GROUPS.get(forward)
+        if group_tasks and self.grouped_network is None:
+            raise UserError('--group_tasks yes needs a conv network (--dataset omniglot); drop it')
+        if group_tasks and vmap_tasks:
+            raise UserError('--group_tasks yes and --vmap_tasks yes are two ways to batch tasks; choose one')
+        self.group_tasks = bool(group_tasks)
+        self.group_tunable = group_tasks is None and self.grouped_network is not None
         if self.variants.per_step_bn:
+            if group_tasks:
+                raise UserError('--group_tasks yes: --per_step_bn updates running statistics task by task; drop one')
             self.per_step_bn = PerStepBatchNorm(params, num_inner_steps, self.device)
             params = self.per_step_bn.expand(params)
-            self.vmap_tasks = self.tunable = False  # running statistics are updated in place: per-task loop only
+            # running statistics are updated in place: per-task loop only
+            self.vmap_tasks = self.tunable = self.group_tunable = False
         self.meta_parameters = {k: v.to(self.device).requires_grad_() for k, v in params.items()}
         self.adapted_keys = [k for k in params if self._adapts(k)]
         per_step = self.variants.learn_inner_lrs_per_step
@@ -132,6 +147,12 @@ class InnerLoop:
         if self.per_step_bn is None:
             return self._network(parameters, images, fused_bn=not self.vmap_tasks)
         return self._network(parameters, images, norm=self.per_step_bn.norm(parameters, step, train))
+
+    def forward_grouped(self, images, parameters, differentiated_twice=False):
+        """(B, M, ...) examples of B tasks -> (B, M, outputs) under (B, *shape) parameters, through
+        the network's grouped version; channels-last as forward() lays them out."""
+        channels_last = self.layout.channels_last and not differentiated_twice
+        return self.grouped_network(parameters, images, channels_last=channels_last)
 
     def inner_lr(self, key, step):
         """The inner LR of a tensor at an inner step (LSLR: its own; past the trained steps: the last)."""
@@ -207,6 +228,36 @@ class InnerLoop:
 
         with torch.set_grad_enabled(train):
             return torch.vmap(adapt, randomness='different')(images, labels)
+
+    def adapt_grouped(self, images, labels, create_graph, train):
+        """adapt() for a batch of tasks at once through forward_grouped: each task's parameters
+        are a row of (B, *shape) tensors, and the gradient of the sum of the tasks' losses by
+        a row is that task's own.
+
+        Args: images (B, M, ...), labels (B, M).
+        Returns: history (L+1 dicts of (B, *shape) parameters) and (B, L+1) metrics.
+        """
+        tasks = images.shape[0]
+        parameters = {k: (v if train else v.detach()).expand(tasks, *v.shape)
+                      for k, v in self.meta_parameters.items()}
+        history, metrics, squares = [parameters], [], {}
+        for step in range(self.num_inner_steps):
+            if not train:
+                parameters = {k: v.detach().requires_grad_(k in self.adapted_keys) for k, v in parameters.items()}
+            with torch.enable_grad():
+                outputs = self.forward_grouped(images, parameters, differentiated_twice=create_graph)
+                loss = self.task.loss(outputs, labels) * tasks  # the mean over all examples: B tasks' means / B
+                grads = torch.autograd.grad(loss, [parameters[k] for k in self.adapted_keys],
+                                            create_graph=create_graph)
+            metrics.append(self.task.metric(outputs, labels))
+            parameters, squares = self._update(parameters, dict(zip(self.adapted_keys, grads)), squares, step)
+            if not train:
+                parameters = {k: v.detach() for k, v in parameters.items()}
+                squares = {k: v.detach() for k, v in squares.items()}
+            history.append(parameters)
+        with torch.no_grad():
+            metrics.append(self.task.metric(self.forward_grouped(images, parameters), labels))
+        return history, torch.stack(metrics, dim=1)
 
     def state(self):
         state = {'meta_parameters': {k: v.detach().cpu() for k, v in self.meta_parameters.items()},

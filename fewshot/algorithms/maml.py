@@ -18,6 +18,9 @@ from fewshot.errors import UserError
 from fewshot.flags import AUTO_YES_NO, TEST_TIME, Flag, auto_yes_no, non_negative_int, positive_float, positive_int
 
 
+GROUP_GRAPH_BYTES = 256 * 2 ** 20  # the most autograd graph grouped tasks hold at once, in their trial and training
+
+
 class MAML(contracts.Learner):
     """A MAML learner: the inner loop, the outer loss, and what the training loop needs."""
 
@@ -25,16 +28,17 @@ class MAML(contracts.Learner):
 
     def __init__(self, params, forward, task=tasks.CLASSIFICATION, num_inner_steps=1, inner_lr=0.4,
                  learn_inner_lrs=False, first_order=False, device='cpu', vmap_tasks=None, variants=None,
-                 channels_last=False):
+                 channels_last=False, group_tasks=False):
         """params, forward: the network with its head, forward(params, x, fused_bn=..., norm=...) -> (M, outputs).
         task: tasks.CLASSIFICATION or tasks.REGRESSION (the loss and the per-task metric)."""
         self.inner = InnerLoop(params, forward, task, num_inner_steps, inner_lr, learn_inner_lrs, device,
-                               vmap_tasks, variants, channels_last)
+                               vmap_tasks, variants, channels_last, group_tasks)
         self.device, self.task, self.variants = self.inner.device, task, self.inner.variants
         self.first_order = first_order
         self.num_outputs = params['head'].shape[0] if 'head' in params else None
         self.lr_schedule = 'cosine' if self.variants.cosine_outer_lr else 'constant'
         self.lr_tag = 'outer_lr' if self.variants.cosine_outer_lr else None
+        self.tasks_per_group = 0  # grouped tasks per call and backward (0: the meta-batch); see execution_options
 
     def parameters(self):
         """The tensors the outer optimizer trains: meta-parameters, then learned inner LRs."""
@@ -73,6 +77,12 @@ class MAML(contracts.Learner):
 
             def query_outputs(step, train=train):
                 return torch.vmap(inner.forward, randomness='different')(images_query, history[step])
+        elif inner.group_tasks:
+            history, support = inner.adapt_grouped(task_batch.images_support, task_batch.labels_support,
+                                                   create_graph, train)
+
+            def query_outputs(step, train=train):
+                return inner.forward_grouped(images_query, history[step])
         else:
             adapted = [inner.adapt(x, y, create_graph, train)
                        for x, y in zip(task_batch.images_support, task_batch.labels_support)]
@@ -105,19 +115,48 @@ class MAML(contracts.Learner):
     @property
     def tasks_per_backward(self):
         """A backward per task for the per-task loop (one task's graph held at a time, as fast on a
-        CPU: bench.py), one per meta-batch with vmap."""
+        CPU: bench.py), one per meta-batch with vmap, one per group of grouped tasks."""
+        if self.inner.group_tasks:
+            return self.tasks_per_group
         return 0 if self.inner.vmap_tasks else 1
 
     @property
     def execution_flags(self):
-        return ('--vmap_tasks',) * self.inner.tunable + ('--channels_last',) * self.inner.layout.tunable
+        inner = self.inner
+        return (('--vmap_tasks',) * inner.tunable + ('--group_tasks',) * inner.group_tunable
+                + ('--channels_last',) * inner.layout.tunable)
 
-    def execution_options(self):
-        """{name: switch to it}: a per-task loop or vmap over tasks, contiguous or channels-last
-        images (the same numbers to round-off)."""
-        loops = {'per-task inner loops': lambda: setattr(self.inner, 'vmap_tasks', False),
-                 'vmap over tasks': lambda: setattr(self.inner, 'vmap_tasks', True)}
-        return execution.combine(loops if self.inner.tunable else {}, self.inner.layout.options())
+    def execution_options(self, sample=None):
+        """{name: switch to it}: a per-task loop, vmap over tasks or the tasks as groups of one
+        convolution; contiguous or channels-last images (the same numbers to round-off).
+        Given a sample, grouped tasks go in groups of at most GROUP_GRAPH_BYTES of graph, and
+        are offered only where a group holds as many tasks as the trial (tuning.TUNE_TASKS, at
+        most the sample's): where a task's graph is large, grouping saves little time and
+        would hold more memory than the per-task loop's training."""
+        def use(vmap_tasks, group_tasks):
+            return lambda: (setattr(self.inner, 'vmap_tasks', vmap_tasks),
+                            setattr(self.inner, 'group_tasks', group_tasks))
+        ways = {'per-task inner loops': use(False, False)}
+        if self.inner.tunable:
+            ways['vmap over tasks'] = use(True, False)
+        if self.inner.group_tunable:
+            self.tasks_per_group = 0 if sample is None else max(1, GROUP_GRAPH_BYTES // self.graph_bytes(sample))
+            if sample is None or self.tasks_per_group >= len(sample):
+                ways['tasks as groups of one convolution'] = use(False, True)
+        return execution.combine(ways if len(ways) > 1 else {}, self.inner.layout.options())
+
+    def graph_bytes(self, task_batch):
+        """The bytes of the tensors autograd saves for a training step's backward on the first task
+        of task_batch (second order where the run has it), counting each storage once."""
+        saved = {}
+
+        def note(tensor):
+            storage = tensor.untyped_storage()
+            saved[storage.data_ptr()] = storage.nbytes()
+            return tensor
+        with torch.autograd.graph.saved_tensors_hooks(note, lambda tensor: tensor):
+            self.loss(task_batch.select(slice(0, 1)), self.variants.anneal_derivative_order)
+        return max(1, sum(saved.values()))
 
     def evaluate(self, task_batch):
         """(B,) per-task metrics after adapting to each support set, and the query loss."""
@@ -154,6 +193,10 @@ VMAP_TASKS = Flag('--vmap_tasks', choices=AUTO_YES_NO, default='auto', at_test=T
                   help='adapt the tasks of a meta-batch with torch.vmap (same numbers); auto: no on a CPU (the '
                        'per-task loop: faster, and leaner, on the CPUs measured); on a GPU the faster, timed once '
                        'at the start of training and cached (at --test and under torchrun: yes)')
+GROUP_TASKS = Flag('--group_tasks', choices=AUTO_YES_NO, default='auto', at_test=TEST_TIME, resume_may_change=True,
+                   help="adapt the tasks of a meta-batch at once, as the groups of one grouped convolution per "
+                        "layer (conv networks; same numbers); auto: timed against the other ways at the start "
+                        "of training and cached (at --test and under torchrun: no)")
 INNER_OPTIMIZER = Flag('--inner_optimizer', choices=['sgd', 'adagrad'], default=Variants.inner_optimizer,
                        log_name=True, help="the inner loop's optimizer")
 INNER_ADAGRAD_EPS = Flag('--inner_adagrad_eps', type=positive_float, default=Variants.inner_adagrad_eps,
@@ -166,7 +209,7 @@ FLAGS = (  # MAML's: the inner loop's and the meta-gradient's, in the order thei
     Flag('--learn_inner_lrs', default=False, action='store_true',
          help='learn one inner learning rate per parameter tensor'),
     Flag('--first_order', default=False, action='store_true', log_name=True, help='first-order MAML (FOMAML)'),
-    VMAP_TASKS, INNER_OPTIMIZER, INNER_ADAGRAD_EPS,
+    VMAP_TASKS, GROUP_TASKS, INNER_OPTIMIZER, INNER_ADAGRAD_EPS,
     Flag('--learn_inner_lrs_per_step', default=Variants.learn_inner_lrs_per_step, action='store_true', log_name=True,
          help='LSLR: learn an inner LR per parameter tensor and inner step'),
     ANIL,
@@ -188,7 +231,8 @@ def inner_loop_options(args, dataset, device):
     return dict(params=params, forward=forward, task=dataset.task, num_inner_steps=args.num_inner_steps,
                 inner_lr=args.inner_lr, device=device,
                 vmap_tasks=auto_yes_no(args.vmap_tasks), variants=Variants.from_args(args),
-                channels_last=execution.image_layout_flag(args, dataset))
+                channels_last=execution.image_layout_flag(args, dataset),
+                group_tasks=auto_yes_no(vars(args).get('group_tasks', 'no')))  # Reptile: per task
 
 
 class MAMLAlgorithm(contracts.Algorithm):

@@ -62,7 +62,7 @@ class ProtoNet(contracts.Learner):
         self.cosine_scale = (torch.tensor(COSINE_SCALE, device=self.device, requires_grad=True)
                              if metric == 'cosine' else None)
 
-    def execution_options(self):
+    def execution_options(self, sample=None):
         return self.calls.options()
 
     @property

@@ -90,7 +90,10 @@ def choose(learner, sample_batch, key, path=None):
     """Switch the learner to its fastest way for this run: the cached choice under key, else
     timed now on up to TUNE_TASKS tasks of sample_batch() (-> a TaskBatch of the run's shape).
     Prints the choice once; returns its name, or None when the learner offers no choice."""
-    options = learner.execution_options()
+    if len(learner.execution_options()) < 2:
+        return None
+    batch = sample_batch().select(slice(0, TUNE_TASKS))
+    options = learner.execution_options(batch)  # those whose trial on batch fits (MAML's grouped tasks)
     if len(options) < 2:
         return None
     path = path or cache_path()
@@ -98,7 +101,7 @@ def choose(learner, sample_batch, key, path=None):
     if cached in options:
         options[cached]()
         return cached
-    times = fastest(options, learner, sample_batch().select(slice(0, TUNE_TASKS)))
+    times = fastest(options, learner, batch)
     best = min(times, key=times.get)
     options[best]()
     write_cache(path, key, best)

@@ -6,12 +6,13 @@
     python bench.py --data_dir ./data --only processes            # 1 process x 2 threads vs 2 x 1 (CPU)
     python bench.py --data_dir ./data --only growth --plot docs/benchmark_growth.png   # cost vs N, K, steps, tasks
     python bench.py --data_dir ./data --only layout               # NCHW vs channels-last, op by op
+    python bench.py --data_dir ./data --only group_tasks          # MAML's per-task loop vs grouped tasks
     python bench.py --data_dir D/omniglot --only time_to_target --algorithms protonet --seeds 3
                                         # the course's default command against --fast, to the course's target
 
 Each configuration runs in its own process (common.run_child). Timings are medians.
 The parts: steps.py (training steps with sampling), compute.py (fixed tasks: MAML against
-naive code and `higher`, memory, levers), layout.py, precision.py, growth.py, time_to_target.py
+naive code and `higher`, memory, levers), layout.py, grouped.py, precision.py, growth.py, time_to_target.py
 (whole commands to the course's targets; not in the default run: it takes hours); naive.py and
 ours.py hold the timed children.
 """
@@ -22,7 +23,7 @@ import os
 import torch
 
 from fewshot import flags, runtime
-from tools.bench import compute, growth, layout, naive, ours, precision, steps, time_to_target
+from tools.bench import compute, grouped, growth, layout, naive, ours, precision, steps, time_to_target
 from tools.bench.common import matmul_gflops, peak_memory_mb
 
 CHILDREN = {'protonet_naive': naive.child_protonet_naive, 'protonet': ours.child_protonet, 'maml': ours.child_maml,
@@ -36,7 +37,7 @@ def main(argv=None):
     parser.add_argument('--data_dir', default='./data', help='holds omniglot_resized.zip (the naive pipeline reads it)')
     parser.add_argument('--repeats', type=flags.positive_int, default=5)
     parser.add_argument('--only', choices=['protonet', 'maml', 'processes', 'maml_compute', 'maml_memory', 'levers',
-                                           'bf16_gradients', 'growth', 'layout', 'time_to_target'])
+                                           'bf16_gradients', 'growth', 'layout', 'group_tasks', 'time_to_target'])
     parser.add_argument('--plot', default=None, help='with growth: write its figure to this PNG file')
     parser.add_argument('--rounds', type=flags.positive_int, default=3, help='interleaved rounds (maml_compute)')
     parser.add_argument('--device', default='cpu', help='cpu, gpu, cuda, mps or auto, as in training')
@@ -91,6 +92,8 @@ def main(argv=None):
         precision.bench_bf16_gradients(args.data_dir, device)
     if args.only in (None, 'layout'):
         layout.bench_layout(max(args.repeats, 10), device.type)
+    if args.only in (None, 'group_tasks'):
+        grouped.bench_group_tasks(args.data_dir, args.repeats, device)
     if args.only in (None, 'growth'):
         growth.bench_growth(args.data_dir, args.repeats, device.type, args.plot)
     if args.only == 'time_to_target':

@@ -32,8 +32,8 @@ CONTIGUOUS = ['--channels_last', 'no']  # on images
 RUNS = {
     'protonet': ('protonet', [*SMALL, '--num_support', '2', '--num_query', '3', '--encoder_calls', 'per_task',
                               '--channels_last', 'no']),
-    'maml_second_order_learned_lrs': ('maml', [*SMALL, *LOOP, *CONTIGUOUS, '--num_inner_steps', '2', '--learn_inner_lrs',
-                                               '--num_query', '3']),
+    'maml_second_order_learned_lrs': ('maml', [*SMALL, *LOOP, *CONTIGUOUS, '--group_tasks', 'no', '--num_inner_steps',
+                                               '2', '--learn_inner_lrs', '--num_query', '3']),
     'reptile': ('maml', [*SMALL, *LOOP, *CONTIGUOUS, '--algorithm', 'reptile', '--num_inner_steps', '3', '--inner_lr', '0.1',
                          '--num_query', '3']),
     'maml_sinusoid': ('maml', [*LOOP, '--dataset', 'sinusoid', '--num_train_iterations', '30',

@@ -125,10 +125,7 @@ def test(command, processes):
     dataset offers, else sampled tasks (a K sweep with several --num_support)."""
     args, log_dir = command.args, command.log_dir
     step = args.checkpoint_step if args.checkpoint_step >= 0 else checkpoints.best_step(log_dir)
-    checkpoint = checkpoints.load(log_dir, step)
-    trained = recorded(command, checkpoint)
-    learner = command.build_learner(model_args(command, trained), processes.device)
-    learner.load_state(checkpoint['learner'])
+    learner, checkpoint, trained = trained_learner(command, step, processes.device)
     if args.checkpoint_step < 0 and processes.is_main:
         print(f'testing checkpoint step {step}, the best validation {learner.key_metric} '
               f'({checkpoint["val_score"]:.4f}) in {log_dir}')
@@ -140,6 +137,16 @@ def test(command, processes):
         command.dataset.after_test(learner, args, log_dir)
     processes.finish()
     return results
+
+
+def trained_learner(command, step, device):
+    """The learner of checkpoint `step` in command.log_dir, rebuilt with the flags it was trained
+    with (model_args) on device: (learner, checkpoint, the trained flags)."""
+    checkpoint = checkpoints.load(command.log_dir, step)
+    trained = recorded(command, checkpoint)
+    learner = command.build_learner(model_args(command, trained), device)
+    learner.load_state(checkpoint['learner'])
+    return learner, checkpoint, trained
 
 
 def train(command, processes):

@@ -161,6 +161,15 @@ def error_rates(learner, batch):
     return 1 - accuracy.cpu().numpy().astype(np.float64), alone
 
 
+def class_probabilities(learner, batch):
+    """(R, N, N) probabilities of each run's test images (rows) over its training images' classes,
+    each test image on its own where the learner can, as error_rates scores them (ProtoNet)."""
+    with learner.queries_alone(), torch.no_grad():
+        _, query_logits = learner.logits(batch.to(learner.parameters()[0].device), learner.inductive,
+                                         learner.test_views)
+    return query_logits.float().softmax(-1).cpu().numpy().astype(np.float64)
+
+
 def lake_test(learner, args, log_dir, prints=True):
     """Print (if prints) each run's error rate and the mean over runs; returns the (R,) error rates.
 

@@ -1,0 +1,54 @@
+"""tools.lake_ensemble: a member's probabilities score the runs as --test --lake_runs does, the
+ensemble averages probabilities, forward selection keeps what lowers the validation error."""
+import numpy as np
+import pytest
+
+import protonet
+from test_lake_runs import runs, tiny_flags  # noqa: F401 (the fixture)
+from tools import lake_ensemble
+
+
+def one_hot_ish(classes, confidence, num_way=3):
+    """(R, N, N) probabilities: `confidence` on the given classes (R, N), the rest spread evenly."""
+    classes, confidence = np.asarray(classes), np.broadcast_to(confidence, np.shape(classes))
+    probabilities = np.repeat(((1 - confidence) / (num_way - 1))[..., None], num_way, axis=-1)
+    np.put_along_axis(probabilities, classes[..., None], confidence[..., None], axis=-1)
+    return probabilities
+
+
+def test_the_ensemble_takes_the_class_of_the_mean_probability():
+    labels = np.array([[0, 1, 2], [2, 0, 1]])
+    first = one_hot_ish([[1, 1, 2], [2, 0, 1]], 0.6)  # wrong on run 0's first item
+    second = one_hot_ish([[0, 1, 2], [0, 0, 1]], [[0.9, 0.5, 0.5], [0.5, 0.5, 0.5]])  # wrong on run 1's
+    assert lake_ensemble.ensemble_errors([first], labels) == pytest.approx([100 / 3, 0])
+    assert lake_ensemble.ensemble_errors([second], labels) == pytest.approx([0, 100 / 3])
+    # the means: run 0's first item class 0 (0.2 + 0.9) / 2 against class 1 (0.6 + 0.05) / 2;
+    # run 1's class 2 (0.6 + 0.25) / 2 against class 0 (0.2 + 0.5) / 2: right where either alone errs
+    assert lake_ensemble.ensemble_errors([first, second], labels) == pytest.approx([0, 0])
+
+
+def test_forward_selection_adds_a_member_only_while_it_lowers_the_error():
+    labels = np.zeros((4, 3), dtype=int)
+    helps = one_hot_ish([[1, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]],
+                        [[0.6, 0.9, 0.9], [0.9] * 3, [0.9] * 3, [0.9] * 3])  # 1 of 12 wrong: the best alone
+    adds = one_hot_ish([[0, 0, 0], [0, 0, 0], [0, 0, 0], [1, 1, 0]],
+                       [[0.9, 0.6, 0.6], [0.6] * 3, [0.6] * 3, [0.6, 0.6, 0.6]])  # 2 wrong, sure where helps errs
+    useless = one_hot_ish(np.full((4, 3), 2), 0.9)  # all wrong, and no help to the other two
+    members = {'useless': useless, 'adds': adds, 'helps': helps}
+    assert [lake_ensemble.ensemble_errors([members[m]], labels).mean() for m in members] == pytest.approx([100, 100 / 6, 100 / 12])
+    assert lake_ensemble.ensemble_errors([helps, adds], labels).mean() == 0
+    assert lake_ensemble.ensemble_errors([helps, adds, useless], labels).mean() == 0  # no lower: not added
+    assert lake_ensemble.choose_members(members, labels) == ['helps', 'adds']
+    assert lake_ensemble.choose_members({'useless': useless, 'helps': helps}, labels) == ['helps']
+
+
+def test_a_members_probabilities_score_the_runs_as_the_test_does(runs, tmp_path, capsys):  # noqa: F811
+    path, _, _, _, data_dir = runs
+    flags = tiny_flags(data_dir, tmp_path)
+    protonet.main(['--split', 'lake', *flags])
+    for extra in ([], ['--test_views', '2']):
+        errors = protonet.main(['--test', '--lake_runs', path, '--checkpoint_step', '0', *flags, *extra])
+        probabilities, labels = lake_ensemble.member_probabilities(str(tmp_path), 0, path, extra)
+        assert probabilities.shape == (20, 20, 20) and np.allclose(probabilities.sum(-1), 1)
+        assert lake_ensemble.ensemble_errors([probabilities], labels) == pytest.approx(100 * errors)
+    capsys.readouterr()

@@ -1,0 +1,83 @@
+"""An ensemble of --split lake ProtoNets on one-shot runs: each test image's class probabilities
+(each image on its own, as --test --lake_runs scores them) averaged over the members; members
+chosen on the background-validation runs by forward selection, and the chosen ensemble scored
+once on the evaluation runs: the protocol of docs/results.md's Lake table.
+
+    python -m tools.lake_ensemble --members L1:S1 L2:S2 ... --val_runs val_runs.zip \
+        --test_runs eval_runs.zip [--test_flags '--test_views 8']
+
+Lx:Sx: a model's log dir and checkpoint step (each chosen on the validation runs by
+tools.lake_select). Prints each member's validation error rate, the members chosen, and the
+ensemble's error rates on the validation and (once) the evaluation runs.
+"""
+import argparse
+
+import numpy as np
+import torch
+
+import protonet
+from fewshot import cli, runtime
+from fewshot.datasets.omniglot import lake_runs
+from fewshot.engine import runner
+from tools.lake_select import spread
+
+
+def member_probabilities(log_dir, step, runs, extra=()):
+    """(R, N, N) class probabilities of checkpoint `step` of log_dir for each test image of the runs
+    in the zip `runs` (at the model's own image size), and (R, N) the test images' classes."""
+    command = cli.parse(protonet.PROGRAM, ['--test', '--log_dir', log_dir, '--checkpoint_step', str(step),
+                                           '--lake_runs', runs, *extra])
+    device = torch.device('cpu')
+    with runtime.autocast(device, command.args.precision):
+        learner, _, trained = runner.trained_learner(command, step, device)
+        tasks_flags = runner.task_args(command, trained)
+        lake_runs.check_model(tasks_flags.class_split, learner.num_outputs, log_dir)
+        _, batch = lake_runs.read_runs(runs, tasks_flags.image_size)
+        return lake_runs.class_probabilities(learner, batch), batch.labels_query.numpy()
+
+
+def ensemble_errors(probabilities, labels):
+    """(R,) error rates in % of the mean of the members' (R, N, N) probabilities against (R, N) labels."""
+    predicted = np.mean(probabilities, axis=0).argmax(-1)
+    return 100 * (predicted != labels).mean(-1)
+
+
+def choose_members(probabilities, labels):
+    """Forward selection on validation runs: the best member alone, then, while one lowers the
+    ensemble's mean error rate, the member that lowers it most (ties: the first named).
+    probabilities: {name: (R, N, N)}; returns the chosen names in the order chosen."""
+    chosen, best = [], float('inf')
+    while True:
+        trials = {name: ensemble_errors([probabilities[m] for m in chosen + [name]], labels).mean()
+                  for name in probabilities if name not in chosen}
+        if not trials or min(trials.values()) >= best:
+            return chosen
+        name = min(trials, key=trials.get)
+        chosen.append(name)
+        best = trials[name]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--members', nargs='+', required=True, metavar='LOG_DIR:STEP')
+    parser.add_argument('--val_runs', required=True)
+    parser.add_argument('--test_runs', required=True)
+    parser.add_argument('--test_flags', default='', help="flags for every scoring, e.g. '--test_views 8'")
+    args = parser.parse_args(argv)
+    members = dict(member.rsplit(':', 1) for member in args.members)
+    val, labels = {}, None
+    for log_dir, step in members.items():
+        val[log_dir], labels = member_probabilities(log_dir, int(step), args.val_runs, args.test_flags.split())
+        print(f'{log_dir} step {step}: validation runs {spread(ensemble_errors([val[log_dir]], labels))}',
+              flush=True)
+    print(f'all {len(members)} members: validation runs {spread(ensemble_errors(list(val.values()), labels))}')
+    chosen = choose_members(val, labels)
+    test = [member_probabilities(log_dir, int(members[log_dir]), args.test_runs, args.test_flags.split())
+            for log_dir in chosen]
+    test_errors = ensemble_errors([p for p, _ in test], test[0][1])
+    print(f'chosen {", ".join(chosen)}: validation runs {spread(ensemble_errors([val[m] for m in chosen], labels))} '
+          f'({len(labels)} runs), evaluation runs {spread(test_errors)} ({len(test_errors)} runs)')
+
+
+if __name__ == '__main__':
+    main()

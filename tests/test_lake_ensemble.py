@@ -27,7 +27,7 @@ def test_the_ensemble_takes_the_class_of_the_mean_probability():
     assert lake_ensemble.ensemble_errors([first, second], labels) == pytest.approx([0, 0])
 
 
-def test_forward_selection_adds_a_member_only_while_it_lowers_the_error():
+def test_forward_selection_keeps_the_greedy_orders_best_prefix_on_validation():
     labels = np.zeros((4, 3), dtype=int)
     helps = one_hot_ish([[1, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]],
                         [[0.6, 0.9, 0.9], [0.9] * 3, [0.9] * 3, [0.9] * 3])  # 1 of 12 wrong: the best alone
@@ -37,9 +37,17 @@ def test_forward_selection_adds_a_member_only_while_it_lowers_the_error():
     members = {'useless': useless, 'adds': adds, 'helps': helps}
     assert [lake_ensemble.ensemble_errors([members[m]], labels).mean() for m in members] == pytest.approx([100, 100 / 6, 100 / 12])
     assert lake_ensemble.ensemble_errors([helps, adds], labels).mean() == 0
-    assert lake_ensemble.ensemble_errors([helps, adds, useless], labels).mean() == 0  # no lower: not added
+    assert lake_ensemble.ensemble_errors([helps, adds, useless], labels).mean() == 0  # no lower: the shorter kept
     assert lake_ensemble.choose_members(members, labels) == ['helps', 'adds']
     assert lake_ensemble.choose_members({'useless': useless, 'helps': helps}, labels) == ['helps']
+    # two members that lower the error only together: the greedy order's longer prefix is kept
+    labels = np.zeros((1, 5), dtype=int)
+    a = one_hot_ish([[1, 0, 0, 0, 0]], [[0.6, 0.9, 0.9, 0.9, 0.9]])  # 1 of 5 wrong
+    b = one_hot_ish([[0, 2, 0, 0, 1]], [[0.55, 0.6, 0.9, 0.9, 0.6]])  # 2 wrong
+    c = one_hot_ish([[0, 0, 2, 0, 1]], [[0.55, 0.9, 0.6, 0.9, 0.6]])  # 2 wrong
+    assert lake_ensemble.ensemble_errors([a, b], labels).mean() == lake_ensemble.ensemble_errors([a], labels).mean()
+    assert lake_ensemble.ensemble_errors([a, b, c], labels).mean() == 0
+    assert lake_ensemble.choose_members({'a': a, 'b': b, 'c': c}, labels) == ['a', 'b', 'c']
 
 
 def test_a_members_probabilities_score_the_runs_as_the_test_does(runs, tmp_path, capsys):  # noqa: F811

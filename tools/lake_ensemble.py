@@ -43,18 +43,17 @@ def ensemble_errors(probabilities, labels):
 
 
 def choose_members(probabilities, labels):
-    """Forward selection on validation runs: the best member alone, then, while one lowers the
-    ensemble's mean error rate, the member that lowers it most (ties: the first named).
+    """Forward selection on validation runs: order the members greedily (the best alone, then
+    each time the one whose addition gives the lowest mean error rate; ties: the first named),
+    and keep the prefix of that order with the lowest mean error rate (ties: the shorter).
     probabilities: {name: (R, N, N)}; returns the chosen names in the order chosen."""
-    chosen, best = [], float('inf')
-    while True:
-        trials = {name: ensemble_errors([probabilities[m] for m in chosen + [name]], labels).mean()
-                  for name in probabilities if name not in chosen}
-        if not trials or min(trials.values()) >= best:
-            return chosen
-        name = min(trials, key=trials.get)
-        chosen.append(name)
-        best = trials[name]
+    order, prefix_errors = [], []
+    while len(order) < len(probabilities):
+        trials = {name: ensemble_errors([probabilities[m] for m in order + [name]], labels).mean()
+                  for name in probabilities if name not in order}
+        order.append(min(trials, key=trials.get))
+        prefix_errors.append(trials[order[-1]])
+    return order[:int(np.argmin(prefix_errors)) + 1]
 
 
 def main(argv=None):

@@ -95,10 +95,12 @@ class EncoderCalls:
         self.tasks_per_call, self.tunable = tasks_per_call, tasks_per_call is None
         self.layout = ImageLayout(channels_last, device)
 
-    def options(self):
+    def options(self, num_tasks=None):
+        """{name: switch} of the ways for steps of num_tasks tasks (None: any number); with one task
+        a step, per-task and batched calls are the same call, so only the layouts are offered."""
         calls = {'per-task encoder calls': lambda: setattr(self, 'tasks_per_call', 1),
                  'one batched encoder call': lambda: setattr(self, 'tasks_per_call', ALL_TASKS)}
-        return combine(calls if self.tunable else {}, self.layout.options())
+        return combine(calls if self.tunable and num_tasks != 1 else {}, self.layout.options())
 
     def __call__(self, network, examples):
         """(B, M, ...) examples of B tasks -> (B, M, D) embeddings, batch-norm statistics per task."""

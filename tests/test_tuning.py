@@ -70,6 +70,18 @@ def test_timing_leaves_parameters_gradients_and_rng_as_found(tmp_path):
     assert all(torch.equal(a, b) and b.grad is None for a, b in zip(before, learner.parameters()))
 
 
+def test_one_task_a_step_times_only_the_layouts():
+    """Per-task and batched encoder calls on one task are the same call; MAML has nothing to group."""
+    from fewshot.algorithms import maml
+    one, two = batch().select(slice(0, 1)), batch().select(slice(0, 2))
+    protonet_learner = tiny_protonet(channels_last=None)
+    assert list(protonet_learner.execution_options(one)) == ['channels-last images', 'contiguous images']
+    assert len(protonet_learner.execution_options(two)) == 4
+    meta = maml.MAML(networks.init_conv_params(4, 1, 4, num_outputs=3), networks.conv_net, vmap_tasks=False,
+                     channels_last=False, group_tasks=None)
+    assert meta.execution_options(one) == {} and len(meta.execution_options(two)) == 2
+
+
 def test_every_way_gives_the_same_loss_and_gradient():
     """In float64 (in float32 the conv biases' gradients, zero but for round-off under batch norm, differ)."""
     task_batch = batch(dtype=torch.float64)

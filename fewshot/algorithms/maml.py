@@ -132,14 +132,15 @@ class MAML(contracts.Learner):
         Given a sample, grouped tasks go in groups of at most GROUP_GRAPH_BYTES of graph, and
         are offered only where a group holds as many tasks as the trial (tuning.TUNE_TASKS, at
         most the sample's): where a task's graph is large, grouping saves little time and
-        would hold more memory than the per-task loop's training."""
+        would hold more memory than the per-task loop's training. With one task a step there
+        is nothing to group."""
         def use(vmap_tasks, group_tasks):
             return lambda: (setattr(self.inner, 'vmap_tasks', vmap_tasks),
                             setattr(self.inner, 'group_tasks', group_tasks))
         ways = {'per-task inner loops': use(False, False)}
         if self.inner.tunable:
             ways['vmap over tasks'] = use(True, False)
-        if self.inner.group_tunable:
+        if self.inner.group_tunable and (sample is None or len(sample) > 1):
             self.tasks_per_group = 0 if sample is None else max(1, GROUP_GRAPH_BYTES // self.graph_bytes(sample))
             if sample is None or self.tasks_per_group >= len(sample):
                 ways['tasks as groups of one convolution'] = use(False, True)

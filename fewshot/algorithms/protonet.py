@@ -63,7 +63,7 @@ class ProtoNet(contracts.Learner):
                              if metric == 'cosine' else None)
 
     def execution_options(self, sample=None):
-        return self.calls.options()
+        return self.calls.options(None if sample is None else len(sample))
 
     @property
     def execution_flags(self):

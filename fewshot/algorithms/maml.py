@@ -141,7 +141,8 @@ class MAML(contracts.Learner):
         if self.inner.tunable:
             ways['vmap over tasks'] = use(True, False)
         if self.inner.group_tunable and (sample is None or len(sample) > 1):
-            self.tasks_per_group = 0 if sample is None else max(1, GROUP_GRAPH_BYTES // self.graph_bytes(sample))
+            if sample is not None:
+                self.tasks_per_group = max(1, GROUP_GRAPH_BYTES // self.graph_bytes(sample))
             if sample is None or self.tasks_per_group >= len(sample):
                 ways['tasks as groups of one convolution'] = use(False, True)
         return execution.combine(ways if len(ways) > 1 else {}, self.inner.layout.options())

@@ -60,3 +60,26 @@ def test_a_members_probabilities_score_the_runs_as_the_test_does(runs, tmp_path,
         assert probabilities.shape == (20, 20, 20) and np.allclose(probabilities.sum(-1), 1)
         assert lake_ensemble.ensemble_errors([probabilities], labels) == pytest.approx(100 * errors)
     capsys.readouterr()
+
+
+def test_checkpoints_of_one_run_are_members_of_their_own(runs, tmp_path, capsys):  # noqa: F811
+    path, _, _, _, data_dir = runs
+    protonet.main(['--split', 'lake', *tiny_flags(data_dir, tmp_path), '--num_train_iterations', '2',
+                   '--val_interval', '1'])
+    capsys.readouterr()
+    log_dir = str(tmp_path)
+    lake_ensemble.main(['--members', f'{log_dir}:0', f'{log_dir}:1', f'{log_dir}:0', '--val_runs', path,
+                        '--test_runs', path])
+    out = capsys.readouterr().out
+    first, labels = lake_ensemble.member_probabilities(log_dir, 0, path)
+    second, _ = lake_ensemble.member_probabilities(log_dir, 1, path)
+    assert not np.allclose(first, second)
+    assert f'{log_dir}:0: validation runs' in out and f'{log_dir}:1: validation runs' in out
+    both = lake_ensemble.ensemble_errors([first, second], labels)
+    assert f'all 2 members: validation runs {lake_ensemble.spread(both)}' in out  # the repeat counted once
+
+
+def test_a_member_without_its_step_is_refused_in_one_line(capsys):
+    with pytest.raises(SystemExit):
+        lake_ensemble.main(['--members', 'logs/lake', '--val_runs', 'v.zip', '--test_runs', 't.zip'])
+    assert "'logs/lake': name a member as LOG_DIR:STEP" in capsys.readouterr().err

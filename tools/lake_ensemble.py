@@ -7,7 +7,8 @@ once on the evaluation runs: the protocol of docs/results.md's Lake table.
         --test_runs eval_runs.zip [--test_flags '--test_views 8']
 
 Lx:Sx: a model's log dir and checkpoint step (each chosen on the validation runs by
-tools.lake_select). Prints each member's validation error rate, the members chosen, and the
+tools.lake_select); one log dir may be named at several steps (checkpoints of one run as
+members). Prints each member's validation error rate, the members chosen, and the
 ensemble's error rates on the validation and (once) the evaluation runs.
 """
 import argparse
@@ -56,23 +57,29 @@ def choose_members(probabilities, labels):
     return order[:int(np.argmin(prefix_errors)) + 1]
 
 
+def member(text):
+    """'LOG_DIR:STEP' -> (log dir, step); argparse's one-line error otherwise."""
+    log_dir, _, step = text.rpartition(':')
+    if not log_dir or not step.isdigit():
+        raise argparse.ArgumentTypeError(f'{text!r}: name a member as LOG_DIR:STEP, e.g. logs/lake:2900')
+    return log_dir, int(step)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--members', nargs='+', required=True, metavar='LOG_DIR:STEP')
+    parser.add_argument('--members', nargs='+', required=True, type=member, metavar='LOG_DIR:STEP')
     parser.add_argument('--val_runs', required=True)
     parser.add_argument('--test_runs', required=True)
     parser.add_argument('--test_flags', default='', help="flags for every scoring, e.g. '--test_views 8'")
     args = parser.parse_args(argv)
-    members = dict(member.rsplit(':', 1) for member in args.members)
+    members = {f'{log_dir}:{step}': (log_dir, step) for log_dir, step in args.members}  # repeats: once
     val, labels = {}, None
-    for log_dir, step in members.items():
-        val[log_dir], labels = member_probabilities(log_dir, int(step), args.val_runs, args.test_flags.split())
-        print(f'{log_dir} step {step}: validation runs {spread(ensemble_errors([val[log_dir]], labels))}',
-              flush=True)
+    for name, (log_dir, step) in members.items():
+        val[name], labels = member_probabilities(log_dir, step, args.val_runs, args.test_flags.split())
+        print(f'{name}: validation runs {spread(ensemble_errors([val[name]], labels))}', flush=True)
     print(f'all {len(members)} members: validation runs {spread(ensemble_errors(list(val.values()), labels))}')
     chosen = choose_members(val, labels)
-    test = [member_probabilities(log_dir, int(members[log_dir]), args.test_runs, args.test_flags.split())
-            for log_dir in chosen]
+    test = [member_probabilities(*members[name], args.test_runs, args.test_flags.split()) for name in chosen]
     test_errors = ensemble_errors([p for p, _ in test], test[0][1])
     print(f'chosen {", ".join(chosen)}: validation runs {spread(ensemble_errors([val[m] for m in chosen], labels))} '
           f'({len(labels)} runs), evaluation runs {spread(test_errors)} ({len(test_errors)} runs)')

@@ -88,17 +88,18 @@ def split_alphabets(names, split, augment_rotations=False, class_split='course')
 
 def omniglot_sampler(split, num_way, num_support, num_query, data_dir='./data', seed=0, device='cpu',
                      augment_rotations=False, class_split='course', image_size=IMAGE_SIZE, episodes='random',
-                     augment_affine=False):
+                     augment_affine=False, augment_elastic=False):
     """A TaskSampler over one Omniglot split ('train', 'val' or 'test') of a class split.
 
     episodes: 'random' (any N classes of the split) or 'within_alphabet' (N classes of one alphabet).
-    augment_affine: every image of a task randomly distorted (augment.random_affine)."""
+    augment_affine, augment_elastic: every image of a task randomly distorted by an affine map and/or
+    an elastic field (augment.random_distortion)."""
     images, names = load_omniglot(data_dir, image_size=image_size)
     examples = omniglot_split(images, split, augment_rotations, class_split, names)
     groups = split_alphabets(names, split, augment_rotations, class_split) if episodes == 'within_alphabet' else None
     return tasks.TaskSampler(examples, num_way, num_support, num_query, seed, device,
                              f'the Omniglot {split} split ({class_split})', class_groups=groups,
-                             transform=augment.random_affine if augment_affine else None)
+                             transform=augment.distortion(augment_affine, augment_elastic))
 
 
 def features_per_channel(image_size, num_blocks=4):
@@ -141,6 +142,9 @@ class Omniglot(contracts.Dataset):
              help='the classes of a training task (default: --episodes)'),
         Flag('--augment_affine', default=False, action='store_true', log_name=True, before_it_existed=False,
              help='distort every training image by a random small rotation, shear, scale and shift'),
+        Flag('--augment_elastic', default=False, action='store_true', log_name=True, before_it_existed=False,
+             help='distort every training image by a smooth random displacement field (elastic, Simard et al. '
+                  '2003), with --augment_affine in the same resampling'),
         Flag('--num_hidden_channels', type=positive_int, default=64, log_name=True,
              help='channels of each conv block'),
         Flag('--lake_runs', nargs='?', const='', metavar='PATH', shapes_step=False,
@@ -162,7 +166,7 @@ class Omniglot(contracts.Dataset):
         episodes = (args.train_episodes or args.episodes) if training else args.episodes
         return omniglot_sampler(split, args.num_way, args.num_support, args.num_query, args.data_dir, seed, device,
                                 args.augment_rotations, args.class_split, args.image_size, episodes,
-                                args.augment_affine and training)
+                                args.augment_affine and training, args.augment_elastic and training)
 
     def benchmark_test(self, learner, args, log_dir, processes):
         """With --lake_runs, Lake et al.'s one-shot runs replace the sampled test tasks; otherwise None."""

@@ -1,5 +1,7 @@
 """tools.lake_ensemble: a member's probabilities score the runs as --test --lake_runs does, the
 ensemble averages probabilities, forward selection keeps what lowers the validation error."""
+import re
+
 import numpy as np
 import pytest
 
@@ -77,6 +79,9 @@ def test_checkpoints_of_one_run_are_members_of_their_own(runs, tmp_path, capsys)
     assert f'{log_dir}:0: validation runs' in out and f'{log_dir}:1: validation runs' in out
     both = lake_ensemble.ensemble_errors([first, second], labels)
     assert f'all 2 members: validation runs {lake_ensemble.spread(both)}' in out  # the repeat counted once
+    evaluation = re.search(r'evaluation runs ([\d.]+)% ± [\d.]+ \(20 runs\)', out).group(1)
+    line = re.search(r'Lake one-shot runs: mean error rate ([\d.]+)% over 20 runs \(accuracy ([\d.]+)%\)$', out, re.M)
+    assert line.group(1) == evaluation and float(line.group(2)) == pytest.approx(100 - float(evaluation), abs=0.006)
 
 
 def test_a_member_without_its_step_is_refused_in_one_line(capsys):

@@ -9,7 +9,8 @@ once on the evaluation runs: the protocol of docs/results.md's Lake table.
 Lx:Sx: a model's log dir and checkpoint step (each chosen on the validation runs by
 tools.lake_select); one log dir may be named at several steps (checkpoints of one run as
 members). Prints each member's validation error rate, the members chosen, and the
-ensemble's error rates on the validation and (once) the evaluation runs.
+ensemble's error rates on the validation and (once) the evaluation runs, the latter also in
+--test --lake_runs's line (so Lake's official all_runs.zip as --test_runs is reported alike).
 """
 import argparse
 
@@ -83,6 +84,7 @@ def main(argv=None):
     test_errors = ensemble_errors([p for p, _ in test], test[0][1])
     print(f'chosen {", ".join(chosen)}: validation runs {spread(ensemble_errors([val[m] for m in chosen], labels))} '
           f'({len(labels)} runs), evaluation runs {spread(test_errors)} ({len(test_errors)} runs)')
+    print(f'{args.test_runs}: {lake_runs.summary_line(test_errors / 100)}')
 
 
 if __name__ == '__main__':

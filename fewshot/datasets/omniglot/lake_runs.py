@@ -185,7 +185,13 @@ def lake_test(learner, args, log_dir, prints=True):
     num_items = batch.labels_query.shape[1]
     for name, error in zip(names, errors):
         print(f'{name}: error rate {100 * error:.1f}% ({round(error * num_items)} of {num_items} wrong)')
-    print(f'Lake one-shot runs: mean error rate {100 * errors.mean():.2f}% over {len(errors)} runs '
-          f'(accuracy {100 * (1 - errors.mean()):.2f}%)' + ('' if alone else ', transductive: the test images '
-                                                           "of a run shared batch-norm statistics"))
+    print(summary_line(errors, alone))
     return errors
+
+
+def summary_line(errors, alone=True):
+    """The line that reports (R,) error rates (fractions) over Lake's runs; alone: whether each test
+    image was classified on its own."""
+    return (f'Lake one-shot runs: mean error rate {100 * errors.mean():.2f}% over {len(errors)} runs '
+            f'(accuracy {100 * (1 - errors.mean()):.2f}%)' + ('' if alone else ', transductive: the test images '
+                                                             'of a run shared batch-norm statistics'))

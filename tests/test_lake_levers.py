@@ -285,6 +285,23 @@ def test_runs_of_held_out_background_alphabets(omniglot_dir, tmp_path):
     assert batch.images_support.shape == (6, 20, 1, 56, 56) and len(names) == 6
 
 
+def test_an_interrupted_build_leaves_no_runs_behind(omniglot_dir, tmp_path, monkeypatch):
+    path = tmp_path / 'val_runs.zip'
+    written = []
+
+    def stop_at_the_second_run(self, name, data, *rest):
+        if name.startswith('run02/'):
+            raise KeyboardInterrupt
+        written.append(name)
+        return real_writestr(self, name, data, *rest)
+    real_writestr = zipfile.ZipFile.writestr
+    monkeypatch.setattr(zipfile.ZipFile, 'writestr', stop_at_the_second_run)
+    with pytest.raises(KeyboardInterrupt):
+        lake_runs.build_runs(f'{omniglot_dir}/images_background.zip', str(path), num_runs=2,
+                             alphabets=omniglot_dataset.VALIDATION_ALPHABETS)
+    assert len(written) == 41 and list(tmp_path.iterdir()) == []  # run 1 written, then nothing kept
+
+
 # ---------------------------------------------------------------- test-time augmentation
 
 def test_test_views_average_distorted_embeddings_and_one_view_changes_nothing():

@@ -62,23 +62,35 @@ def build_runs(source_zip, target, seed=0, num_runs=NUM_RUNS, alphabets=None):
         if not candidates:
             raise UserError(f'{source_zip} holds no alphabet of {NUM_WAY} characters to build runs from')
         runs = []
-        with zipfile.ZipFile(target, 'w') as out:
-            for r in range(1, num_runs + 1):
-                alphabet = rng.choice(candidates)
-                chosen = rng.sample(sorted(characters[alphabet]), NUM_WAY)
-                first, second = rng.sample(range(20), 2)
-                classes, order = [], rng.sample(range(NUM_WAY), NUM_WAY)
-                lines = []
-                for k, character in enumerate(chosen):
-                    drawings = sorted(characters[alphabet][character])
-                    out.writestr(f'run{r:02d}/training/class{k + 1:02d}.png', source.read(drawings[first]))
-                    classes.append((f'{alphabet}/{character}', first, second))
-                for m, k in enumerate(order):
-                    drawings = sorted(characters[alphabet][chosen[k]])
-                    out.writestr(f'run{r:02d}/test/item{m + 1:02d}.png', source.read(drawings[second]))
-                    lines.append(f'run{r:02d}/test/item{m + 1:02d}.png run{r:02d}/training/class{k + 1:02d}.png')
-                out.writestr(f'run{r:02d}/{LABELS_FILE}', '\n'.join(lines) + '\n')
-                runs.append((classes, order))
+
+        def write(file):
+            with zipfile.ZipFile(file, 'w') as out:
+                runs.extend(_write_runs(out, source, characters, candidates, rng, num_runs))
+
+        files.atomic_write(target, write)  # an interruption leaves no partial zip behind
+    return runs
+
+
+def _write_runs(out, source, characters, candidates, rng, num_runs):
+    """Draw num_runs runs and write their images and labels from the ZipFile source to the ZipFile
+    out; characters: alphabet -> character -> its drawings' entries. Returns build_runs's list."""
+    runs = []
+    for r in range(1, num_runs + 1):
+        alphabet = rng.choice(candidates)
+        chosen = rng.sample(sorted(characters[alphabet]), NUM_WAY)
+        first, second = rng.sample(range(20), 2)
+        classes, order = [], rng.sample(range(NUM_WAY), NUM_WAY)
+        lines = []
+        for k, character in enumerate(chosen):
+            drawings = sorted(characters[alphabet][character])
+            out.writestr(f'run{r:02d}/training/class{k + 1:02d}.png', source.read(drawings[first]))
+            classes.append((f'{alphabet}/{character}', first, second))
+        for m, k in enumerate(order):
+            drawings = sorted(characters[alphabet][chosen[k]])
+            out.writestr(f'run{r:02d}/test/item{m + 1:02d}.png', source.read(drawings[second]))
+            lines.append(f'run{r:02d}/test/item{m + 1:02d}.png run{r:02d}/training/class{k + 1:02d}.png')
+        out.writestr(f'run{r:02d}/{LABELS_FILE}', '\n'.join(lines) + '\n')
+        runs.append((classes, order))
     return runs
 
 

@@ -71,7 +71,7 @@ def test_checkpoints_of_one_run_are_members_of_their_own(runs, tmp_path, capsys)
     capsys.readouterr()
     log_dir = str(tmp_path)
     lake_ensemble.main(['--members', f'{log_dir}:0', f'{log_dir}:1', f'{log_dir}:0', '--val_runs', path,
-                        '--test_runs', path])
+                        '--test_runs', path, path])
     out = capsys.readouterr().out
     first, labels = lake_ensemble.member_probabilities(log_dir, 0, path)
     second, _ = lake_ensemble.member_probabilities(log_dir, 1, path)
@@ -79,9 +79,11 @@ def test_checkpoints_of_one_run_are_members_of_their_own(runs, tmp_path, capsys)
     assert f'{log_dir}:0: validation runs' in out and f'{log_dir}:1: validation runs' in out
     both = lake_ensemble.ensemble_errors([first, second], labels)
     assert f'all 2 members: validation runs {lake_ensemble.spread(both)}' in out  # the repeat counted once
-    evaluation = re.search(r'evaluation runs ([\d.]+)% ± [\d.]+ \(20 runs\)', out).group(1)
-    line = re.search(r'Lake one-shot runs: mean error rate ([\d.]+)% over 20 runs \(accuracy ([\d.]+)%\)$', out, re.M)
-    assert line.group(1) == evaluation and float(line.group(2)) == pytest.approx(100 - float(evaluation), abs=0.006)
+    assert out.count('Lake one-shot runs:') == 2  # each test runs zip scored
+    evaluation = re.search(r'evaluation runs ([\d.]+)% ± [\d.]+ \(20 runs\); Lake one-shot runs: mean error rate '
+                           r'([\d.]+)% over 20 runs \(accuracy ([\d.]+)%\)$', out, re.M)
+    assert evaluation.group(1) == evaluation.group(2)
+    assert float(evaluation.group(3)) == pytest.approx(100 - float(evaluation.group(1)), abs=0.006)
 
 
 def test_a_member_without_its_step_is_refused_in_one_line(capsys):

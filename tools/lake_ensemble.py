@@ -4,13 +4,13 @@ chosen on the background-validation runs by forward selection, and the chosen en
 once on the evaluation runs: the protocol of docs/results.md's Lake table.
 
     python -m tools.lake_ensemble --members L1:S1 L2:S2 ... --val_runs val_runs.zip \
-        --test_runs eval_runs.zip [--test_flags '--test_views 8']
+        --test_runs eval_runs.zip [all_runs.zip] [--test_flags '--test_views 8']
 
 Lx:Sx: a model's log dir and checkpoint step (each chosen on the validation runs by
 tools.lake_select); one log dir may be named at several steps (checkpoints of one run as
 members). Prints each member's validation error rate, the members chosen, and the
-ensemble's error rates on the validation and (once) the evaluation runs, the latter also in
---test --lake_runs's line (so Lake's official all_runs.zip as --test_runs is reported alike).
+ensemble's error rates on the validation runs and (once) on each --test_runs, the latter also in
+--test --lake_runs's line (Lake's official all_runs.zip among them is reported alike).
 """
 import argparse
 
@@ -70,7 +70,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--members', nargs='+', required=True, type=member, metavar='LOG_DIR:STEP')
     parser.add_argument('--val_runs', required=True)
-    parser.add_argument('--test_runs', required=True)
+    parser.add_argument('--test_runs', nargs='+', required=True, help='each scored once by the chosen members')
     parser.add_argument('--test_flags', default='', help="flags for every scoring, e.g. '--test_views 8'")
     args = parser.parse_args(argv)
     members = {f'{log_dir}:{step}': (log_dir, step) for log_dir, step in args.members}  # repeats: once
@@ -80,11 +80,13 @@ def main(argv=None):
         print(f'{name}: validation runs {spread(ensemble_errors([val[name]], labels))}', flush=True)
     print(f'all {len(members)} members: validation runs {spread(ensemble_errors(list(val.values()), labels))}')
     chosen = choose_members(val, labels)
-    test = [member_probabilities(*members[name], args.test_runs, args.test_flags.split()) for name in chosen]
-    test_errors = ensemble_errors([p for p, _ in test], test[0][1])
     print(f'chosen {", ".join(chosen)}: validation runs {spread(ensemble_errors([val[m] for m in chosen], labels))} '
-          f'({len(labels)} runs), evaluation runs {spread(test_errors)} ({len(test_errors)} runs)')
-    print(f'{args.test_runs}: {lake_runs.summary_line(test_errors / 100)}')
+          f'({len(labels)} runs)')
+    for runs in args.test_runs:
+        test = [member_probabilities(*members[name], runs, args.test_flags.split()) for name in chosen]
+        test_errors = ensemble_errors([p for p, _ in test], test[0][1])
+        print(f'{runs}: evaluation runs {spread(test_errors)} ({len(test_errors)} runs); '
+              f'{lake_runs.summary_line(test_errors / 100)}')
 
 
 if __name__ == '__main__':

@@ -33,6 +33,19 @@ def spread(errors):
     return f'{errors.mean():.2f}% ± {1.96 * errors.std(ddof=1) / np.sqrt(len(errors)):.2f}'
 
 
+def choose_step(log_dir, val_runs, every=100, extra=()):
+    """The checkpoint of log_dir (of those at multiples of `every`, and the last) with the lowest mean
+    error rate on the runs in val_runs (ties: the later), printing each one's; returns it and
+    {step: (R,) error rates in %}."""
+    saved = checkpoints.saved_steps(log_dir)
+    steps = [s for s in saved if s % every == 0 or s == saved[-1]]
+    scored = {}
+    for step in steps:
+        scored[step] = run_errors(log_dir, step, val_runs, extra)
+        print(f'step {step}: validation runs {spread(scored[step])}', flush=True)
+    return min(steps, key=lambda s: (scored[s].mean(), -s)), scored
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--log_dir', required=True)
@@ -41,13 +54,7 @@ def main(argv=None):
     parser.add_argument('--every', type=int, default=100, help='score the checkpoints at multiples of this step')
     parser.add_argument('--test_flags', default='', help="flags for every scoring, e.g. '--test_views 8'")
     args = parser.parse_args(argv)
-    saved = checkpoints.saved_steps(args.log_dir)
-    steps = [s for s in saved if s % args.every == 0 or s == saved[-1]]
-    scored = {}
-    for step in steps:
-        scored[step] = run_errors(args.log_dir, step, args.val_runs, args.test_flags.split())
-        print(f'step {step}: validation runs {spread(scored[step])}', flush=True)
-    best = min(steps, key=lambda s: (scored[s].mean(), -s))  # ties: the later checkpoint
+    best, scored = choose_step(args.log_dir, args.val_runs, args.every, args.test_flags.split())
     test = run_errors(args.log_dir, best, args.test_runs, args.test_flags.split())
     print(f'chosen step {best}: validation runs {spread(scored[best])} ({len(scored[best])} runs), '
           f'evaluation runs {spread(test)} ({len(test)} runs)')

@@ -19,9 +19,11 @@ COMMON = ('--split lake --augment_rotations --inductive --num_way 20 --num_suppo
           '--train_num_way 60 --train_num_query 5 --batch_size 1 --lr_halving_steps 2000 '
           '--num_train_iterations 3000 --num_val_tasks 100 --val_interval 100')
 MEMBERS = {  # the ensemble forward selection kept on the background-validation runs (docs/results.md)
-    'long': '--episodes within_alphabet --augment_affine --train_inductive --num_train_iterations 6000',
+    'wide': '--episodes within_alphabet --augment_affine --train_inductive --num_hidden_channels 128 --precision auto',
     'size56': '--episodes within_alphabet --augment_affine --train_inductive --image_size 56 --precision auto',
-    'within': '--episodes within_alphabet',
+    'long': '--episodes within_alphabet --augment_affine --train_inductive --num_train_iterations 6000',
+    'affine': '--episodes within_alphabet --augment_affine',
+    'inductive': '--episodes within_alphabet --augment_affine --train_inductive',
 }
 RUNS = {'val_runs.zip': '--set background_validation --runs 40 --seed 0',
         'eval_runs.zip': '--set evaluation --runs 80 --seed 1'}

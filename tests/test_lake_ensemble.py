@@ -86,7 +86,16 @@ def test_checkpoints_of_one_run_are_members_of_their_own(runs, tmp_path, capsys)
     assert float(evaluation.group(3)) == pytest.approx(100 - float(evaluation.group(1)), abs=0.006)
 
 
-def test_a_member_without_its_step_is_refused_in_one_line(capsys):
-    with pytest.raises(SystemExit):
-        lake_ensemble.main(['--members', 'logs/lake', '--val_runs', 'v.zip', '--test_runs', 't.zip'])
-    assert "'logs/lake': name a member as LOG_DIR:STEP" in capsys.readouterr().err
+def test_bad_members_and_runs_are_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / 'state0.pt').touch()
+    (tmp_path / 'val.zip').touch()
+    member, val = f'{tmp_path}:0', str(tmp_path / 'val.zip')
+    for members, val_runs, test_runs, line in (
+            ('logs/lake', val, val, "argument --members: 'logs/lake': name a member as LOG_DIR:STEP"),
+            (f'{tmp_path}:100', val, val, f'argument --members: {tmp_path}:100: no checkpoint at {tmp_path}/state100.pt'),
+            (member, 'v.zip', val, 'argument --val_runs: v.zip does not exist'),
+            (member, val, 't.zip', 'argument --test_runs: t.zip does not exist')):
+        with pytest.raises(SystemExit):
+            lake_ensemble.main(['--members', members, '--val_runs', val_runs, '--test_runs', test_runs])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert line in err[-1], err

@@ -88,17 +88,6 @@ def test_identity_map_leaves_images_unchanged_and_a_shift_moves_them(monkeypatch
     assert torch.allclose(shifted[..., :-2, :-2], images[..., 2:, 2:], atol=1e-5)
 
 
-def test_affine_distortion_reaches_training_tasks_only(omniglot_dir):
-    args = type('Args', (), dict(num_way=5, num_support=1, num_query=1, data_dir=omniglot_dir, augment_rotations=False,
-                                 class_split='lake', image_size=28, episodes='random', train_episodes=None,
-                                 augment_affine=True, augment_elastic=False))
-    train, val = (omniglot_dataset.Omniglot().build_sampler(split, args, 0, 'cpu').sample(2) for split in ('train', 'val'))
-    assert train.images_support.shape == val.images_support.shape == (2, 5, 1, 28, 28)
-    assert not torch.isin(train.images_support, torch.tensor([0.0, 1.0])).all()  # interpolated
-    assert torch.isin(val.images_support, torch.tensor([0.0, 1.0])).all()
-    assert train.labels_support.tolist() == [[0, 1, 2, 3, 4]] * 2
-
-
 # ---------------------------------------------------------------- elastic distortions
 
 def test_elastic_fields_are_smooth_and_the_same_distortion_at_every_size():
@@ -134,16 +123,17 @@ def test_elastic_distortion_keeps_shapes_and_ink_and_is_seeded_and_zero_leaves_i
                                                     elastic=True), affine, atol=1e-5)  # the affine map's draws first
 
 
-def test_elastic_distortion_reaches_training_tasks_only(omniglot_dir):
+@pytest.mark.parametrize('affine, elastic', [(True, False), (False, True), (True, True)])
+def test_distortions_reach_training_tasks_only(omniglot_dir, affine, elastic):
     args = type('Args', (), dict(num_way=5, num_support=1, num_query=1, data_dir=omniglot_dir, augment_rotations=False,
                                  class_split='lake', image_size=28, episodes='random', train_episodes=None,
-                                 augment_affine=False, augment_elastic=True))
+                                 augment_affine=affine, augment_elastic=elastic))
     train, val = (omniglot_dataset.Omniglot().build_sampler(split, args, 0, 'cpu').sample(2) for split in ('train', 'val'))
     assert train.images_support.shape == val.images_support.shape == (2, 5, 1, 28, 28)
     assert not torch.isin(train.images_support, torch.tensor([0.0, 1.0])).all()  # resampled
     assert torch.isin(val.images_support, torch.tensor([0.0, 1.0])).all()
     assert train.labels_support.tolist() == [[0, 1, 2, 3, 4]] * 2
-    args.augment_elastic = False
+    args.augment_affine = args.augment_elastic = False
     plain = omniglot_dataset.Omniglot().build_sampler('train', args, 0, 'cpu').sample(2)
     assert torch.isin(plain.images_support, torch.tensor([0.0, 1.0])).all()
 

@@ -3,6 +3,8 @@ ensemble; the same command again continues rather than redoing (tiny members on 
 import os
 import re
 
+import pytest
+
 from test_lake_runs import runs  # noqa: F401 (the fixture)
 from tools import lake_recipe
 
@@ -39,3 +41,10 @@ def test_one_command_trains_chooses_and_scores_and_again_continues(runs, tmp_pat
     assert outputs(out) == written  # nothing built or trained anew
     assert again.count('has finished') == len(lake_recipe.MEMBERS)
     assert again.splitlines()[-3:] == first.splitlines()[-3:]  # the same choice and scores
+
+
+def test_missing_official_runs_are_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        lake_recipe.main(['--data_dir', str(tmp_path), '--out', str(tmp_path / 'out'), '--official_runs', 'all.zip'])
+    assert 'argument --official_runs: all.zip does not exist' in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()

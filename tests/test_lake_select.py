@@ -1,5 +1,6 @@
 """tools.lake_select: a run's checkpoint chosen by its mean error rate on the validation runs."""
 import numpy as np
+import pytest
 
 from tools import lake_select
 
@@ -21,3 +22,15 @@ def test_the_checkpoint_with_the_lowest_validation_error_is_chosen_ties_the_late
     errors[100] = [10.0, 10.0]
     assert lake_select.choose_step('L', 'val.zip', every=50)[0] == 150
     assert lake_select.choose_step('L', 'val.zip', every=100)[0] == 100
+
+
+def test_a_log_dir_without_checkpoints_and_missing_runs_are_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / 'state0.pt').touch()
+    (tmp_path / 'val.zip').touch()
+    val = str(tmp_path / 'val.zip')
+    for log_dir, val_runs, line in ((str(tmp_path / 'none'), val, f'argument --log_dir: {tmp_path}/none holds no '
+                                                                   'checkpoints'),
+                                    (str(tmp_path), 'v.zip', 'argument --val_runs: v.zip does not exist')):
+        with pytest.raises(SystemExit):
+            lake_select.main(['--log_dir', log_dir, '--val_runs', val_runs, '--test_runs', val])
+        assert line in capsys.readouterr().err.strip().splitlines()[-1]

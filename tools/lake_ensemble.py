@@ -13,6 +13,7 @@ ensemble's error rates on the validation runs and (once) on each --test_runs, th
 --test --lake_runs's line (Lake's official all_runs.zip among them is reported alike).
 """
 import argparse
+import os
 
 import numpy as np
 import torch
@@ -20,8 +21,9 @@ import torch
 import protonet
 from fewshot import cli, runtime
 from fewshot.datasets.omniglot import lake_runs
-from fewshot.engine import runner
-from tools.lake_select import spread
+from fewshot.engine import checkpoints, runner
+from fewshot.errors import UserError
+from tools.lake_select import runs_file, spread
 
 
 def member_probabilities(log_dir, step, runs, extra=()):
@@ -63,16 +65,27 @@ def member(text):
     log_dir, _, step = text.rpartition(':')
     if not log_dir or not step.isdigit():
         raise argparse.ArgumentTypeError(f'{text!r}: name a member as LOG_DIR:STEP, e.g. logs/lake:2900')
+    if not os.path.isfile(checkpoints.path(log_dir, int(step))):
+        raise argparse.ArgumentTypeError(f'{text}: no checkpoint at {checkpoints.path(log_dir, int(step))}')
     return log_dir, int(step)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--members', nargs='+', required=True, type=member, metavar='LOG_DIR:STEP')
-    parser.add_argument('--val_runs', required=True)
-    parser.add_argument('--test_runs', nargs='+', required=True, help='each scored once by the chosen members')
+    parser.add_argument('--val_runs', required=True, type=runs_file)
+    parser.add_argument('--test_runs', nargs='+', required=True, type=runs_file,
+                        help='each scored once by the chosen members')
     parser.add_argument('--test_flags', default='', help="flags for every scoring, e.g. '--test_views 8'")
     args = parser.parse_args(argv)
+    try:
+        score(args)
+    except UserError as error:  # e.g. a member not trained on --split lake
+        raise SystemExit(f'error: {error}') from None
+
+
+def score(args):
+    """Choose the members of args.members on args.val_runs and score them on each args.test_runs, printing."""
     members = {f'{log_dir}:{step}': (log_dir, step) for log_dir, step in args.members}  # repeats: once
     val, labels = {}, None
     for name, (log_dir, step) in members.items():

@@ -14,6 +14,7 @@ import shlex
 
 import protonet
 from tools import build_lake_runs, lake_ensemble, lake_select
+from tools.lake_select import runs_file
 
 COMMON = ('--split lake --augment_rotations --inductive --num_way 20 --num_support 1 --num_query 1 '
           '--train_num_way 60 --train_num_query 5 --batch_size 1 --lr_halving_steps 2000 '
@@ -34,7 +35,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data_dir', required=True, help='the folder holding the official Omniglot zips')
     parser.add_argument('--out', required=True, help='where the runs and the members\' log dirs go')
-    parser.add_argument('--official_runs', help="Lake's all_runs.zip (or its folder), scored after the evaluation runs")
+    parser.add_argument('--official_runs', type=runs_file, help="Lake's all_runs.zip (or its folder), scored after the evaluation runs")
     parser.add_argument('--train_flags', default='', help="flags added to every member's training, e.g. '--device gpu'")
     args = parser.parse_args(argv)
     runs = {name: os.path.join(args.out, name) for name in RUNS}

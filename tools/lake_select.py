@@ -10,6 +10,7 @@ Prints the validation error rate of every checkpoint scored, then the chosen one
 import argparse
 import contextlib
 import io
+import os
 import re
 
 import numpy as np
@@ -33,6 +34,21 @@ def spread(errors):
     return f'{errors.mean():.2f}% ± {1.96 * errors.std(ddof=1) / np.sqrt(len(errors)):.2f}'
 
 
+def runs_file(text):
+    """An argparse type: a runs zip or folder that exists."""
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f'{text} does not exist; build runs with python -m tools.build_lake_runs, '
+                                         "or give Lake's all_runs.zip")
+    return text
+
+
+def trained_log_dir(text):
+    """An argparse type: a log dir holding checkpoints."""
+    if not checkpoints.saved_steps(text):
+        raise argparse.ArgumentTypeError(f'{text} holds no checkpoints; give the --log_dir of a --split lake run')
+    return text
+
+
 def choose_step(log_dir, val_runs, every=100, extra=()):
     """The checkpoint of log_dir (of those at multiples of `every`, and the last) with the lowest mean
     error rate on the runs in val_runs (ties: the later), printing each one's; returns it and
@@ -48,9 +64,9 @@ def choose_step(log_dir, val_runs, every=100, extra=()):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--log_dir', required=True)
-    parser.add_argument('--val_runs', required=True)
-    parser.add_argument('--test_runs', required=True)
+    parser.add_argument('--log_dir', required=True, type=trained_log_dir)
+    parser.add_argument('--val_runs', required=True, type=runs_file)
+    parser.add_argument('--test_runs', required=True, type=runs_file)
     parser.add_argument('--every', type=int, default=100, help='score the checkpoints at multiples of this step')
     parser.add_argument('--test_flags', default='', help="flags for every scoring, e.g. '--test_views 8'")
     args = parser.parse_args(argv)

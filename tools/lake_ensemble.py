@@ -65,8 +65,9 @@ def member(text):
     log_dir, _, step = text.rpartition(':')
     if not log_dir or not step.isdigit():
         raise argparse.ArgumentTypeError(f'{text!r}: name a member as LOG_DIR:STEP, e.g. logs/lake:2900')
-    if not os.path.isfile(checkpoints.path(log_dir, int(step))):
-        raise argparse.ArgumentTypeError(f'{text}: no checkpoint at {checkpoints.path(log_dir, int(step))}')
+    checkpoint = checkpoints.path(log_dir, int(step))
+    if not os.path.isfile(checkpoint):
+        raise argparse.ArgumentTypeError(f'{text}: no checkpoint at {checkpoint}')
     return log_dir, int(step)
 
 

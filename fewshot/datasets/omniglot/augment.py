@@ -56,7 +56,7 @@ def elastic_fields(count, size, generator):
     return (ELASTIC_RMS / noise_rms * smooth).view(count, 2, size, size).permute(0, 2, 3, 1)
 
 
-def random_distortion(images, generator, affine=True, elastic=False):
+def random_distortion(images, generator, *, affine, elastic):
     """(..., C, S, S) float images -> each distorted by its own random affine map and/or elastic
     field (bilinear, ink 0 outside); the affine map's numbers are drawn first."""
     flat = images.reshape(-1, *images.shape[-3:])

@@ -41,11 +41,11 @@ maml.MAML._inner_loop = lambda self, images, labels, train: real(self, images, l
 ''',
     '3a-1-basic': '''
 import maml
-real = maml.MAML.task_metrics
+real = maml.MAML._outer_step
 def broken(self, batch, train):  # a (1,) loss instead of a scalar
-    loss, accuracy = real(self, batch, train)
-    return loss.reshape(1), accuracy
-maml.MAML.task_metrics = broken
+    loss, *accuracies = real(self, batch, train)
+    return (loss.reshape(1), *accuracies)
+maml.MAML._outer_step = broken
 ''',
     '3b-0-basic': '''
 import maml

@@ -77,7 +77,7 @@ def test_a_grouped_step_in_groups_is_the_same_step():
 
 
 def test_grouped_tasks_are_offered_where_a_group_of_the_trials_tasks_fits(monkeypatch):
-    learner = maml_algorithm.MAML(networks.init_conv_params(4, 1, 4, num_outputs=3), networks.conv_net,
+    learner = maml.MAML(networks.init_conv_params(4, 1, 4, num_outputs=3), networks.conv_net,
                                   vmap_tasks=False, channels_last=False, group_tasks=None)
     sample = random_batch(num_tasks=4, dtype=torch.float32)
     one_task = learner.graph_bytes(sample)
@@ -99,7 +99,7 @@ def test_tuning_reads_the_gate_on_the_trials_tasks(tmp_path, monkeypatch):
     timed = []
     monkeypatch.setattr(tuning, 'seconds_per_step', lambda learner, batch, repeats=2: timed.append(
         (learner.inner.group_tasks, len(batch))) or (0.1 if learner.inner.group_tasks else 0.2))
-    learner = maml_algorithm.MAML(networks.init_conv_params(4, 1, 4, num_outputs=3), networks.conv_net,
+    learner = maml.MAML(networks.init_conv_params(4, 1, 4, num_outputs=3), networks.conv_net,
                                   vmap_tasks=False, channels_last=False, group_tasks=None)
     sample = lambda: random_batch(num_tasks=6, dtype=torch.float32)  # noqa: E731
     assert tuning.choose(learner, sample, 'fits', str(tmp_path / 't.json')) == 'tasks as groups of one convolution'
@@ -115,8 +115,8 @@ def test_group_tasks_refusals():
         command.build_learner(command.args, torch.device('cpu'))
     params = networks.init_conv_params(1, 1, 2, num_outputs=3)
     with pytest.raises(UserError, match='--group_tasks yes and --vmap_tasks yes'):
-        maml_algorithm.MAML(params, networks.conv_net, vmap_tasks=True, group_tasks=True)
+        maml.MAML(params, networks.conv_net, vmap_tasks=True, group_tasks=True)
     with pytest.raises(UserError, match='--group_tasks yes: --per_step_bn'):
-        maml_algorithm.MAML(params, networks.conv_net, group_tasks=True, variants=Variants(per_step_bn=True))
-    assert not maml_algorithm.MAML(params, networks.conv_net, group_tasks=None,
+        maml.MAML(params, networks.conv_net, group_tasks=True, variants=Variants(per_step_bn=True))
+    assert not maml.MAML(params, networks.conv_net, group_tasks=None,
                                    variants=Variants(per_step_bn=True)).inner.group_tunable

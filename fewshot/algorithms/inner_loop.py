@@ -121,6 +121,7 @@ class InnerLoop:
             # running statistics are updated in place: per-task loop only
             self.vmap_tasks = self.tunable = self.group_tunable = False
         self.meta_parameters = {k: v.to(self.device).requires_grad_() for k, v in params.items()}
+        self.histories = None  # a list: adapt() appends each history to it (the multi-step loss, task by task)
         self.adapted_keys = [k for k in params if self._adapts(k)]
         per_step = self.variants.learn_inner_lrs_per_step
         self.learn_inner_lrs = learn_inner_lrs or per_step
@@ -170,94 +171,59 @@ class InnerLoop:
             parameters[k] = parameters[k] - self.inner_lr(k, step) * direction
         return parameters, squares
 
-    def adapt(self, images, labels, create_graph, train):
-        """Adapt to one task's examples: images (M, ...), labels (M,) or (M, outputs).
+    def adapt(self, images, labels, create_graph, train, way=None):
+        """Adapt to one task's examples, images (M, ...) and labels (M,) or (M, outputs); or, with
+        way=GROUPED, to B tasks' at once, (B, M, ...) and (B, M), each parameter a (B, *shape)
+        tensor of rows. The one inner loop: adapt_tasks wraps it for a batch of tasks.
 
         Returns:
             history: L+1 parameter dicts, the meta-parameters then after each inner step.
-            metrics: L+1 metrics (0-d tensors) on these examples, before each step and after the last.
+            metrics: (L+1,) metrics on these examples, before each step and after the last ((B, L+1) grouped).
             gradients: the L dicts of inner-loop gradients of the adapted tensors.
         With train=False nothing returned requires grad.
         """
-        parameters = self.meta_parameters if train else {k: v.detach() for k, v in self.meta_parameters.items()}
+        way = way or PER_TASK
+        parameters = way.start(self.meta_parameters if train else detached(self.meta_parameters), images)
         history, metrics, gradients, squares = [parameters], [], [], {}
         for step in range(self.num_inner_steps):
-            if not train:
+            if not train and way.fresh_leaves:  # evaluation: the adapted tensors are leaves of this step's graph
                 parameters = {k: v.detach().requires_grad_(k in self.adapted_keys) for k, v in parameters.items()}
-            with torch.enable_grad():
-                outputs = self.forward(images, parameters, step, train, differentiated_twice=create_graph)
-                grads = torch.autograd.grad(self.task.loss(outputs, labels),
-                                            [parameters[k] for k in self.adapted_keys], create_graph=create_graph)
-            grads = dict(zip(self.adapted_keys, grads))
+
+            def support_loss(adapted, parameters=parameters, step=step):
+                outputs = way.forward(self, images, {**parameters, **adapted}, step, train, create_graph)
+                return way.loss(self.task, outputs, labels), outputs
+            grads, outputs = way.gradients(support_loss, {k: parameters[k] for k in self.adapted_keys}, create_graph)
             metrics.append(self.task.metric(outputs, labels))
             gradients.append(grads)
             parameters, squares = self._update(parameters, grads, squares, step)
             if not train:
-                parameters = {k: v.detach() for k, v in parameters.items()}
-                squares = {k: v.detach() for k, v in squares.items()}
+                parameters, squares = detached(parameters), detached(squares)
             history.append(parameters)
         with torch.no_grad():
-            metrics.append(self.task.metric(self.forward(images, parameters, self.num_inner_steps, train), labels))
-        return history, metrics, gradients
+            metrics.append(self.task.metric(way.forward(self, images, parameters, self.num_inner_steps, train), labels))
+        if self.histories is not None:
+            self.histories.append(history)
+        return history, torch.stack(metrics, dim=-1), gradients
 
-    def adapt_vmapped(self, images, labels, create_graph, train):
-        """adapt() for a batch of tasks at once with torch.func.
+    def adapt_tasks(self, images, labels, create_graph, train):
+        """adapt() for a batch of tasks at once: grouped (group_tasks), or with torch.vmap.
 
         Args: images (B, M, ...), labels (B, M) or (B, M, outputs).
         Returns: history (L+1 dicts of (B, *shape) parameters) and (B, L+1) metrics.
         """
-        meta = self.meta_parameters
-
-        def support_loss(adapted, fixed, x, y):
-            outputs = self.forward(x, {**fixed, **adapted}, differentiated_twice=create_graph)
-            return self.task.loss(outputs, y), outputs
+        if self.group_tasks:
+            return self.adapt(images, labels, create_graph, train, GROUPED)[:2]
 
         def adapt(x, y):
-            parameters, squares, history, metrics = meta, {}, [meta], []
-            for step in range(self.num_inner_steps):
-                adapted = {k: parameters[k] for k in self.adapted_keys}
-                fixed = {k: v for k, v in parameters.items() if k not in adapted}
-                grads, outputs = torch.func.grad(support_loss, has_aux=True)(adapted, fixed, x, y)
-                if not create_graph:
-                    grads = {k: g.detach() for k, g in grads.items()}
-                metrics.append(self.task.metric(outputs, y))
-                parameters, squares = self._update(parameters, grads, squares, step)
-                history.append(parameters)
-            metrics.append(self.task.metric(self.forward(x, parameters), y))
-            return history, torch.stack(metrics)
-
+            return self.adapt(x, y, create_graph, train, VMAPPED)[:2]
         with torch.set_grad_enabled(train):
             return torch.vmap(adapt, randomness='different')(images, labels)
 
-    def adapt_grouped(self, images, labels, create_graph, train):
-        """adapt() for a batch of tasks at once through forward_grouped: each task's parameters
-        are a row of (B, *shape) tensors, and the gradient of the sum of the tasks' losses by
-        a row is that task's own.
-
-        Args: images (B, M, ...), labels (B, M).
-        Returns: history (L+1 dicts of (B, *shape) parameters) and (B, L+1) metrics.
-        """
-        tasks = images.shape[0]
-        parameters = {k: (v if train else v.detach()).expand(tasks, *v.shape)
-                      for k, v in self.meta_parameters.items()}
-        history, metrics, squares = [parameters], [], {}
-        for step in range(self.num_inner_steps):
-            if not train:
-                parameters = {k: v.detach().requires_grad_(k in self.adapted_keys) for k, v in parameters.items()}
-            with torch.enable_grad():
-                outputs = self.forward_grouped(images, parameters, differentiated_twice=create_graph)
-                loss = self.task.loss(outputs, labels) * tasks  # the mean over all examples: B tasks' means / B
-                grads = torch.autograd.grad(loss, [parameters[k] for k in self.adapted_keys],
-                                            create_graph=create_graph)
-            metrics.append(self.task.metric(outputs, labels))
-            parameters, squares = self._update(parameters, dict(zip(self.adapted_keys, grads)), squares, step)
-            if not train:
-                parameters = {k: v.detach() for k, v in parameters.items()}
-                squares = {k: v.detach() for k, v in squares.items()}
-            history.append(parameters)
-        with torch.no_grad():
-            metrics.append(self.task.metric(self.forward_grouped(images, parameters), labels))
-        return history, torch.stack(metrics, dim=1)
+    def forward_tasks(self, images, parameters):
+        """(B, M, ...) examples of B tasks -> (B, M, outputs) under (B, *shape) parameters, as adapt_tasks adapts."""
+        if self.group_tasks:
+            return self.forward_grouped(images, parameters)
+        return torch.vmap(self.forward, randomness='different')(images, parameters)
 
     def state(self):
         state = {'meta_parameters': {k: v.detach().cpu() for k, v in self.meta_parameters.items()},
@@ -276,3 +242,63 @@ class InnerLoop:
                 self.inner_lrs[k].copy_(v)
             if self.per_step_bn is not None:
                 self.per_step_bn.load_state(state['bn_running'])
+
+
+def detached(tensors):
+    return {k: v.detach() for k, v in tensors.items()}
+
+
+def autograd_gradients(loss_of, adapted, create_graph):
+    """({key: d loss / d tensor}, outputs) of loss_of(adapted) -> (loss, outputs), by torch.autograd.grad."""
+    with torch.enable_grad():
+        loss, outputs = loss_of(adapted)
+        grads = torch.autograd.grad(loss, list(adapted.values()), create_graph=create_graph)
+    return dict(zip(adapted, grads)), outputs
+
+
+def functional_gradients(loss_of, adapted, create_graph):
+    """The same by torch.func.grad, which works inside torch.vmap (first-order: detached)."""
+    grads, outputs = torch.func.grad(loss_of, has_aux=True)(adapted)
+    return (grads if create_graph else detached(grads)), outputs
+
+
+class PerTask:
+    """How adapt() goes over one task's examples (M, ...): the network's forward, gradients by autograd."""
+    fresh_leaves = True  # at evaluation, each step's parameters become leaves that require grad
+    gradients = staticmethod(autograd_gradients)
+
+    def start(self, parameters, images):
+        return parameters
+
+    def forward(self, inner, images, parameters, step, train, differentiated_twice=False):
+        return inner.forward(images, parameters, step, train, differentiated_twice)
+
+    def loss(self, task, outputs, labels):
+        return task.loss(outputs, labels)
+
+
+class Grouped(PerTask):
+    """B tasks' examples (B, M, ...) at once through the network's grouped version, each parameter
+    a (B, *shape) tensor of rows: the gradient of the sum of the tasks' losses by a row is that
+    task's own."""
+
+    def start(self, parameters, images):
+        return {k: v.expand(len(images), *v.shape) for k, v in parameters.items()}
+
+    def forward(self, inner, images, parameters, step, train, differentiated_twice=False):
+        return inner.forward_grouped(images, parameters, differentiated_twice)
+
+    def loss(self, task, outputs, labels):
+        return task.loss(outputs, labels) * len(outputs)  # the mean over all examples: B tasks' means / B
+
+
+class Vmapped(PerTask):
+    """One task's examples inside torch.vmap over tasks: gradients by torch.func.grad."""
+    fresh_leaves = False
+    gradients = staticmethod(functional_gradients)
+
+    def forward(self, inner, images, parameters, step, train, differentiated_twice=False):
+        return inner.forward(images, parameters, differentiated_twice=differentiated_twice)
+
+
+PER_TASK, GROUPED, VMAPPED = PerTask(), Grouped(), Vmapped()

@@ -12,12 +12,14 @@ classification (Omniglot, metabolism) and regression (sinusoids):
 """
 import torch
 
-from fewshot import contracts, execution, networks, tasks
+from fewshot import contracts, execution, networks, registry, tasks
+from fewshot.algorithms import graded
 from fewshot.algorithms.inner_loop import InnerLoop, Variants
 from fewshot.errors import UserError
 from fewshot.flags import AUTO_YES_NO, TEST_TIME, Flag, auto_yes_no, non_negative_int, positive_float, positive_int
 
 
+GRADED = ('MAML._inner_loop', 'MAML._outer_step')
 GROUP_GRAPH_BYTES = 256 * 2 ** 20  # the most autograd graph grouped tasks hold at once, in their trial and training
 
 
@@ -35,10 +37,15 @@ class MAML(contracts.Learner):
                                vmap_tasks, variants, channels_last, group_tasks)
         self.device, self.task, self.variants = self.inner.device, task, self.inner.variants
         self.first_order = first_order
+        self._order = None  # the order task_metrics was asked for while it runs _outer_step (None: first_order's)
         self.num_outputs = params['head'].shape[0] if 'head' in params else None
         self.lr_schedule = 'cosine' if self.variants.cosine_outer_lr else 'constant'
         self.lr_tag = 'outer_lr' if self.variants.cosine_outer_lr else None
         self.tasks_per_group = 0  # grouped tasks per call and backward (0: the meta-batch); see execution_options
+        self.notice = graded.notice(type(self), GRADED)
+        if self.notice:  # the faster ways compute what the shipped methods do: run the edited ones task by task
+            inner = self.inner
+            inner.vmap_tasks = inner.group_tasks = inner.tunable = inner.group_tunable = False
 
     def parameters(self):
         """The tensors the outer optimizer trains: meta-parameters, then learned inner LRs."""
@@ -59,52 +66,90 @@ class MAML(contracts.Learner):
         weights[-1] = 1 - weights[:-1].sum()
         return weights
 
+    @property
+    def second_order(self):
+        """Whether the inner loop builds the graph of its gradients when training (the course's
+        _inner_loop reads it): not first_order, or the order task_metrics was asked for."""
+        return not self.first_order if self._order is None else self._order
+
+    def _inner_loop(self, images, labels, train):
+        raise NotImplementedError('the per-task definition of MAML is the course\'s: maml.py\'s MAML._inner_loop')
+
+    def _outer_step(self, task_batch, train):
+        raise NotImplementedError('the per-task definition of MAML is the course\'s: maml.py\'s MAML._outer_step')
+
     def task_metrics(self, task_batch, train, second_order=None, loss_weights=None):
-        """The outer loss and (B,) per-task metrics.
+        """The outer loss and (B,) per-task metrics: task by task through the graded _outer_step,
+        or for all tasks at once by vmap or grouped tasks (the same numbers: tests/test_maml.py,
+        tests/test_grouped_tasks.py).
 
         second_order: None follows first_order. loss_weights: (L,) weights of the
         query losses after inner steps 1..L (MSL); None: the last step only (eq. 9).
         """
-        inner = self.inner
         if self.task is tasks.CLASSIFICATION and task_batch.labels_support.max() >= self.num_outputs:
             raise UserError(f'tasks have more classes than the {self.num_outputs}-way head this MAML was '
-                                 f'trained with; use --num_way {self.num_outputs}')
+                            f'trained with; use --num_way {self.num_outputs}')
+        if not (self.inner.vmap_tasks or self.inner.group_tasks):
+            return self._through_outer_step(task_batch, train, second_order, loss_weights)
+        inner = self.inner
         create_graph = train and (not self.first_order if second_order is None else second_order)
+        history, support = inner.adapt_tasks(task_batch.images_support, task_batch.labels_support, create_graph, train)
         images_query, labels_query = task_batch.images_query, task_batch.labels_query
-        if inner.vmap_tasks:
-            history, support = inner.adapt_vmapped(task_batch.images_support, task_batch.labels_support,
-                                                   create_graph, train)
-
-            def query_outputs(step, train=train):
-                return torch.vmap(inner.forward, randomness='different')(images_query, history[step])
-        elif inner.group_tasks:
-            history, support = inner.adapt_grouped(task_batch.images_support, task_batch.labels_support,
-                                                   create_graph, train)
-
-            def query_outputs(step, train=train):
-                return inner.forward_grouped(images_query, history[step])
-        else:
-            adapted = [inner.adapt(x, y, create_graph, train)
-                       for x, y in zip(task_batch.images_support, task_batch.labels_support)]
-            support = torch.stack([torch.stack(metrics) for _, metrics, _ in adapted])
-
-            def query_outputs(step, train=train):
-                return torch.stack([inner.forward(x, history[step], step, train)
-                                    for x, (history, _, _) in zip(images_query, adapted)])
-        last = inner.num_inner_steps
+        steps = range(1, inner.num_inner_steps + 1) if loss_weights is not None else [inner.num_inner_steps]
         with torch.set_grad_enabled(train):
-            final = query_outputs(last)
-            loss = self.task.loss(final, labels_query)
-            if loss_weights is not None and last > 1:
-                loss = loss_weights[-1] * loss + sum(
-                    weight * self.task.loss(query_outputs(step), labels_query)
-                    for step, weight in enumerate(loss_weights[:-1].tolist(), start=1))
+            outputs = [inner.forward_tasks(images_query, history[step]) for step in steps]
+            loss = self._query_objective([self.task.loss(x, labels_query) for x in outputs], loss_weights)
         metrics = {'pre_adapt_support': support[:, 0], 'post_adapt_support': support[:, -1],
-                   'post_adapt_query': self.task.metric(final, labels_query)}
-        if not train or self.task is tasks.REGRESSION:  # in training a classifier's would cost a forward pass
-            with torch.no_grad(), networks.training(False):  # no dropout drawn, no running statistics updated
-                metrics['pre_adapt_query'] = self.task.metric(query_outputs(0, train=False), labels_query)
-        return loss, metrics
+                   'post_adapt_query': self.task.metric(outputs[-1], labels_query)}
+        return loss, self._with_pre_adapt_query(metrics, task_batch, train)
+
+    def _through_outer_step(self, task_batch, train, second_order, loss_weights):
+        """task_metrics task by task: each task's _outer_step (which adapts by _inner_loop); with
+        loss_weights, the query losses after the earlier inner steps are added to its loss, from
+        the history of the one adaptation _inner_loop made."""
+        losses, rows = [], []
+        self._order, self.inner.histories = second_order, []
+        try:
+            for index in range(len(task_batch)):
+                task = task_batch.select(slice(index, index + 1))
+                del self.inner.histories[:]
+                loss, *metrics = self._outer_step(task, train)
+                if loss_weights is not None and self.inner.num_inner_steps > 1:
+                    loss = self._query_objective([*self._earlier_query_losses(task, train), loss], loss_weights)
+                losses.append(loss)
+                rows.append(metrics)
+        finally:
+            self._order, self.inner.histories = None, None
+        columns = torch.tensor(rows, dtype=torch.float64, device=self.device).T
+        metrics = dict(zip(('pre_adapt_support', 'post_adapt_support', 'post_adapt_query'), columns))
+        return torch.stack(losses).mean(), self._with_pre_adapt_query(metrics, task_batch, train)
+
+    def _earlier_query_losses(self, task, train):
+        """The query losses of one task after inner steps 1..L-1, from _inner_loop's adaptation."""
+        if len(self.inner.histories) != 1:
+            raise UserError(f'--multi_step_loss needs MAML._inner_loop to adapt each task once through '
+                            'self.inner.adapt (it adapted {len(self.inner.histories)} times); drop the flag')
+        history, (images_query, labels_query) = self.inner.histories[0], (task.images_query[0], task.labels_query[0])
+        with torch.set_grad_enabled(train):
+            return [self.task.loss(self.inner.forward(images_query, history[step], step, train), labels_query)
+                    for step in range(1, self.inner.num_inner_steps)]
+
+    @staticmethod
+    def _query_objective(losses, loss_weights):
+        """The query losses after inner steps 1..L, weighted (MSL), or the last alone."""
+        if loss_weights is None or len(losses) == 1:
+            return losses[-1]
+        return loss_weights[-1] * losses[-1] + sum(w * x for w, x in zip(loss_weights[:-1].tolist(), losses[:-1]))
+
+    def _with_pre_adapt_query(self, metrics, task_batch, train):
+        """metrics with 'pre_adapt_query', the query metric of the meta-parameters, at evaluation
+        and for regression (in training a classifier's would cost a forward pass)."""
+        if train and self.task is not tasks.REGRESSION:
+            return metrics
+        meta = {k: v.detach() for k, v in self.inner.meta_parameters.items()}
+        with torch.no_grad(), networks.training(False):  # no dropout drawn, no running statistics updated
+            outputs = torch.stack([self.inner.forward(x, meta, 0, False) for x in task_batch.images_query])
+        return {**metrics, 'pre_adapt_query': self.task.metric(outputs, task_batch.labels_query)}
 
     def loss(self, task_batch, step):
         """The training objective at outer step `step` (scalar) and (B,) per-task metrics."""
@@ -256,8 +301,8 @@ class MAMLAlgorithm(contracts.Algorithm):
         return 'meta_parameters' in checkpoint['learner']
 
     def build_learner(self, args, dataset, device):
-        return MAML(first_order=args.first_order, learn_inner_lrs=args.learn_inner_lrs,
-                    **inner_loop_options(args, dataset, device))
+        return registry.learner_class(self.name)(first_order=args.first_order, learn_inner_lrs=args.learn_inner_lrs,
+                                                 **inner_loop_options(args, dataset, device))
 
     def log_name(self, args, changed):
         return inner_loop_log_name(args, args.learn_inner_lrs, changed)

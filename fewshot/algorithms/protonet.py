@@ -6,7 +6,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from fewshot import contracts, execution, networks, tasks
+from fewshot import contracts, execution, networks, registry, tasks
+from fewshot.algorithms import graded
 from fewshot.errors import UserError
 from fewshot.flags import TEST_TIME, Flag, positive_int
 
@@ -61,6 +62,7 @@ class ProtoNet(contracts.Learner):
         self.calls = execution.EncoderCalls(tasks_per_call, channels_last, self.device)
         self.cosine_scale = (torch.tensor(COSINE_SCALE, device=self.device, requires_grad=True)
                              if metric == 'cosine' else None)
+        self._scoring = (False, 1)  # task_metrics' inductive and views when not given (scored())
 
     def execution_options(self, sample=None):
         return self.calls.options(None if sample is None else len(sample))
@@ -103,9 +105,11 @@ class ProtoNet(contracts.Learner):
         return (prototype_logits(support, labels, support, num_way, self.cosine_scale),
                 prototype_logits(support, labels, query, num_way, self.cosine_scale))
 
-    def task_metrics(self, task_batch, inductive=False, views=1):
-        """Mean query NLL over all tasks, and (B,) per-task support and query accuracies."""
-        support_logits, query_logits = self.logits(task_batch, inductive, views)
+    def task_metrics(self, task_batch, inductive=None, views=None):
+        """Mean query NLL over all tasks, and (B,) per-task support and query accuracies.
+        inductive, views: as logits() takes them; None: as scored() set them (else False, 1)."""
+        inductive = self._scoring[0] if inductive is None else inductive
+        support_logits, query_logits = self.logits(task_batch, inductive, self._scoring[1] if views is None else views)
         loss = F.cross_entropy(query_logits.flatten(0, 1), task_batch.labels_query.flatten())
         accuracy = {
             'support': tasks.task_accuracy(support_logits, task_batch.labels_support),
@@ -121,6 +125,15 @@ class ProtoNet(contracts.Learner):
     def evaluate(self, task_batch):
         loss, accuracy = self.task_metrics(task_batch, self.inductive, self.test_views)
         return {'loss': loss.expand(len(task_batch)), **accuracy}
+
+    @contextlib.contextmanager
+    def scored(self, inductive, views):
+        """Inside, task_metrics (and so the course's _step) scores with these inductive and views."""
+        before, self._scoring = self._scoring, (inductive, views)
+        try:
+            yield
+        finally:
+            self._scoring = before
 
     @contextlib.contextmanager
     def queries_alone(self):
@@ -139,6 +152,37 @@ class ProtoNet(contracts.Learner):
         if self.cosine_scale is not None:
             with torch.no_grad():
                 self.cosine_scale.copy_(state['cosine_scale'])
+
+
+class GradedProtoNet(ProtoNet):
+    """A ProtoNet trained, validated and tested through the graded _step its subclass defines
+    (protonet.py's ProtoNet): _step(task_batch) -> (loss, support accuracy, query accuracy), means
+    over the tasks. The shipped _step is task_metrics' means, so while it is the shipped one a
+    meta-batch is evaluated in one task_metrics; an edited one is called task by task."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.notice = graded.notice(type(self), ('ProtoNet._step',))
+
+    def _step(self, task_batch):
+        raise NotImplementedError("the ProtoNet step is the course's: protonet.py's ProtoNet._step")
+
+    def loss(self, task_batch, step):
+        """_step's loss, and its accuracies as (B,) metrics (each task given the mean)."""
+        with self.scored(self.train_inductive, 1):
+            loss, support, query = self._step(task_batch)
+        like = dict(size=(len(task_batch),), device=self.device)
+        return loss, {'support': torch.full(fill_value=support, **like), 'query': torch.full(fill_value=query, **like)}
+
+    @torch.no_grad()
+    def evaluate(self, task_batch):
+        if not self.notice:
+            return super().evaluate(task_batch)
+        with self.scored(self.inductive, self.test_views):
+            rows = [self._step(task_batch.select(slice(i, i + 1))) for i in range(len(task_batch))]
+        losses, support, query = zip(*rows)
+        return {'loss': torch.stack(losses), 'support': torch.tensor(support, device=self.device),
+                'query': torch.tensor(query, device=self.device)}
 
 
 ENCODER_CALLS = {'auto': None, 'per_task': 1, 'batched': execution.ALL_TASKS}
@@ -184,11 +228,12 @@ class ProtoNetAlgorithm(contracts.Algorithm):
             raise UserError(f'--test_views {args.test_views}: --dataset {dataset.name} has no distortions '
                             'to average over; leave it at 1')
         params, forward = dataset.network(args)
-        return ProtoNet(networks.FunctionalNet(forward, params), device, tasks_per_call=encoder_calls(args, dataset),
-                        joint_batch_norm=args.joint_batch_norm,
-                        channels_last=execution.image_layout_flag(args, dataset), inductive=args.inductive,
-                        train_inductive=args.train_inductive, test_views=args.test_views, distort=dataset.distort,
-                        metric=args.metric)
+        learner_class = registry.learner_class(self.name)
+        return learner_class(networks.FunctionalNet(forward, params), device, tasks_per_call=encoder_calls(args, dataset),
+                             joint_batch_norm=args.joint_batch_norm,
+                             channels_last=execution.image_layout_flag(args, dataset), inductive=args.inductive,
+                             train_inductive=args.train_inductive, test_views=args.test_views,
+                             distort=dataset.distort, metric=args.metric)
 
     def log_name(self, args, changed):
         return (f'way_{args.num_way}.support_{args.num_support}.query_{args.num_query}.lr_{args.learning_rate}'

@@ -13,6 +13,7 @@ set, score the query set.
 """
 import torch
 
+from fewshot import registry
 from fewshot.algorithms import maml
 
 
@@ -61,4 +62,5 @@ class ReptileAlgorithm(maml.MAMLAlgorithm):
         return maml.inner_loop_log_name(args, False, changed)
 
     def build_learner(self, args, dataset, device):
-        return Reptile(**maml.inner_loop_options(args, dataset, device))
+        evaluated_as = registry.learner_class('maml')  # Reptile evaluates as MAML does: through its _outer_step
+        return type('Reptile', (Reptile, evaluated_as), {})(**maml.inner_loop_options(args, dataset, device))

@@ -125,7 +125,7 @@ def test(command, processes):
     dataset offers, else sampled tasks (a K sweep with several --num_support)."""
     args, log_dir = command.args, command.log_dir
     step = args.checkpoint_step if args.checkpoint_step >= 0 else checkpoints.best_step(log_dir)
-    learner, checkpoint, trained = trained_learner(command, step, processes.device)
+    learner, checkpoint, trained = trained_learner(command, step, processes.device, says=processes.is_main)
     if args.checkpoint_step < 0 and processes.is_main:
         print(f'testing checkpoint step {step}, the best validation {learner.key_metric} '
               f'({checkpoint["val_score"]:.4f}) in {log_dir}')
@@ -139,14 +139,22 @@ def test(command, processes):
     return results
 
 
-def trained_learner(command, step, device):
+def trained_learner(command, step, device, says=False):
     """The learner of checkpoint `step` in command.log_dir, rebuilt with the flags it was trained
-    with (model_args) on device: (learner, checkpoint, the trained flags)."""
+    with (model_args) on device: (learner, checkpoint, the trained flags). says: print its notice."""
     checkpoint = checkpoints.load(command.log_dir, step)
     trained = recorded(command, checkpoint)
     learner = command.build_learner(model_args(command, trained), device)
+    if says:
+        say_notice(learner)
     learner.load_state(checkpoint['learner'])
     return learner, checkpoint, trained
+
+
+def say_notice(learner):
+    """Print the learner's start-up line (contracts.Learner.notice), if it has one."""
+    if getattr(learner, 'notice', None):
+        print(learner.notice, flush=True)
 
 
 def train(command, processes):
@@ -184,6 +192,8 @@ def set_up_and_train(command, processes, resumed, interruption):
     args, log_dir, device = command.args, command.log_dir, processes.device
     runtime.seed_everything(args.seed)
     learner = command.build_learner(args, device)
+    if processes.is_main:
+        say_notice(learner)
     optimizer = loop.build_optimizer(learner, args.learning_rate, args.weight_decay)
     train_sampler = command.build_sampler('train', args, args.seed, device)
     val_sampler = command.build_sampler('val', args, evaluation.VAL_SEED, device)

@@ -127,11 +127,15 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
             if step % distributed.DRIFT_CHECK_INTERVAL == 0:
                 processes.check_in_step(learner.parameters(), step)
             validates, saves = step % args.val_interval == 0 or step == last, step % SAVE_INTERVAL == 0 or step == last
+            if processes.is_main:  # before validating, flushed at the run's first step: no wait for a validation
+                log_training(writer, learner, optimizer, step, metrics, flush=step == start_step)
             if validates:
                 val_metrics = validate_towards_target(learner, val_sampler, args, processes)
             reached = validates and reached_target(args, val_metrics[learner.key_metric])
             if processes.is_main:
-                log_step(writer, learner, optimizer, step, metrics, val_metrics if validates else None)
+                if validates:
+                    log_scalars(writer, 'val', val_metrics, kind, step)
+                    writer.flush()
                 if saves or stop or reached:  # an interrupted step's weights are not validated: no score
                     checkpoints.save(log_dir, step, learner, optimizer, train_sampler.generator, args,
                                      val_metrics[learner.key_metric] if validates else float('nan'))
@@ -175,16 +179,14 @@ def reached_target(args, accuracy):
     return args.target_accuracy is not None and accuracy >= args.target_accuracy
 
 
-def log_step(writer, learner, optimizer, step, metrics, val_metrics):
-    """TensorBoard: the training metrics and scalars every LOG_INTERVAL steps; val_metrics when given."""
-    kind = learner.task.metric_kind
+def log_training(writer, learner, optimizer, step, metrics, flush=False):
+    """TensorBoard: the training metrics and scalars every LOG_INTERVAL steps."""
     if step % LOG_INTERVAL == 0:
-        log_scalars(writer, 'train', metrics, kind, step)
+        log_scalars(writer, 'train', metrics, learner.task.metric_kind, step)
         scalars = learner.scalars()
         if learner.lr_tag:
             scalars[learner.lr_tag] = optimizer.param_groups[0]['lr']
         for tag, value in scalars.items():
             writer.add_scalar(tag, value, step)
-    if val_metrics is not None:
-        log_scalars(writer, 'val', val_metrics, kind, step)
+    if flush:
         writer.flush()

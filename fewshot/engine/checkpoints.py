@@ -45,28 +45,30 @@ def translate(checkpoint):
     return checkpoint
 
 
-def read(file):
-    """A checkpoint file onto the CPU, or a UserError naming the file."""
+def read(file, weights=True):
+    """A checkpoint file onto the CPU, or a UserError naming the file. weights=False: its tensors
+    memory-mapped, read from disk only when touched (for its flags and score)."""
     if not os.path.isfile(file):
         raise UserError(f'no checkpoint at {file}; check --log_dir and --checkpoint_step')
     try:
-        return torch.load(file, map_location='cpu', weights_only=False)
+        return torch.load(file, map_location='cpu', weights_only=False, mmap=not weights)
     except Exception as error:  # a truncated or foreign file
         raise UserError(f'checkpoint {file} cannot be read ({type(error).__name__}); '
                         'delete it and resume from an earlier step') from None
 
 
-def load(log_dir, step):
-    """The checkpoint of a step, translated to the current layout; a UserError names a missing or bad file."""
-    return translate(read(path(log_dir, step)))
+def load(log_dir, step, weights=True):
+    """The checkpoint of a step, translated to the current layout; a UserError names a missing or bad file.
+    weights=False: its tensors left on disk, memory-mapped (read)."""
+    return translate(read(path(log_dir, step), weights))
 
 
 def flags_of(log_dir, step=-1):
     """The flags of a step's checkpoint (-1: the newest) in log_dir, or {} if there is none."""
     steps = saved_steps(log_dir) if os.path.isdir(log_dir) else []
     if step < 0:
-        return load(log_dir, steps[-1])['args'] if steps else {}
-    return load(log_dir, step)['args'] if step in steps else {}
+        return load(log_dir, steps[-1], weights=False)['args'] if steps else {}
+    return load(log_dir, step, weights=False)['args'] if step in steps else {}
 
 
 def best_step(log_dir):
@@ -78,7 +80,7 @@ def best_step(log_dir):
         raise UserError(f'no checkpoints (state*.pt) in {log_dir}; train first or pass the right --log_dir')
     scores = []
     for step in steps:
-        checkpoint = load(log_dir, step)
+        checkpoint = load(log_dir, step, weights=False)
         sign = -1 if checkpoint['metric_kind'] == 'loss' else 1
         score = checkpoint.get('val_score', -sign * np.inf)
         scores.append((sign * score if np.isfinite(score) else -np.inf, step))

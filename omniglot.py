@@ -7,6 +7,7 @@ takes them. Not a program: the data path lives in fewshot/datasets/omniglot/.
 """
 import sys
 
+from fewshot import files
 from fewshot.datasets.omniglot.dataset import omniglot_sampler
 
 
@@ -25,7 +26,7 @@ class TaskLoader:
 
 
 def get_omniglot_dataloader(split, batch_size, num_way, num_support, num_query, num_tasks_per_epoch,
-                            num_workers=None, data_dir='./data', seed=0, device='cpu', augment_rotations=False):
+                            num_workers=None, data_dir=files.DATA_DIR, seed=0, device='cpu', augment_rotations=False):
     """The course's entry point: an iterable of task batches (num_workers is ignored: the tasks
     are drawn from an in-memory array)."""
     sampler = omniglot_sampler(split, num_way, num_support, num_query, data_dir, seed, device, augment_rotations)

@@ -64,10 +64,11 @@ def _chosen(algorithms, datasets, argv):
     the checkpoint's, else the program's defaults (the first offered). A checkpoint to test or
     resume that another algorithm or dataset wrote is refused in one line naming its command."""
     pre = flags.ArgumentParser(add_help=False)
-    for flag in ('--algorithm', '--dataset', '--log_dir'):
-        pre.add_argument(flag)
-    pre.add_argument('--checkpoint_step', type=flags.checkpoint_step, default=-1)
-    pre.add_argument('--test', action='store_true')
+    for name in ('--algorithm', '--dataset'):
+        pre.add_argument(name)
+    for flag in flags.COMMON:
+        if flag.dest in ('log_dir', 'checkpoint_step', 'test'):
+            flag.add_to(pre)
     known, _ = pre.parse_known_args(argv)
     reads_checkpoint = known.log_dir and (known.test or known.checkpoint_step >= 0)
     trained = checkpoints.flags_of(known.log_dir, known.checkpoint_step) if reads_checkpoint else {}

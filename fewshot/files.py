@@ -9,6 +9,8 @@ from tqdm import tqdm
 
 from fewshot.errors import UserError
 
+DATA_DIR = './data'  # where data is downloaded to and read from unless a flag says otherwise
+
 TEMPORARY_SUFFIX = '.tmp'
 
 

@@ -8,6 +8,7 @@ checkpoints do with it. The code that needs a role asks the declarations.
 import argparse
 import math
 
+from fewshot import files
 from fewshot.errors import UserError
 
 # What --test does with a flag (at_test):
@@ -25,17 +26,18 @@ class Flag:
     names: '--num_way' first; older spellings after it ('--outer_lr'), which older
         checkpoints also use for the flag.
     log_name: named '.dest_value' in the default log dir when not at its default.
+    task_name: the word of the flag in the task part of every default log dir ('way': 'way_5').
     at_test: MODEL, TASKS, TEST_TIME or RECORDED (above).
     resume_may_change: a resumed run may take another value; else it must keep the trained one.
     shapes_step: part of the tuning cache key (it may change which way to compute a step is fastest).
     before_it_existed: the value of checkpoints written before the flag existed.
     """
 
-    def __init__(self, *names, log_name=False, at_test=MODEL, resume_may_change=False, shapes_step=True,
-                 before_it_existed=NOT_RECORDED, **argparse_options):
+    def __init__(self, *names, log_name=False, task_name=None, at_test=MODEL, resume_may_change=False,
+                 shapes_step=True, before_it_existed=NOT_RECORDED, **argparse_options):
         self.names, self.options = names, argparse_options
         self.dest = argparse_options.get('dest') or names[0].lstrip('-')
-        self.log_name, self.at_test = log_name, at_test
+        self.log_name, self.task_name, self.at_test = log_name, task_name, at_test
         self.resume_may_change = resume_may_change or at_test == RECORDED
         self.shapes_step, self.before_it_existed = shapes_step, before_it_existed
 
@@ -93,12 +95,12 @@ def auto_yes_no(value):
 COMMON = (
     Flag('--log_dir', type=str, default=None, resume_may_change=True, shapes_step=False,
          help='directory for logs and checkpoints; default: named from the settings under ./logs'),
-    Flag('--data_dir', '--datadir', dest='data_dir', type=str, default='./data', at_test=RECORDED, shapes_step=False,
+    Flag('--data_dir', '--datadir', dest='data_dir', type=str, default=files.DATA_DIR, at_test=RECORDED, shapes_step=False,
          help='folder with the data set (--datadir is the same flag; at --test and resume: the run\'s unless given)'),
-    Flag('--num_way', type=positive_int, default=5, help='classes per task (N)'),
-    Flag('--num_support', type=positive_int, nargs='+', default=[1],
+    Flag('--num_way', type=positive_int, default=5, task_name='way', help='classes per task (N)'),
+    Flag('--num_support', type=positive_int, nargs='+', default=[1], task_name='support',
          help='support examples per class (K); with --test, several values sweep K'),
-    Flag('--num_query', type=positive_int, default=15, help='query examples per class (Q)'),
+    Flag('--num_query', type=positive_int, default=15, task_name='query', help='query examples per class (Q)'),
     Flag('--train_num_way', type=positive_int, default=None, log_name=True, before_it_existed=None,
          help='classes per training task (Snell et al. train wider than they test); validation and test tasks '
               'keep --num_way; default: --num_way'),
@@ -217,6 +219,11 @@ def log_name_suffix(args, defaults, flags):
     """'.dest_value' for each log_name flag whose value differs from its default, in declaration order."""
     given = vars(args)
     return ''.join(f'.{f.dest}_{given[f.dest]}' for f in flags if f.log_name and given[f.dest] != defaults[f.dest])
+
+
+def task_log_name(args):
+    """The task part of every default log dir, from the flags with a task_name: 'way_5.support_1.query_15'."""
+    return '.'.join(f'{flag.task_name}_{getattr(args, flag.dest)}' for flag in COMMON if flag.task_name)
 
 
 def older_names(flags):

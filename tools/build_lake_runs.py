@@ -8,6 +8,7 @@ the held-out validation alphabets of images_background.zip (for choosing models)
 import argparse
 import os
 
+from fewshot import files
 from fewshot.datasets.omniglot import lake_runs
 from fewshot.datasets.omniglot.dataset import VALIDATION_ALPHABETS
 from fewshot.errors import UserError
@@ -19,7 +20,7 @@ SETS = {'evaluation': ('images_evaluation.zip', None),
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('target', help='the zip to write')
-    parser.add_argument('--data_dir', default='./data', help='the folder holding the official zips')
+    parser.add_argument('--data_dir', default=files.DATA_DIR, help='the folder holding the official zips')
     parser.add_argument('--set', choices=list(SETS), default='evaluation')
     parser.add_argument('--runs', type=int, choices=range(1, 100), default=lake_runs.NUM_RUNS, metavar='1..99')
     parser.add_argument('--seed', type=int, default=0)

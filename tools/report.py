@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+from fewshot import files
 from fewshot.flags import positive_int
 from fewshot.engine import checkpoints
 
@@ -362,8 +363,8 @@ def parse_args(argv=None):
     parser.add_argument('--quick', action='store_true', help='shortened runs (about an hour on 2 CPU cores)')
     parser.add_argument('--out', default=None, help='output folder (default reports/quick or reports/full)')
     parser.add_argument('--device', default=None, help='default: cpu with --quick, else gpu')
-    parser.add_argument('--data_dir', default='./data', help='Omniglot data folder (D/omniglot of a data root D)')
-    parser.add_argument('--metabolism_dir', '--datadir', dest='metabolism_dir', default='./data/metabolism',
+    parser.add_argument('--data_dir', default=files.DATA_DIR, help='Omniglot data folder (D/omniglot of a data root D)')
+    parser.add_argument('--metabolism_dir', '--datadir', dest='metabolism_dir', default=os.path.join(files.DATA_DIR, 'metabolism'),
                         help='metabolism data folder (--datadir is the same flag)')
     parser.add_argument('--num_test_tasks', type=positive_int, default=600, help='tasks per test evaluation')
     parser.add_argument('--jobs', type=positive_int, default=1,

@@ -11,7 +11,7 @@ training assay), so the class labels, not the episodes, drive the encoder.
 import torch
 import torch.nn.functional as F
 
-from fewshot import contracts, execution, networks, tasks
+from fewshot import contracts, execution, flags, networks, tasks
 from fewshot.algorithms import protonet
 
 
@@ -67,5 +67,5 @@ class BaselineAlgorithm(contracts.Algorithm):
         return Baseline(networks.FunctionalNet(features, params), head, device)
 
     def log_name(self, args, changed):
-        return (f'way_{args.num_way}.support_{args.num_support}.query_{args.num_query}.lr_{args.learning_rate}'
+        return (flags.task_log_name(args) + f'.lr_{args.learning_rate}'
                 f'.batch_size_{args.batch_size}' + changed)

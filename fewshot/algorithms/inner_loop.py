@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from fewshot import execution, networks, tasks
 from fewshot.errors import UserError
 
+NUM_INNER_STEPS, INNER_LR = 1, 0.4  # the course's defaults: one inner step of 0.4
+
 
 @dataclasses.dataclass
 class Variants:
@@ -84,7 +86,7 @@ class PerStepBatchNorm:
 class InnerLoop:
     """Meta-parameters theta, inner learning rates, and phi = adapt(theta, task examples)."""
 
-    def __init__(self, params, forward, task=tasks.CLASSIFICATION, num_inner_steps=1, inner_lr=0.4,
+    def __init__(self, params, forward, task=tasks.CLASSIFICATION, num_inner_steps=NUM_INNER_STEPS, inner_lr=INNER_LR,
                  learn_inner_lrs=False, device='cpu', vmap_tasks=None, variants=None, channels_last=False,
                  group_tasks=False):
         """params, forward: the network, forward(params, x, fused_bn=..., norm=...) -> (M, outputs).

@@ -12,8 +12,8 @@ classification (Omniglot, metabolism) and regression (sinusoids):
 """
 import torch
 
-from fewshot import contracts, execution, networks, registry, tasks
-from fewshot.algorithms import graded
+from fewshot import contracts, execution, flags, networks, registry, tasks
+from fewshot.algorithms import graded, inner_loop
 from fewshot.algorithms.inner_loop import InnerLoop, Variants
 from fewshot.errors import UserError
 from fewshot.flags import AUTO_YES_NO, TEST_TIME, Flag, auto_yes_no, non_negative_int, positive_float, positive_int
@@ -28,9 +28,9 @@ class MAML(contracts.Learner):
 
     key_metric = 'post_adapt_query'
 
-    def __init__(self, params, forward, task=tasks.CLASSIFICATION, num_inner_steps=1, inner_lr=0.4,
-                 learn_inner_lrs=False, first_order=False, device='cpu', vmap_tasks=None, variants=None,
-                 channels_last=False, group_tasks=False):
+    def __init__(self, params, forward, task=tasks.CLASSIFICATION, num_inner_steps=inner_loop.NUM_INNER_STEPS,
+                 inner_lr=inner_loop.INNER_LR, learn_inner_lrs=False, first_order=False, device='cpu',
+                 vmap_tasks=None, variants=None, channels_last=False, group_tasks=False):
         """params, forward: the network with its head, forward(params, x, fused_bn=..., norm=...) -> (M, outputs).
         task: tasks.CLASSIFICATION or tasks.REGRESSION (the loss and the per-task metric)."""
         self.inner = InnerLoop(params, forward, task, num_inner_steps, inner_lr, learn_inner_lrs, device,
@@ -234,8 +234,8 @@ class MAML(contracts.Learner):
 # ---------------------------------------------------------------- the algorithm
 
 NUM_INNER_STEPS = Flag('--num_inner_steps', type=positive_int, default=None, at_test=TEST_TIME,
-                       help='inner-loop steps (default 1; at --test: as trained unless given)')
-INNER_LR = Flag('--inner_lr', type=positive_float, default=0.4, help='inner-loop learning rate (initial if learned)')
+                       help=f'inner-loop steps (default {inner_loop.NUM_INNER_STEPS}; at --test: as trained unless given)')
+INNER_LR = Flag('--inner_lr', type=positive_float, default=inner_loop.INNER_LR, help='inner-loop learning rate (initial if learned)')
 VMAP_TASKS = Flag('--vmap_tasks', choices=AUTO_YES_NO, default='auto', at_test=TEST_TIME, resume_may_change=True,
                   help='adapt the tasks of a meta-batch with torch.vmap (same numbers); auto: no on a CPU (the '
                        'per-task loop: faster, and leaner, on the CPUs measured); on a GPU the faster, timed once '
@@ -292,7 +292,7 @@ class MAMLAlgorithm(contracts.Algorithm):
         """To train, an unset --num_inner_steps is 1 (at --test: as trained). Training tasks have
         --num_way classes: the head's outputs."""
         if not args.test and args.num_inner_steps is None:
-            args.num_inner_steps = 1
+            args.num_inner_steps = inner_loop.NUM_INNER_STEPS
         if args.train_num_way not in (None, args.num_way):
             raise UserError(f'--train_num_way {args.train_num_way}: the {args.algorithm} head has --num_way '
                             f'{args.num_way} outputs, so its training tasks have {args.num_way} classes; drop it')
@@ -310,7 +310,6 @@ class MAMLAlgorithm(contracts.Algorithm):
 
 def inner_loop_log_name(args, learn_inner_lrs, changed):
     """MAML's and Reptile's hyperparameters part of the default log dir."""
-    name = (f'way_{args.num_way}.support_{args.num_support}.query_{args.num_query}'
-            f'.inner_steps_{args.num_inner_steps or 1}.inner_lr_{args.inner_lr}'
+    name = (flags.task_log_name(args) + f'.inner_steps_{args.num_inner_steps or inner_loop.NUM_INNER_STEPS}.inner_lr_{args.inner_lr}'
             f'.learn_inner_lrs_{learn_inner_lrs}.outer_lr_{args.learning_rate}.batch_size_{args.batch_size}')
     return name + changed + (f'.eps_{args.inner_adagrad_eps}' if args.inner_optimizer == 'adagrad' else '')

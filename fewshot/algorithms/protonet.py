@@ -6,7 +6,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from fewshot import contracts, execution, networks, registry, tasks
+from fewshot import contracts, execution, flags, networks, registry, tasks
 from fewshot.algorithms import graded
 from fewshot.errors import UserError
 from fewshot.flags import TEST_TIME, Flag, positive_int
@@ -236,5 +236,5 @@ class ProtoNetAlgorithm(contracts.Algorithm):
                              distort=dataset.distort, metric=args.metric)
 
     def log_name(self, args, changed):
-        return (f'way_{args.num_way}.support_{args.num_support}.query_{args.num_query}.lr_{args.learning_rate}'
+        return (flags.task_log_name(args) + f'.lr_{args.learning_rate}'
                 f'.batch_size_{args.batch_size}' + ('.joint_bn' if args.joint_batch_norm else '') + changed)

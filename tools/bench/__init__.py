@@ -22,7 +22,7 @@ import os
 
 import torch
 
-from fewshot import flags, runtime
+from fewshot import files, flags, runtime
 from tools.bench import compute, grouped, growth, layout, naive, ours, precision, steps, time_to_target
 from tools.bench.common import matmul_gflops, peak_memory_mb
 
@@ -34,7 +34,7 @@ CHILDREN = {'protonet_naive': naive.child_protonet_naive, 'protonet': ours.child
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--data_dir', default='./data', help='holds omniglot_resized.zip (the naive pipeline reads it)')
+    parser.add_argument('--data_dir', default=files.DATA_DIR, help='holds omniglot_resized.zip (the naive pipeline reads it)')
     parser.add_argument('--repeats', type=flags.positive_int, default=5)
     parser.add_argument('--only', choices=['protonet', 'maml', 'processes', 'maml_compute', 'maml_memory', 'levers',
                                            'bf16_gradients', 'growth', 'layout', 'group_tasks', 'time_to_target'])

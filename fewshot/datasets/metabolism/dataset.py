@@ -11,7 +11,7 @@ import os
 import numpy as np
 import torch
 
-from fewshot import contracts, networks, tasks
+from fewshot import contracts, files, networks, tasks
 from fewshot.datasets.metabolism import features as featurisation
 from fewshot.datasets.metabolism.tables import (ASSAYS, HELDOUT_ASSAYS, PICKLE_NAME, TRAIN_ASSAYS, download_tables,
                                                 load_pickle, table_path)
@@ -22,8 +22,10 @@ SPLIT_SEED = 0  # the val/test halves of the held-out assays are fixed, independ
 NUM_LABELS = 2
 DEFAULT_FEATURES = featurisation.DEFAULT_FEATURES
 
+DATA_DIR = os.path.join(files.DATA_DIR, 'metabolism')  # the default --data_dir
 
-def load_metabolism(data_dir='./data/metabolism', download=True, features=DEFAULT_FEATURES):
+
+def load_metabolism(data_dir=DATA_DIR, download=True, features=DEFAULT_FEATURES):
     """All eight assays: {assay: (features (n, width), labels (n,) int64)}; the default
     features are (n, 1024) uint8 Morgan counts.
 
@@ -137,7 +139,7 @@ class Metabolism(contracts.Dataset):
     name = 'metabolism'
     task = tasks.CLASSIFICATION
     defaults = dict(num_way=2, num_support=[5], num_query=10, batch_size=4, num_train_iterations=8000,
-                    num_val_tasks=600, inner_lr=0.1, learning_rate=0.0005, data_dir='./data/metabolism')
+                    num_val_tasks=600, inner_lr=0.1, learning_rate=0.0005, data_dir=DATA_DIR)
     num_train_classes = NUM_LABELS * len(TRAIN_ASSAYS)  # the classes of the training sampler's tasks
     hidden_sizes = (500, 500)  # as in the course and MLTI
     flags = (

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import torch
 
-from fewshot import contracts, networks, tasks
+from fewshot import contracts, files, networks, tasks
 from fewshot.datasets.omniglot import augment, lake_runs
 from fewshot.datasets.omniglot.source import IMAGE_SIZE, NUM_CHARACTERS, load_omniglot
 from fewshot.errors import UserError
@@ -86,7 +86,7 @@ def split_alphabets(names, split, augment_rotations=False, class_split='course')
     return groups.repeat_interleave(4) if rotates(split, augment_rotations, class_split) else groups
 
 
-def omniglot_sampler(split, num_way, num_support, num_query, data_dir='./data', seed=0, device='cpu',
+def omniglot_sampler(split, num_way, num_support, num_query, data_dir=files.DATA_DIR, seed=0, device='cpu',
                      augment_rotations=False, class_split='course', image_size=IMAGE_SIZE, episodes='random',
                      augment_affine=False, augment_elastic=False):
     """A TaskSampler over one Omniglot split ('train', 'val' or 'test') of a class split.

@@ -168,7 +168,7 @@ def _write_cache(path, key, images, names):
                                                 digest=hashlib.sha256(images.tobytes()).hexdigest()))
 
 
-def load_omniglot(data_dir='./data', download=True, image_size=IMAGE_SIZE):
+def load_omniglot(data_dir=files.DATA_DIR, download=True, image_size=IMAGE_SIZE):
     """All of Omniglot at image_size x image_size (28: the course's).
 
     Returns:

@@ -4,6 +4,10 @@ import hashlib
 import os
 import tempfile
 import urllib.request
+import zipfile
+import zlib
+
+import numpy as np
 
 from tqdm import tqdm
 
@@ -186,3 +190,34 @@ def download_file(url, target, check):
             os.remove(partial)
         remove_if_empty(created)
         raise
+
+
+def _arrays_digest(arrays):
+    """SHA-256 of named arrays' names, shapes, types and bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f'{name}:{array.dtype.str}:{array.shape};'.encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def write_keyed_arrays(path, key, **arrays):
+    """Cache named arrays built from a source whose state `key` names, atomically, with their digest."""
+    write = {name: np.asarray(value) for name, value in arrays.items()}
+    atomic_write(path, lambda f: np.savez(f, key=key, digest=_arrays_digest(write), **write))
+
+
+def read_keyed_arrays(path, key):
+    """{name: array} of a write_keyed_arrays cache if it is intact and was built from the source
+    state `key`, else None (missing, unreadable, stale or damaged)."""
+    try:
+        with np.load(path, allow_pickle=False) as cache:
+            if str(cache['key']) != key:
+                return None
+            arrays = {name: cache[name] for name in cache.files if name not in ('key', 'digest')}
+            if str(cache['digest']) != _arrays_digest(arrays):
+                return None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError, zlib.error):
+        return None
+    return arrays

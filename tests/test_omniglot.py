@@ -10,7 +10,7 @@ import torch
 import conftest
 from fewshot.errors import UserError
 from fewshot.datasets.omniglot import source as omniglot_source
-from fewshot import registry
+from fewshot import files, registry
 from fewshot.datasets.omniglot import dataset as omniglot_dataset
 from fewshot.flags import TASKS
 
@@ -40,7 +40,7 @@ def test_cache_is_rebuilt_when_stale_or_corrupt(tmp_path):
     images[5, 3, 4, 4] = 1
     names = [f'a/c{i:04d}' for i in range(1623)]
     path = str(tmp_path / 'cache.npz')
-    omniglot_source._write_cache(path, 'key1', images, names)
+    files.write_keyed_arrays(path, 'key1', images=images, names=np.array(names))
     got, got_names = omniglot_source._read_cache(path, 'key1')
     assert np.array_equal(got, images) and got_names == names
     assert omniglot_source._read_cache(path, 'other-source') is None
@@ -48,6 +48,17 @@ def test_cache_is_rebuilt_when_stale_or_corrupt(tmp_path):
     data[len(data) // 2] ^= 0xFF  # flip a byte inside the images
     open(path, 'wb').write(bytes(data))
     assert omniglot_source._read_cache(path, 'key1') is None
+
+
+def test_a_run_reads_the_cache_once(tmp_path, monkeypatch, omniglot_dir):
+    """Its training, validation and tuning samplers share one load (and hash) of the decoded array."""
+    import protonet
+    reads, read = [], omniglot_source._read_or_decode
+    monkeypatch.setattr(omniglot_source, '_LOADED', {})
+    monkeypatch.setattr(omniglot_source, '_read_or_decode', lambda *args: reads.append(args) or read(*args))
+    protonet.main(['--data_dir', omniglot_dir, '--num_train_iterations', '1', '--num_val_tasks', '2',
+                   '--batch_size', '2', '--log_dir', str(tmp_path / 'logs')])
+    assert len(reads) == 1
 
 
 def test_read_only_data_dir_puts_cache_in_user_cache(tmp_path, monkeypatch):

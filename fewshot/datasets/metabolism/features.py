@@ -4,7 +4,6 @@ distinct molecule once, and cached."""
 import hashlib
 import json
 import os
-import zipfile
 
 import numpy as np
 
@@ -12,7 +11,7 @@ from fewshot import files
 from fewshot.datasets.metabolism.tables import ASSAYS, TRAIN_ASSAYS, read_table, table_path
 from fewshot.errors import UserError
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 # Featurisations (--features): name -> (kind, width). Kinds: 'bits' (0/1, bit-packed in the
 # cache), 'counts' (uint8, clipped at 255) and 'real' (float32, standardised at load with the
@@ -175,33 +174,22 @@ def cache_path(data_dir, name=DEFAULT_FEATURES):
     return files.cache_file(data_dir, f'metabolism_{name}.cache.npz')
 
 
-def _content_digest(stored, labels):
-    return hashlib.sha256(stored.tobytes() + labels.tobytes()).hexdigest()
-
-
 def _write_cache(path, key, name, data, reports):
     names = list(data)
     features = np.concatenate([data[a][0] for a in names])
     stored = np.packbits(features, axis=1) if FEATURES[name][0] == 'bits' else features
-    labels = np.concatenate([data[a][1] for a in names])
-    files.atomic_write(path, lambda f: np.savez(
-        f, key=key, assays=np.array(names), counts=np.array([len(data[a][1]) for a in names]),
-        width=features.shape[1], features=stored, labels=labels, reports=json.dumps(reports),
-        digest=_content_digest(stored, labels)))
+    files.write_keyed_arrays(path, key, assays=np.array(names), counts=np.array([len(data[a][1]) for a in names]),
+                             width=features.shape[1], features=stored, labels=np.concatenate([data[a][1] for a in names]),
+                             reports=json.dumps(reports))
 
 
 def _read_cache(path, key, name):
     """{assay: (features, labels)} if the cache is intact and built from these tables, else None."""
-    try:
-        with np.load(path, allow_pickle=False) as cache:
-            if str(cache['key']) != key:
-                return None
-            stored, labels = cache['features'], cache['labels']
-            if str(cache['digest']) != _content_digest(stored, labels):
-                return None
-            names, counts, width = [str(a) for a in cache['assays']], cache['counts'], int(cache['width'])
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+    cache = files.read_keyed_arrays(path, key)
+    if cache is None:
         return None
+    names, counts, width = [str(a) for a in cache['assays']], cache['counts'], int(cache['width'])
+    stored, labels = cache['features'], cache['labels']
     features = np.unpackbits(stored, axis=1, count=width) if FEATURES[name][0] == 'bits' else stored
     ends = np.cumsum(counts)
     return {a: (features[end - n:end], labels[end - n:end]) for a, n, end in zip(names, counts, ends)}

@@ -17,7 +17,7 @@ NUM_DRAWINGS = 20
 IMAGE_SIZE = 28  # the course's
 ORIGINAL_SIZE = 105
 NUM_CHARACTERS = 1623
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 OFFICIAL_ZIPS = {  # file name -> md5 of the official file
     'images_background.zip': '68d2efa1b9178cc56df9314c21c6e718',
     'images_evaluation.zip': '6b91aef0f799c5bb55b94e3f2daec811',
@@ -149,23 +149,20 @@ def cache_path(data_dir, image_size=IMAGE_SIZE):
 
 def _read_cache(path, key, image_size=IMAGE_SIZE):
     """The cached images and names if the file is intact and built from this source, else None."""
-    try:
-        with np.load(path, allow_pickle=False) as cache:
-            if str(cache['key']) != key:
-                return None
-            images, names = cache['images'], [str(n) for n in cache['names']]
-            if str(cache['digest']) != hashlib.sha256(images.tobytes()).hexdigest():
-                return None
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError, zlib.error):
+    cache = files.read_keyed_arrays(path, key)
+    if cache is None or set(cache) != {'images', 'names'} or \
+            cache['images'].shape != (NUM_CHARACTERS, NUM_DRAWINGS, image_size, image_size):
         return None
-    if images.shape != (NUM_CHARACTERS, NUM_DRAWINGS, image_size, image_size):
-        return None
-    return images, names
+    return cache['images'], [str(n) for n in cache['names']]
 
 
-def _write_cache(path, key, images, names):
-    files.atomic_write(path, lambda f: np.savez(f, key=key, images=images, names=np.array(names),
-                                                digest=hashlib.sha256(images.tobytes()).hexdigest()))
+_LOADED = {}  # (data dir, image size, source and its files' sizes and times) -> (images, names): one load a process
+
+
+def _source_state(data_dir, image_size, source):
+    kind, paths = source
+    return (os.path.abspath(data_dir), image_size, kind, tuple(
+        (os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths))
 
 
 def load_omniglot(data_dir=files.DATA_DIR, download=True, image_size=IMAGE_SIZE):
@@ -186,13 +183,21 @@ def load_omniglot(data_dir=files.DATA_DIR, download=True, image_size=IMAGE_SIZE)
             raise UserError(f'no Omniglot data in {data_dir}: put {needed} there, or point --data_dir at them')
         download_official(data_dir)
         source = find_source(data_dir, image_size)
-    kind, paths = source
+    state = _source_state(data_dir, image_size, source)
+    if state not in _LOADED:
+        _LOADED[state] = _read_or_decode(data_dir, image_size, *source)
+    return _LOADED[state]
+
+
+def _read_or_decode(data_dir, image_size, kind, paths):
+    """(images, names) from the cache when it was built from this source, else decoded and cached;
+    the images read-only (one array a process, shared by its samplers)."""
     key = source_key(kind, paths)
     path = cache_path(data_dir, image_size)
     cached = _read_cache(path, key, image_size) if os.path.exists(path) else None
-    if cached is not None:
-        return cached
-    print(f'decoding Omniglot from {", ".join(paths)} (once; cached at {path})')
-    images, names = decode_source(kind, paths, image_size)
-    _write_cache(path, key, images, names)
-    return images, names
+    if cached is None:
+        print(f'decoding Omniglot from {", ".join(paths)} (once; cached at {path})')
+        cached = decode_source(kind, paths, image_size)
+        files.write_keyed_arrays(path, key, images=cached[0], names=np.array(cached[1]))
+    cached[0].flags.writeable = False
+    return cached

@@ -1,4 +1,4 @@
-"""Run a parsed command (cli.Command): train, resuming if asked, or test a checkpoint.
+"""Run a parsed command (command.Command, which builds the learner and samplers): train, resuming if asked, or test a checkpoint.
 
 At --test the model is rebuilt with the flags it was trained with and the test
 tasks are drawn with the command line's, as each flag's `at_test` role says
@@ -11,6 +11,7 @@ import os
 import signal
 
 from fewshot import files, flags, runtime
+from fewshot.command import Command
 from fewshot.engine import checkpoints, distributed, evaluation, faults, loop, tuning
 
 
@@ -98,7 +99,7 @@ def step_to_continue(command, says=True):
     return (FINISHED, None) if finished else (latest, checkpoint)
 
 
-def run(command):
+def run(command: Command):
     """Train or test as the (parsed and checked) command says. Returns test results, or None."""
     args, log_dir = command.args, command.log_dir
     processes = distributed.start(runtime.resolve_device(args.device))

@@ -49,6 +49,62 @@ class Flag:
         parser.add_argument(*self.names, **self.options)
 
 
+# ---------------------------------------------------------------- what the roles do
+# command: a command.Command (its flags {dest: Flag}, args, given); trained: a checkpoint's flags
+
+def recorded(command, checkpoint):
+    """The flags a checkpoint was trained with, older spellings renamed and flags newer than it
+    set to their before_it_existed values."""
+    trained = dict(checkpoint['args'])
+    for old, dest in older_names(command.flags.values()).items():
+        if old in trained and dest not in trained:
+            trained[dest] = trained.pop(old)
+    for dest, flag in command.flags.items():
+        if dest not in trained and flag.before_it_existed is not NOT_RECORDED:
+            trained[dest] = flag.before_it_existed
+    return trained
+
+
+def model_args(command, trained):
+    """The flags --test rebuilds the model with: the trained ones, flags newer than the checkpoint
+    at the command line's value, and TEST_TIME flags given on the command line replacing them."""
+    given = vars(command.args)
+    merged = {**given, **trained}
+    merged.update({dest: given[dest] for dest, flag in command.flags.items()
+                   if flag.at_test == TEST_TIME and dest in command.given})
+    return argparse.Namespace(**merged)
+
+
+def task_args(command, trained):
+    """The flags --test draws its tasks with: the command line's, but TASKS flags as trained and
+    RECORDED flags as trained unless given."""
+    merged = dict(vars(command.args))
+    for dest, flag in command.flags.items():
+        keeps_trained = flag.at_test == TASKS or (flag.at_test == RECORDED and dest not in command.given)
+        if keeps_trained and dest in trained:
+            merged[dest] = trained[dest]
+    return argparse.Namespace(**merged)
+
+
+def changed_settings(command, trained):
+    """'--flag trained (now given), ...' of the flags a resumed run may not change, or ''."""
+    given = vars(command.args)
+    changed = sorted(dest for dest, flag in command.flags.items()
+                     if not flag.resume_may_change and dest in trained and given[dest] != trained[dest])
+    return ', '.join(f'--{k} {trained[k]} (now {given[k]})' for k in changed)
+
+
+def check_resume_settings(command, trained, where):
+    """Refuse, naming the flags, to resume a checkpoint with settings other than its own; RECORDED
+    flags not given take the checkpoint's value."""
+    for dest, flag in command.flags.items():
+        if flag.at_test == RECORDED and dest not in command.given and dest in trained:
+            setattr(command.args, dest, trained[dest])
+    changed = changed_settings(command, trained)
+    if changed:
+        raise UserError(f'resuming {where} with other settings: {changed}; pass the values it was trained with')
+
+
 # ---------------------------------------------------------------- argparse types
 # a bad value fails while parsing, naming the flag, before any work
 

@@ -14,8 +14,8 @@ import torch
 import maml
 import protonet
 import run_metabolism
-from fewshot import cli, registry, tasks
-from fewshot.engine import checkpoints, loop, runner
+from fewshot import cli, flags, registry, tasks
+from fewshot.engine import checkpoints, loop
 from fewshot.errors import UserError
 from helpers import run_with
 from test_metabolism import write_tables
@@ -285,7 +285,7 @@ def test_namespace_of_an_older_checkpoint_is_translated():
                                   'dataset': 'metabolism'}  # run_metabolism.py's ProtoNet
     assert translated['metric_kind'] == 'accuracy'
     command = cli.parse(run_metabolism.PROGRAM, [])
-    assert {k: v for k, v in runner.recorded(command, translated).items() if k != 'algorithm'} == {
+    assert {k: v for k, v in flags.recorded(command, translated).items() if k != 'algorithm'} == {
         'data_dir': 'D', 'learning_rate': 0.1, 'dataset': 'metabolism', 'features': 'morgan',
         'validation_protocol': 'halves', 'dropout': 0.0, 'label_order': 'random',  # as trained, whatever today's
         'train_num_way': None, 'train_num_query': None, 'val_interval': 50,  # defaults; newer flags as before them
@@ -293,7 +293,7 @@ def test_namespace_of_an_older_checkpoint_is_translated():
     older_maml = checkpoints.translate({'learner': {'meta_parameters': {}, 'optimizer': {}},
                                         'args': {'outer_lr': 0.2, 'dataset': 'sinusoid'}, 'metric_kind': 'loss'})
     assert older_maml['args'] == {'outer_lr': 0.2, 'dataset': 'sinusoid', 'algorithm': 'maml'}
-    assert runner.recorded(cli.parse(maml.PROGRAM, ['--dataset', 'sinusoid']), older_maml)['learning_rate'] == 0.2
+    assert flags.recorded(cli.parse(maml.PROGRAM, ['--dataset', 'sinusoid']), older_maml)['learning_rate'] == 0.2
     assert older_maml['metric_kind'] == 'loss'
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import protonet
-from fewshot import cli, runtime
+from fewshot import cli, flags, runtime
 from fewshot.datasets.omniglot import lake_runs
 from fewshot.engine import checkpoints, runner
 from fewshot.errors import UserError
@@ -34,7 +34,7 @@ def member_probabilities(log_dir, step, runs, extra=()):
     device = torch.device('cpu')
     with runtime.autocast(device, command.args.precision):
         learner, _, trained = runner.trained_learner(command, step, device)
-        tasks_flags = runner.task_args(command, trained)
+        tasks_flags = flags.task_args(command, trained)
         lake_runs.check_model(tasks_flags.class_split, learner.num_outputs, log_dir)
         _, batch = lake_runs.read_runs(runs, tasks_flags.image_size)
         return lake_runs.class_probabilities(learner, batch), batch.labels_query.numpy()

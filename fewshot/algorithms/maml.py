@@ -127,8 +127,8 @@ class MAML(contracts.Learner):
     def _earlier_query_losses(self, task, train):
         """The query losses of one task after inner steps 1..L-1, from _inner_loop's adaptation."""
         if len(self.inner.histories) != 1:
-            raise UserError(f'--multi_step_loss needs MAML._inner_loop to adapt each task once through '
-                            'self.inner.adapt (it adapted {len(self.inner.histories)} times); drop the flag')
+            raise UserError('--multi_step_loss needs MAML._inner_loop to adapt each task once through '
+                            f'self.inner.adapt (it adapted {len(self.inner.histories)} times); drop the flag')
         history, (images_query, labels_query) = self.inner.histories[0], (task.images_query[0], task.labels_query[0])
         with torch.set_grad_enabled(train):
             return [self.task.loss(self.inner.forward(images_query, history[step], step, train), labels_query)

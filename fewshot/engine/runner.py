@@ -5,7 +5,6 @@ tasks are drawn with the command line's, as each flag's `at_test` role says
 (flags.py); a resumed run must keep its trained settings but those whose
 `resume_may_change` role allows another value.
 """
-import argparse
 import contextlib
 import os
 import signal
@@ -13,59 +12,6 @@ import signal
 from fewshot import files, flags, runtime
 from fewshot.command import Command
 from fewshot.engine import checkpoints, distributed, evaluation, faults, loop, tuning
-
-
-def recorded(command, checkpoint):
-    """The flags a checkpoint was trained with, older spellings renamed and flags newer than it
-    set to their before_it_existed values."""
-    trained = dict(checkpoint['args'])
-    for old, dest in flags.older_names(command.flags.values()).items():
-        if old in trained and dest not in trained:
-            trained[dest] = trained.pop(old)
-    for dest, flag in command.flags.items():
-        if dest not in trained and flag.before_it_existed is not flags.NOT_RECORDED:
-            trained[dest] = flag.before_it_existed
-    return trained
-
-
-def model_args(command, trained):
-    """The flags --test rebuilds the model with: the trained ones, flags newer than the checkpoint
-    at the command line's value, and TEST_TIME flags given on the command line replacing them."""
-    given = vars(command.args)
-    merged = {**given, **trained}
-    merged.update({dest: given[dest] for dest, flag in command.flags.items()
-                   if flag.at_test == flags.TEST_TIME and dest in command.given})
-    return argparse.Namespace(**merged)
-
-
-def task_args(command, trained):
-    """The flags --test draws its tasks with: the command line's, but TASKS flags as trained and
-    RECORDED flags as trained unless given."""
-    merged = dict(vars(command.args))
-    for dest, flag in command.flags.items():
-        keeps_trained = flag.at_test == flags.TASKS or (flag.at_test == flags.RECORDED and dest not in command.given)
-        if keeps_trained and dest in trained:
-            merged[dest] = trained[dest]
-    return argparse.Namespace(**merged)
-
-
-def changed_settings(command, trained):
-    """'--flag trained (now given), ...' of the flags a resumed run may not change, or ''."""
-    given = vars(command.args)
-    changed = sorted(dest for dest, flag in command.flags.items()
-                     if not flag.resume_may_change and dest in trained and given[dest] != trained[dest])
-    return ', '.join(f'--{k} {trained[k]} (now {given[k]})' for k in changed)
-
-
-def check_resume_settings(command, trained, where):
-    """Refuse, naming the flags, to resume a checkpoint with settings other than its own; RECORDED
-    flags not given take the checkpoint's value."""
-    for dest, flag in command.flags.items():
-        if flag.at_test == flags.RECORDED and dest not in command.given and dest in trained:
-            setattr(command.args, dest, trained[dest])
-    changed = changed_settings(command, trained)
-    if changed:
-        raise flags.UserError(f'resuming {where} with other settings: {changed}; pass the values it was trained with')
 
 
 FINISHED = 'finished'
@@ -82,7 +28,7 @@ def step_to_continue(command, says=True):
         return None, None
     latest = steps[-1]
     checkpoint = checkpoints.load(log_dir, latest)
-    changed = changed_settings(command, recorded(command, checkpoint))
+    changed = flags.changed_settings(command, flags.recorded(command, checkpoint))
     if changed:
         raise flags.UserError(f'{log_dir} holds another run (its latest checkpoint, {checkpoints.path(log_dir, latest)}, '
                               f'was trained with {changed}); resume it with --checkpoint_step {latest} and its '
@@ -130,7 +76,7 @@ def test(command, processes):
     if args.checkpoint_step < 0 and processes.is_main:
         print(f'testing checkpoint step {step}, the best validation {learner.key_metric} '
               f'({checkpoint["val_score"]:.4f}) in {log_dir}')
-    tasks_flags = task_args(command, trained)
+    tasks_flags = flags.task_args(command, trained)
     results = command.dataset.benchmark_test(learner, tasks_flags, log_dir, processes)
     if results is None:
         results = evaluation.test_support_sweep(learner, command.build_sampler, tasks_flags, processes, log_dir, step)
@@ -144,8 +90,8 @@ def trained_learner(command, step, device, says=False):
     """The learner of checkpoint `step` in command.log_dir, rebuilt with the flags it was trained
     with (model_args) on device: (learner, checkpoint, the trained flags). says: print its notice."""
     checkpoint = checkpoints.load(command.log_dir, step)
-    trained = recorded(command, checkpoint)
-    learner = command.build_learner(model_args(command, trained), device)
+    trained = flags.recorded(command, checkpoint)
+    learner = command.build_learner(flags.model_args(command, trained), device)
     if says:
         say_notice(learner)
     learner.load_state(checkpoint['learner'])
@@ -172,7 +118,7 @@ def train(command, processes):
         processes.finish()
         return None
     if resumed is not None:
-        check_resume_settings(command, recorded(command, resumed), checkpoints.path(log_dir, step))
+        flags.check_resume_settings(command, flags.recorded(command, resumed), checkpoints.path(log_dir, step))
     interruption = faults.Interruption()  # a signal during the set-up stops the run after its first step
     try:
         with interruption.installed():

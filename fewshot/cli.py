@@ -6,7 +6,7 @@ datasets (registry.PROGRAMS); `--algorithm` and `--dataset` pick among them (at
 dataset's and the algorithm's (flags.Flag declarations). Defaults come, later
 ones winning, from the flags' own (the course's Omniglot settings), the
 algorithm's `defaults`, the dataset's `defaults`, the algorithm's `own_defaults`
-and, with --fast, the dataset's recipe for the algorithm (`fast_recipes`).
+the pair's defaults (registry.PAIR_DEFAULTS) and, with --fast, the pair's recipe (registry.FAST_RECIPES).
 """
 import sys
 
@@ -53,19 +53,22 @@ def parse(program, argv=None):
     algorithms, datasets = program.offers()
     algorithm_name, dataset_name = _chosen(algorithms, datasets, argv)
     algorithm, dataset = registry.algorithm(algorithm_name), registry.dataset(dataset_name)
-    parser = flags.ArgumentParser(prog=program.file, description=program.description)
+    pair = registry.PAIR_DEFAULTS.get((dataset_name, algorithm_name), {})
+    parser = flags.ArgumentParser(prog=program.file, description=program.description, epilog=pair_epilog(
+        algorithm_name, dataset_name, pair))
     if len(algorithms) > 1:
         parser.add_argument('--algorithm', choices=algorithms, help='the meta-learning algorithm')
     if len(datasets) > 1:
         parser.add_argument('--dataset', choices=datasets, help='the tasks (flags below are this one\'s)')
-    recipe = dataset.fast_recipes.get(algorithm_name)
+    recipe = registry.FAST_RECIPES.get((dataset_name, algorithm_name))
     declared = (*run_flags(algorithm, dataset), *((flags.fast_flag(recipe),) if recipe else ()))
     for flag in declared:
         flag.add_to(parser)
-    known = {flag.dest for flag in declared}
-    defaults = {**algorithm.defaults, **dataset.defaults, **algorithm.own_defaults}
-    parser.set_defaults(algorithm=algorithm_name, dataset=dataset_name,
-                        **{k: v for k, v in defaults.items() if k in known})
+    defaults = {**algorithm.defaults, **dataset.defaults, **pair, **algorithm.own_defaults}
+    stray = set(defaults) - {flag.dest for flag in declared}
+    if stray:
+        raise ValueError(f'defaults of flags --algorithm {algorithm_name} on --dataset {dataset_name} lacks: {stray}')
+    parser.set_defaults(algorithm=algorithm_name, dataset=dataset_name, **defaults)
     plain_defaults = vars(parser.parse_args([]))  # the log dir names what differs from these
     args, unknown = parser.parse_known_args(argv)
     if recipe and args.fast and not args.test:  # the recipe trains; the test keeps the course's tasks
@@ -87,6 +90,14 @@ def parse(program, argv=None):
     log_dir = args.log_dir or default_log_dir(args, plain_defaults, algorithm, dataset, declared)
     return Command(args, given, {flag.dest: flag for flag in declared}, algorithm, dataset, log_dir, program.file,
                    tuple(argv))
+
+
+def pair_epilog(algorithm_name, dataset_name, pair):
+    """--help's last line: the defaults this algorithm takes on this dataset (registry.PAIR_DEFAULTS)."""
+    if not pair:
+        return None
+    settings = ' '.join(f'--{dest} {value}' for dest, value in pair.items())
+    return f'--algorithm {algorithm_name} on --dataset {dataset_name} defaults to {settings} (fewshot/registry.py)'
 
 
 def unknown_flags_line(unknown, program_file, algorithms, datasets, algorithm_name, dataset_name):

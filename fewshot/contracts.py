@@ -94,7 +94,6 @@ class Dataset:
     images = False             # examples are (C, H, W) images for a conv net: --channels_last applies, and
                                # the ways to call an encoder over a meta-batch are timed
     num_train_classes = None   # the classes its training sampler names in TaskBatch.classes (or None)
-    fast_recipes = {}          # {algorithm name: {dest: value}}: what --fast sets (flags given override it)
     distort = None             # f(examples (..., *example_shape) float, generator) -> randomly distorted copies
                                # of the same shape (the training augmentation; test-time augmentation uses it)
 

@@ -17,6 +17,19 @@ ALGORITHMS = {
     'reptile': 'fewshot.algorithms.reptile:ReptileAlgorithm',
     'baseline': 'fewshot.algorithms.baseline:BaselineAlgorithm',
 }
+# per (dataset, algorithm): defaults over both's own (shown by --help), and what --fast sets (flags given override it)
+PAIR_DEFAULTS = {
+    ('sinusoid', 'maml'): dict(inner_lr=0.01), ('sinusoid', 'reptile'): dict(inner_lr=0.01),  # Finn et al.'s
+    ('metabolism', 'maml'): dict(inner_lr=0.1), ('metabolism', 'reptile'): dict(inner_lr=0.1),
+}
+# --fast: what reached the course's validation targets (ProtoNet 5w5s 0.99, MAML 5w1s 0.97) in the least wall
+# time measured on a 2-core CPU, lever by lever (docs/benchmarks.md, bench.py --only time_to_target)
+FAST_RECIPES = {
+    ('omniglot', 'protonet'): dict(train_num_way=60, train_num_query=5, batch_size=1, learning_rate=0.002,
+                                   val_interval=25, num_val_tasks=200, precision='auto'),
+    ('omniglot', 'maml'): dict(train_num_query=5, batch_size=8, learning_rate=0.003, lr_halving_steps=700,
+                               learn_inner_lrs=True, num_hidden_channels=32, precision='auto'),
+}
 
 # the course's learners, whose graded methods (ProtoNet._step; MAML._inner_loop, MAML._outer_step) every
 # program trains, validates and tests through; register a subclass here to run it instead

@@ -327,3 +327,15 @@ def test_lr_halving_steps_halve_the_loops_learning_rate(omniglot_dir, tmp_path, 
                    '--batch_size', '1', '--num_val_tasks', '1', '--num_query', '1', '--num_train_iterations', '5',
                    '--lr_halving_steps', '2', '--learning_rate', '0.004'])
     assert rates == [(0.004, 0), (0.004, 1), (0.002, 2), (0.002, 3), (0.001, 4)]
+
+
+def test_a_pairs_defaults_are_one_table_shown_by_help(capsys, monkeypatch):
+    assert cli.parse(maml.PROGRAM, ['--dataset', 'metabolism']).args.inner_lr == 0.1
+    assert cli.parse(maml.PROGRAM, ['--dataset', 'sinusoid', '--algorithm', 'reptile']).args.inner_lr == 0.01
+    assert cli.parse(maml.PROGRAM, []).args.inner_lr == 0.4
+    with pytest.raises(SystemExit):
+        cli.parse(maml.PROGRAM, ['--dataset', 'metabolism', '--help'])
+    assert '--algorithm maml on --dataset metabolism defaults to --inner_lr 0.1' in ' '.join(capsys.readouterr().out.split())
+    monkeypatch.setitem(registry.PAIR_DEFAULTS, ('metabolism', 'protonet'), dict(inner_lr=0.1))
+    with pytest.raises(ValueError, match='inner_lr'):  # a default of a flag the run does not have is a mistake
+        cli.parse(protonet.PROGRAM, ['--dataset', 'metabolism'])

@@ -6,8 +6,7 @@ import torch
 
 import maml
 import protonet
-from fewshot import cli
-from fewshot.datasets.omniglot.dataset import Omniglot
+from fewshot import cli, registry
 from fewshot.engine import checkpoints
 
 PROGRAMS = {'protonet': protonet, 'maml': maml}
@@ -16,7 +15,7 @@ PROGRAMS = {'protonet': protonet, 'maml': maml}
 @pytest.mark.parametrize('algorithm', ['protonet', 'maml'])
 def test_the_recipe_sets_the_defaults_and_flags_given_override_it(algorithm):
     program = PROGRAMS[algorithm].PROGRAM
-    recipe = Omniglot.fast_recipes[algorithm]
+    recipe = registry.FAST_RECIPES[('omniglot', algorithm)]
     plain = vars(cli.parse(program, []).args)
     fast = cli.parse(program, ['--fast'])
     assert all(vars(fast.args)[dest] == value != plain[dest] for dest, value in recipe.items())
@@ -35,7 +34,7 @@ def test_help_lists_the_recipe(capsys):
     with pytest.raises(SystemExit):
         protonet.main(['--help'])
     text = ' '.join(capsys.readouterr().out.split())
-    for dest, value in Omniglot.fast_recipes['protonet'].items():
+    for dest, value in registry.FAST_RECIPES[('omniglot', 'protonet')].items():
         assert (f'--{dest}' if value is True else f'--{dest} {value}') in text
 
 
@@ -62,7 +61,7 @@ def test_a_resumed_fast_run_continues_its_schedule_exactly(omniglot_dir, tmp_pat
     protonet.main([*short, '--num_train_iterations', '2', '--log_dir', parts])
     protonet.main([*short, '--num_train_iterations', '4', '--log_dir', parts, '--checkpoint_step', '1'])
     expected, resumed = checkpoints.load(whole, 3), checkpoints.load(parts, 3)
-    rate = Omniglot.fast_recipes['protonet']['learning_rate']
+    rate = registry.FAST_RECIPES[('omniglot', 'protonet')]['learning_rate']
     assert resumed['optimizer']['param_groups'][0]['lr'] == rate / 2
     assert resumed['args']['fast'] and resumed['args']['learning_rate'] == rate
     assert_equal_tensors(expected['learner'], resumed['learner'])

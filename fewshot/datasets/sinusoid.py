@@ -96,7 +96,7 @@ class Sinusoid(contracts.Dataset):
     """Finn et al.'s sinusoid regression, with their settings as defaults."""
     name = 'sinusoid'
     task = tasks.REGRESSION
-    defaults = dict(num_way=1, num_support=[10], num_query=10, batch_size=25, inner_lr=0.01)
+    defaults = dict(num_way=1, num_support=[10], num_query=10, batch_size=25)
 
     def build_sampler(self, split, args, seed, device):
         return SinusoidSampler(args.num_support, args.num_query, 3 * seed + SPLIT_OFFSETS[split], device)

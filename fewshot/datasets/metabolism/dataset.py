@@ -139,7 +139,7 @@ class Metabolism(contracts.Dataset):
     name = 'metabolism'
     task = tasks.CLASSIFICATION
     defaults = dict(num_way=2, num_support=[5], num_query=10, batch_size=4, num_train_iterations=8000,
-                    num_val_tasks=600, inner_lr=0.1, learning_rate=0.0005, data_dir=DATA_DIR)
+                    num_val_tasks=600, learning_rate=0.0005, data_dir=DATA_DIR)
     num_train_classes = NUM_LABELS * len(TRAIN_ASSAYS)  # the classes of the training sampler's tasks
     hidden_sizes = (500, 500)  # as in the course and MLTI
     flags = (

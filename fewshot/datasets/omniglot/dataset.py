@@ -117,14 +117,6 @@ class Omniglot(contracts.Dataset):
     task = tasks.CLASSIFICATION
     images = True  # (1, S, S) examples: a conv net
     distort = staticmethod(augment.random_affine)
-    # --fast: what reached the course's validation targets (ProtoNet 5w5s 0.99, MAML 5w1s 0.97) in the least wall
-    # time measured on a 2-core CPU, lever by lever (docs/benchmarks.md, bench.py --only time_to_target)
-    fast_recipes = {
-        'protonet': dict(train_num_way=60, train_num_query=5, batch_size=1, learning_rate=0.002, val_interval=25,
-                         num_val_tasks=200, precision='auto'),
-        'maml': dict(train_num_query=5, batch_size=8, learning_rate=0.003, lr_halving_steps=700,
-                     learn_inner_lrs=True, num_hidden_channels=32, precision='auto'),
-    }
     flags = (
         Flag('--split', dest='class_split', choices=CLASS_SPLITS, default='course', log_name=True, at_test=TASKS,
              help="the classes of train / val / test: the course's random one, Vinyals et al.'s, or Lake et al.'s "

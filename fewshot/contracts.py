@@ -40,7 +40,6 @@ class Learner:
     lr_tag = None              # the TensorBoard tag that logs the learning rate, or None
     num_outputs = None         # the classes of a classifier head; None: any N-way
     tasks_per_backward = 0     # tasks per backward pass (0: the whole meta-batch)
-    execution_flags = ()       # the flags that force one of execution_options()
     notice = None              # a line the program prints when it starts (how the learner computes its steps)
 
     @required

@@ -27,17 +27,18 @@ class Flag:
         checkpoints also use for the flag.
     log_name: named '.dest_value' in the default log dir when not at its default.
     task_name: the word of the flag in the task part of every default log dir ('way': 'way_5').
+    execution: it picks one of the ways to compute the same numbers, which 'auto' leaves to tuning.
     at_test: MODEL, TASKS, TEST_TIME or RECORDED (above).
     resume_may_change: a resumed run may take another value; else it must keep the trained one.
     shapes_step: part of the tuning cache key (it may change which way to compute a step is fastest).
     before_it_existed: the value of checkpoints written before the flag existed.
     """
 
-    def __init__(self, *names, log_name=False, task_name=None, at_test=MODEL, resume_may_change=False,
-                 shapes_step=True, before_it_existed=NOT_RECORDED, **argparse_options):
+    def __init__(self, *names, log_name=False, task_name=None, execution=False, at_test=MODEL,
+                 resume_may_change=False, shapes_step=True, before_it_existed=NOT_RECORDED, **argparse_options):
         self.names, self.options = names, argparse_options
         self.dest = argparse_options.get('dest') or names[0].lstrip('-')
-        self.log_name, self.task_name, self.at_test = log_name, task_name, at_test
+        self.log_name, self.task_name, self.execution, self.at_test = log_name, task_name, execution, at_test
         self.resume_may_change = resume_may_change or at_test == RECORDED
         self.shapes_step, self.before_it_existed = shapes_step, before_it_existed
 
@@ -217,7 +218,8 @@ def fast_flag(recipe):
 
 
 IMAGE_FLAGS = (  # the flags of datasets whose examples are images for a conv net
-    Flag('--channels_last', choices=AUTO_YES_NO, default='auto', at_test=TEST_TIME, resume_may_change=True,
+    Flag('--channels_last', choices=AUTO_YES_NO, default='auto', execution=True, at_test=TEST_TIME,
+         resume_may_change=True,
          help='give the conv net its images channels-last (same numbers to round-off); auto: the faster on this '
               'machine, timed once at the start of training and cached (at --test and under torchrun: yes on '
               'a CPU, no on a GPU)'),
@@ -275,6 +277,11 @@ def log_name_suffix(args, defaults, flags):
     """'.dest_value' for each log_name flag whose value differs from its default, in declaration order."""
     given = vars(args)
     return ''.join(f'.{f.dest}_{given[f.dest]}' for f in flags if f.log_name and given[f.dest] != defaults[f.dest])
+
+
+def left_to_tuning(command):
+    """The execution flags of a command left at 'auto' ('--channels_last', ...): those that would force a way."""
+    return [flag.names[0] for flag in command.flags.values() if flag.execution and getattr(command.args, flag.dest) == 'auto']
 
 
 def task_log_name(args):

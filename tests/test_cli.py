@@ -339,3 +339,9 @@ def test_a_pairs_defaults_are_one_table_shown_by_help(capsys, monkeypatch):
     monkeypatch.setitem(registry.PAIR_DEFAULTS, ('metabolism', 'protonet'), dict(inner_lr=0.1))
     with pytest.raises(ValueError, match='inner_lr'):  # a default of a flag the run does not have is a mistake
         cli.parse(protonet.PROGRAM, ['--dataset', 'metabolism'])
+
+
+def test_the_flags_left_to_tuning_are_the_execution_flags_at_auto():
+    command = cli.parse(maml.PROGRAM, ['--channels_last', 'no'])
+    assert flags.left_to_tuning(command) == ['--vmap_tasks', '--group_tasks']
+    assert flags.left_to_tuning(cli.parse(protonet.PROGRAM, [])) == ['--channels_last', '--encoder_calls']

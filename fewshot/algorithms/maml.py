@@ -165,12 +165,6 @@ class MAML(contracts.Learner):
             return self.tasks_per_group
         return 0 if self.inner.vmap_tasks else 1
 
-    @property
-    def execution_flags(self):
-        inner = self.inner
-        return (('--vmap_tasks',) * inner.tunable + ('--group_tasks',) * inner.group_tunable
-                + ('--channels_last',) * inner.layout.tunable)
-
     def execution_options(self, sample=None):
         """{name: switch to it}: a per-task loop, vmap over tasks or the tasks as groups of one
         convolution; contiguous or channels-last images (the same numbers to round-off).
@@ -236,11 +230,13 @@ class MAML(contracts.Learner):
 NUM_INNER_STEPS = Flag('--num_inner_steps', type=positive_int, default=None, at_test=TEST_TIME,
                        help=f'inner-loop steps (default {inner_loop.NUM_INNER_STEPS}; at --test: as trained unless given)')
 INNER_LR = Flag('--inner_lr', type=positive_float, default=inner_loop.INNER_LR, help='inner-loop learning rate (initial if learned)')
-VMAP_TASKS = Flag('--vmap_tasks', choices=AUTO_YES_NO, default='auto', at_test=TEST_TIME, resume_may_change=True,
+VMAP_TASKS = Flag('--vmap_tasks', choices=AUTO_YES_NO, default='auto', execution=True, at_test=TEST_TIME,
+                  resume_may_change=True,
                   help='adapt the tasks of a meta-batch with torch.vmap (same numbers); auto: no on a CPU (the '
                        'per-task loop: faster, and leaner, on the CPUs measured); on a GPU the faster, timed once '
                        'at the start of training and cached (at --test and under torchrun: yes)')
-GROUP_TASKS = Flag('--group_tasks', choices=AUTO_YES_NO, default='auto', at_test=TEST_TIME, resume_may_change=True,
+GROUP_TASKS = Flag('--group_tasks', choices=AUTO_YES_NO, default='auto', execution=True, at_test=TEST_TIME,
+                   resume_may_change=True,
                    help="adapt the tasks of a meta-batch at once, as the groups of one grouped convolution per "
                         "layer (conv networks; same numbers); auto: timed against the other ways at the start "
                         "of training and cached (at --test and under torchrun: no)")

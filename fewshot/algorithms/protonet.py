@@ -67,10 +67,6 @@ class ProtoNet(contracts.Learner):
     def execution_options(self, sample=None):
         return self.calls.options(None if sample is None else len(sample))
 
-    @property
-    def execution_flags(self):
-        return ('--encoder_calls',) * self.calls.tunable + ('--channels_last',) * self.calls.layout.tunable
-
     def parameters(self):
         return list(self._network.parameters()) + ([self.cosine_scale] if self.cosine_scale is not None else [])
 
@@ -198,7 +194,7 @@ class ProtoNetAlgorithm(contracts.Algorithm):
     name = 'protonet'
     task_kinds = ('classification',)  # the common flags' own defaults are the course's ProtoNet ones
     flags = (
-        Flag('--encoder_calls', choices=list(ENCODER_CALLS), default='auto', at_test=TEST_TIME,
+        Flag('--encoder_calls', choices=list(ENCODER_CALLS), default='auto', execution=True, at_test=TEST_TIME,
              resume_may_change=True, help='encode a meta-batch task by task or in one call (same numbers); '
                                           'auto: the faster on this machine, timed once at the start of '
                                           'training and cached (images only; other examples: batched)'),

@@ -147,7 +147,8 @@ def set_up_and_train(command, processes, resumed, interruption):
     start = 0 if resumed is None else checkpoints.resume(resumed, learner, optimizer, train_sampler.generator)
     if processes.size == 1:  # the fastest way to compute a step on this machine (the same numbers)
         tune_tasks = command.build_sampler('train', args, tuning.TUNE_SEED, device)
-        tuning.choose(learner, lambda: tune_tasks.sample(args.batch_size), tuning.run_key(command, device))
+        tuning.choose(learner, lambda: tune_tasks.sample(args.batch_size), tuning.run_key(command, device),
+                      forcing=flags.left_to_tuning(command))
     if processes.is_main:
         print(f'logging to {log_dir}' + (f' ({processes.size} processes)' if processes.size > 1 else ''))
     return loop.train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start, processes, interruption)

@@ -5,7 +5,7 @@ per-task or batched encoder calls, MAML's per-task loop or vmap over tasks,
 both with contiguous or channels-last images), keep the fastest, and cache the
 choice per machine and run settings, so later runs (and resumed ones) take the
 same without timing. Every way computes the same numbers to round-off (tested);
-a flag forces one (the learner's execution_flags).
+a flag forces one (the flags with the execution role).
 """
 import copy
 import json
@@ -86,10 +86,11 @@ def fastest(options, learner, batch):
     return times
 
 
-def choose(learner, sample_batch, key, path=None):
+def choose(learner, sample_batch, key, path=None, forcing=()):
     """Switch the learner to its fastest way for this run: the cached choice under key, else
     timed now on up to TUNE_TASKS tasks of sample_batch() (-> a TaskBatch of the run's shape).
-    Prints the choice once; returns its name, or None when the learner offers no choice."""
+    Prints the choice once, naming the flags that would force one (forcing); returns its name,
+    or None when the learner offers no choice."""
     if len(learner.execution_options()) < 2:
         return None
     batch = sample_batch().select(slice(0, TUNE_TASKS))
@@ -107,5 +108,5 @@ def choose(learner, sample_batch, key, path=None):
     write_cache(path, key, best)
     slowest = max(times, key=times.get)
     print(f'fastest way here: {best} ({1000 * times[best]:.0f} ms a step, {times[slowest] / times[best]:.2f}x '
-          f'the slowest); cached; {", ".join(learner.execution_flags)} force one')
+          f'the slowest); cached' + (f'; {", ".join(forcing)} force one' if forcing else ''))
     return best

@@ -119,3 +119,10 @@ def test_no_module_is_over_400_lines():
                                                 if name.endswith('.py')]
     long = {os.path.relpath(p, ROOT): n for p in paths if (n := len(open(p).read().splitlines())) > 400}
     assert long == {}
+
+
+def test_the_lake_tools_import_the_library_not_the_course_files():
+    course = {name[:-3] for name in PROGRAMS + COURSE_API}
+    folder = os.path.join(ROOT, 'tools', 'lake')
+    imported = {name: imports_of(os.path.join(folder, name), course) for name in os.listdir(folder) if name.endswith('.py')}
+    assert len(imported) >= 4 and {name: found for name, found in imported.items() if found} == {}

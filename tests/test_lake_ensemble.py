@@ -1,4 +1,4 @@
-"""tools.lake_ensemble: a member's probabilities score the runs as --test --lake_runs does, the
+"""tools.lake.ensemble: a member's probabilities score the runs as --test --lake_runs does, the
 ensemble averages probabilities, forward selection keeps what lowers the validation error."""
 import re
 
@@ -7,7 +7,7 @@ import pytest
 
 import protonet
 from test_lake_runs import runs, tiny_flags  # noqa: F401 (the fixture)
-from tools import lake_ensemble
+from tools.lake import ensemble as lake_ensemble
 
 
 def one_hot_ish(classes, confidence, num_way=3):

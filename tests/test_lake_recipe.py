@@ -1,4 +1,4 @@
-"""tools.lake_recipe: one command builds the runs, trains and chooses the members, and scores the
+"""tools.lake.recipe: one command builds the runs, trains and chooses the members, and scores the
 ensemble; the same command again continues rather than redoing (tiny members on the real data)."""
 import os
 import re
@@ -6,7 +6,7 @@ import re
 import pytest
 
 from test_lake_runs import runs  # noqa: F401 (the fixture)
-from tools import lake_recipe
+from tools.lake import recipe as lake_recipe
 
 TINY = ('--num_train_iterations 1 --num_hidden_channels 4 --num_val_tasks 2 --train_num_way 5 '
         '--image_size 28 --precision fp32')

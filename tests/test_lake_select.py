@@ -1,8 +1,8 @@
-"""tools.lake_select: a run's checkpoint chosen by its mean error rate on the validation runs."""
+"""tools.lake.select: a run's checkpoint chosen by its mean error rate on the validation runs."""
 import numpy as np
 import pytest
 
-from tools import lake_select
+from tools.lake import select as lake_select
 
 
 def test_the_checkpoint_with_the_lowest_validation_error_is_chosen_ties_the_later(monkeypatch, capsys):

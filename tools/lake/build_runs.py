@@ -2,8 +2,8 @@
 from images_evaluation.zip (the 20 evaluation alphabets: for the final report only) or from
 the held-out validation alphabets of images_background.zip (for choosing models).
 
-    python -m tools.build_lake_runs --data_dir D/omniglot --set background_validation --runs 40 val_runs.zip
-    python -m tools.build_lake_runs --data_dir D/omniglot --set evaluation eval_runs.zip
+    python -m tools.lake.build_runs --data_dir D/omniglot --set background_validation --runs 40 val_runs.zip
+    python -m tools.lake.build_runs --data_dir D/omniglot --set evaluation eval_runs.zip
 """
 import argparse
 import os

@@ -3,11 +3,11 @@
 chosen on the background-validation runs by forward selection, and the chosen ensemble scored
 once on the evaluation runs: the protocol of docs/results.md's Lake table.
 
-    python -m tools.lake_ensemble --members L1:S1 L2:S2 ... --val_runs val_runs.zip \
+    python -m tools.lake.ensemble --members L1:S1 L2:S2 ... --val_runs val_runs.zip \
         --test_runs eval_runs.zip [all_runs.zip] [--test_flags '--test_views 8']
 
 Lx:Sx: a model's log dir and checkpoint step (each chosen on the validation runs by
-tools.lake_select); one log dir may be named at several steps (checkpoints of one run as
+tools.lake.select); one log dir may be named at several steps (checkpoints of one run as
 members). Prints each member's validation error rate, the members chosen, and the
 ensemble's error rates on the validation runs and (once) on each --test_runs, the latter also in
 --test --lake_runs's line (Lake's official all_runs.zip among them is reported alike).
@@ -18,18 +18,17 @@ import os
 import numpy as np
 import torch
 
-import protonet
-from fewshot import cli, flags, runtime
+from fewshot import cli, flags, registry, runtime
 from fewshot.datasets.omniglot import lake_runs
 from fewshot.engine import checkpoints, runner
 from fewshot.errors import UserError
-from tools.lake_select import runs_file, spread
+from tools.lake.select import runs_file, spread
 
 
 def member_probabilities(log_dir, step, runs, extra=()):
     """(R, N, N) class probabilities of checkpoint `step` of log_dir for each test image of the runs
     in the zip `runs` (at the model's own image size), and (R, N) the test images' classes."""
-    command = cli.parse(protonet.PROGRAM, ['--test', '--log_dir', log_dir, '--checkpoint_step', str(step),
+    command = cli.parse(registry.program('protonet.py'), ['--test', '--log_dir', log_dir, '--checkpoint_step', str(step),
                                            '--lake_runs', runs, *extra])
     device = torch.device('cpu')
     with runtime.autocast(device, command.args.precision):

@@ -5,16 +5,16 @@ validation runs, 8 test views each) once on the evaluation runs and on Lake's of
 given. Run again, the same command continues an interrupted one: built runs and finished members
 are kept, an unfinished member resumes from its last checkpoint.
 
-    python -m tools.lake_recipe --data_dir D/omniglot --out OUT [--official_runs all_runs.zip] \
+    python -m tools.lake.recipe --data_dir D/omniglot --out OUT [--official_runs all_runs.zip] \
         [--train_flags '--device gpu']
 """
 import argparse
 import os
 import shlex
 
-import protonet
-from tools import build_lake_runs, lake_ensemble, lake_select
-from tools.lake_select import runs_file
+from fewshot import cli, registry
+from tools.lake import build_runs, ensemble, select
+from tools.lake.select import runs_file
 
 COMMON = ('--split lake --augment_rotations --inductive --num_way 20 --num_support 1 --num_query 1 '
           '--train_num_way 60 --train_num_query 5 --batch_size 1 --lr_halving_steps 2000 '
@@ -41,17 +41,17 @@ def main(argv=None):
     runs = {name: os.path.join(args.out, name) for name in RUNS}
     for name, path in runs.items():
         if not os.path.exists(path):
-            build_lake_runs.main([path, '--data_dir', args.data_dir, *RUNS[name].split()])
+            build_runs.main([path, '--data_dir', args.data_dir, *RUNS[name].split()])
     members = []
     for name, flags in MEMBERS.items():
         log_dir = os.path.join(args.out, name)
         print(f'member {name}: {flags}', flush=True)
-        protonet.main([*COMMON.split(), *flags.split(), '--data_dir', args.data_dir, '--log_dir', log_dir,
+        cli.main(registry.program('protonet.py'), [*COMMON.split(), *flags.split(), '--data_dir', args.data_dir, '--log_dir', log_dir,
                        *shlex.split(args.train_flags)])
-        step, _ = lake_select.choose_step(log_dir, runs['val_runs.zip'])
+        step, _ = select.choose_step(log_dir, runs['val_runs.zip'])
         members.append(f'{log_dir}:{step}')
     test_runs = [runs['eval_runs.zip']] + ([args.official_runs] if args.official_runs else [])
-    lake_ensemble.main(['--members', *members, '--val_runs', runs['val_runs.zip'], '--test_runs', *test_runs,
+    ensemble.main(['--members', *members, '--val_runs', runs['val_runs.zip'], '--test_runs', *test_runs,
                         '--test_flags', TEST_FLAGS])
 
 

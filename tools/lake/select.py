@@ -1,10 +1,10 @@
 """Choose a --split lake ProtoNet's checkpoint on one-shot runs of held-out background alphabets,
 then score that checkpoint once on evaluation runs: the protocol of docs/results.md's Lake table.
 
-    python -m tools.lake_select --log_dir L --val_runs val_runs.zip --test_runs eval_runs.zip [--every 200] \
+    python -m tools.lake.select --log_dir L --val_runs val_runs.zip --test_runs eval_runs.zip [--every 200] \
         [--test_flags '--test_views 8']
 
-val_runs / test_runs: zips written by tools.build_lake_runs (background_validation / evaluation).
+val_runs / test_runs: zips written by tools.lake.build_runs (background_validation / evaluation).
 Prints the validation error rate of every checkpoint scored, then the chosen one's two rates.
 """
 import argparse
@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-import protonet
+from fewshot import cli, registry
 from fewshot.engine import checkpoints
 
 PER_RUN = re.compile(r'^run\d+: error rate ([0-9.]+)%', re.M)
@@ -25,7 +25,7 @@ def run_errors(log_dir, step, runs, extra=()):
     """(R,) error rates in % of checkpoint `step` on the runs in the zip `runs`."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        protonet.main(['--test', '--log_dir', log_dir, '--checkpoint_step', str(step), '--lake_runs', runs, *extra])
+        cli.main(registry.program('protonet.py'), ['--test', '--log_dir', log_dir, '--checkpoint_step', str(step), '--lake_runs', runs, *extra])
     return np.array([float(e) for e in PER_RUN.findall(out.getvalue())])
 
 
@@ -37,7 +37,7 @@ def spread(errors):
 def runs_file(text):
     """An argparse type: a runs zip or folder that exists."""
     if not os.path.exists(text):
-        raise argparse.ArgumentTypeError(f'{text} does not exist; build runs with python -m tools.build_lake_runs, '
+        raise argparse.ArgumentTypeError(f'{text} does not exist; build runs with python -m tools.lake.build_runs, '
                                          "or give Lake's all_runs.zip")
     return text
 

@@ -1,0 +1,1 @@
+"""Lake et al.'s one-shot challenge: build runs, choose checkpoints, ensembles, the one-command recipe."""

@@ -45,14 +45,14 @@ def test_protonet_gives_its_encoder_the_layout_it_was_told(channels_last):
 
 @pytest.mark.parametrize('first_order', [False, True])
 def test_maml_gives_channels_last_images_to_every_pass_but_second_order_inner_steps(first_order):
-    """Per task: the inner step's pass, the post-adaptation support metric; then the query passes."""
+    """Per task (the course's _outer_step): the inner step's pass, the post-adaptation support metric, the query pass."""
     strides = []
     learner = tiny_maml(dtype=torch.float32, first_order=first_order)
     learner.inner._network = recording(networks.conv_net, strides)
     learner.inner.layout.channels_last = True
     learner.loss(random_batch(num_tasks=2, dtype=torch.float32), 0)
     inner_step = 1 if first_order else 28 * 28  # differentiated twice: contiguous, whose double backward is faster
-    assert strides == [inner_step, 1, inner_step, 1, 1, 1]
+    assert strides == [inner_step, 1, 1, inner_step, 1, 1]
     strides.clear()
     learner.inner.layout.channels_last = False
     learner.loss(random_batch(num_tasks=2, dtype=torch.float32), 0)

@@ -20,16 +20,16 @@ CHECKS = {
     '1a-1-basic': ('sampler: one class per label, support and query disjoint', 1,
                    ['tests/test_tasks.py::test_classes_distinct_and_support_query_disjoint']),
     '2a-0-basic': ('ProtoNet _step: loss and accuracies against an independent computation', 3,
-                   [f'tests/test_protonet.py::test_step_matches_independent_per_task_computation[{joint}]'
+                   [f'tests/algorithms/test_protonet.py::test_step_matches_independent_per_task_computation[{joint}]'
                     for joint in (False, True)]),
     '3a-0-basic': ('MAML _inner_loop: graph exactly when train=True, shapes, L+1 accuracies', 2,
-                   ['tests/test_maml.py::test_inner_loop_graph_only_when_training']),
+                   ['tests/algorithms/test_maml.py::test_inner_loop_graph_only_when_training']),
     '3a-1-basic': ('MAML _outer_step: scalar loss and accuracies', 1,
-                   ['tests/test_maml.py::test_outer_step_returns_scalar_loss_and_accuracies']),
+                   ['tests/algorithms/test_maml.py::test_outer_step_returns_scalar_loss_and_accuracies']),
     '3b-0-basic': ('MAML second-order meta-gradient against finite differences', 3,
-                   ['tests/test_maml.py::test_second_order_meta_gradient_matches_finite_differences']),
+                   ['tests/algorithms/test_maml.py::test_second_order_meta_gradient_matches_finite_differences']),
     '3c-0-basic': ('MAML learned inner learning rates receive gradients', 1,
-                   ['tests/test_maml.py::test_learned_inner_lrs_receive_gradients']),
+                   ['tests/algorithms/test_maml.py::test_learned_inner_lrs_receive_gradients']),
 }
 
 

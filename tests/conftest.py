@@ -3,6 +3,7 @@
 when it is missing; under CI (CI=true) a missing data folder is a failure."""
 import os
 import shutil
+import sys
 import tempfile
 
 import pytest
@@ -12,6 +13,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # share one), away from the user's own; subprocesses inherit it; removed at the end
 CACHE = tempfile.mkdtemp(prefix='fewshot-test-cache-')
 os.environ['XDG_CACHE_HOME'] = CACHE
+TESTS = os.path.dirname(os.path.abspath(__file__))
+# tests/ mirrors the package (algorithms/, datasets/, engine/) and the programs (programs/, tools/); their
+# modules import each other's helpers by name
+sys.path[:0] = [TESTS] + [os.path.join(TESTS, name) for name in sorted(os.listdir(TESTS))
+                          if os.path.isdir(os.path.join(TESTS, name)) and not name.startswith(('_', '.'))]
 DATA_ROOT = os.environ.get('FEWSHOT_DATA', os.path.join(ROOT, '..', 'shared', 'data'))
 
 

@@ -15,7 +15,7 @@ import maml
 import protonet
 import run_metabolism
 from fewshot import cli, flags, registry, tasks
-from fewshot.engine import checkpoints, loop
+from fewshot.engine import checkpoints
 from fewshot.errors import UserError
 from helpers import run_with
 from test_metabolism import write_tables
@@ -117,18 +117,6 @@ def test_test_takes_the_checkpoints_algorithm_or_names_the_script(tmp_path):
         cli.parse(protonet.PROGRAM, ['--test', '--log_dir', log_dir])
 
 
-def test_run_bio_sh_runs_the_course_command(tmp_path):
-    data = write_tables(tmp_path / 'data')
-    log_dir = str(tmp_path / 'log')
-    result = subprocess.run(['bash', os.path.join(ROOT, 'run_bio.sh'), data, '--num_train_iterations', '2',
-                             '--num_val_tasks', '2', '--num_support', '2', '--num_query', '3', '--log_dir', log_dir],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    args = checkpoints.load(log_dir, 1)['args']
-    assert (args['algorithm'], args['dataset'], args['data_dir'], args['batch_size'], args['learning_rate']) == \
-        ('protonet', 'metabolism', data, 4, 0.0005)
-
-
 def test_test_and_resume_take_the_runs_data_folder_unless_given(tmp_path, capsys):
     data, log_dir = write_tables(tmp_path / 'data'), str(tmp_path / 'log')
     shape = ['--num_support', '2', '--num_query', '3']
@@ -142,18 +130,6 @@ def test_test_and_resume_take_the_runs_data_folder_unless_given(tmp_path, capsys
     with pytest.raises(UserError, match='--data_dir .*a_file is a file'):  # a folder given is the one used
         run_metabolism.main(['--test', '--log_dir', log_dir, *shape, '--num_test_tasks', '4',
                              '--data_dir', str(tmp_path / 'a_file')])
-
-
-def test_run_bio_sh_takes_a_relative_data_folder_from_where_it_is_run(tmp_path):
-    write_tables(tmp_path / 'data')
-    log_dir = str(tmp_path / 'log')
-    before = sorted(os.listdir(ROOT))
-    result = subprocess.run(['bash', os.path.join(ROOT, 'run_bio.sh'), 'data', '--num_train_iterations', '1',
-                             '--num_val_tasks', '2', '--num_support', '2', '--num_query', '3', '--log_dir', log_dir],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert checkpoints.load(log_dir, 0)['args']['data_dir'] == str(tmp_path / 'data')
-    assert sorted(os.listdir(ROOT)) == before  # nothing made inside the repository
 
 
 # ---------------------------------------------------------------- a new dataset, a new algorithm
@@ -237,66 +213,6 @@ def test_a_run_does_not_change_its_flags(tmp_path):
     assert swept['support_sweep'] == [1, 2] and swept['num_support'] == 1 and swept['num_inner_steps'] is None
 
 
-# ---------------------------------------------------------------- checkpoints of the older layout
-
-def to_older_layout(log_dir, step):
-    """Rewrite state{step}.pt as written before the loop owned the optimizer: the optimizer's
-    state inside 'learner', no 'optimizer_kind', and maml.py's rate under 'outer_lr'."""
-    path = checkpoints.path(log_dir, step)
-    checkpoint = torch.load(path, weights_only=False)
-    optimizer, kind = checkpoint.pop('optimizer'), checkpoint.pop('optimizer_kind')
-    if kind == 'sgd':  # Reptile once held an Adam it never stepped
-        optimizer = torch.optim.Adam([torch.zeros(1)], lr=checkpoint['args']['learning_rate']).state_dict()
-    checkpoint['learner']['optimizer'] = optimizer
-    checkpoint['args']['outer_lr'] = checkpoint['args'].pop('learning_rate')
-    torch.save(checkpoint, path)
-
-
-@pytest.mark.parametrize('flags', [['--learn_inner_lrs'], ['--algorithm', 'reptile', '--num_inner_steps', '2']])
-def test_checkpoint_in_the_older_layout_resumes_exactly_and_tests(tmp_path, capsys, flags):
-    common = ['--num_way', '3', '--num_support', '1', '--num_query', '2', '--batch_size', '2', '--num_val_tasks', '2',
-              '--num_hidden_channels', '4', *flags]
-    args = lambda *more: cli.parse(maml.PROGRAM, [*common, *more])  # noqa: E731
-    build = lambda a, device: registry.algorithm(a.algorithm).build_learner(a, registry.dataset('omniglot'), device)  # noqa: E731
-    straight, older = str(tmp_path / 'straight'), str(tmp_path / 'older')
-    for log_dir in (straight, older):  # checkpoints at steps 0 and 4
-        run_with(args('--num_train_iterations', '5'), log_dir, build, synthetic_sampler)
-    os.remove(checkpoints.path(older, 4))  # as if the run had stopped after step 0
-    to_older_layout(older, 0)
-    assert 'optimizer' in torch.load(checkpoints.path(older, 0), weights_only=False)['learner']
-    with pytest.raises(UserError, match='--learning_rate [0-9.]+ \\(now 0.5\\)'):  # the renamed flag is still checked
-        run_with(args('--num_train_iterations', '5', '--checkpoint_step', '0', '--outer_lr', '0.5'), older, build,
-                     synthetic_sampler)
-    run_with(args('--num_train_iterations', '5', '--checkpoint_step', '0'), older, build, synthetic_sampler)
-    a, b = checkpoints.load(straight, 4)['learner'], checkpoints.load(older, 4)['learner']
-    for group in ('meta_parameters', 'inner_lrs'):
-        assert all(torch.equal(a[group][k], b[group][k]) for k in a[group]), group
-    to_older_layout(older, 4)
-    run_with(args('--test', '--checkpoint_step', '4', '--num_test_tasks', '4'), older, build, synthetic_sampler)
-    assert 'Accuracy over 4 test tasks' in capsys.readouterr().out
-
-
-def test_namespace_of_an_older_checkpoint_is_translated():
-    checkpoint = {'learner': {'network': {}, 'optimizer': {'state': {}}},
-                  'args': {'datadir': 'D', 'learning_rate': 0.1}}
-    translated = checkpoints.translate(checkpoint)
-    assert translated['optimizer'] == {'state': {}} and translated['optimizer_kind'] == 'adam'
-    assert translated['args'] == {'datadir': 'D', 'learning_rate': 0.1, 'algorithm': 'protonet',
-                                  'dataset': 'metabolism'}  # run_metabolism.py's ProtoNet
-    assert translated['metric_kind'] == 'accuracy'
-    command = cli.parse(run_metabolism.PROGRAM, [])
-    assert {k: v for k, v in flags.recorded(command, translated).items() if k != 'algorithm'} == {
-        'data_dir': 'D', 'learning_rate': 0.1, 'dataset': 'metabolism', 'features': 'morgan',
-        'validation_protocol': 'halves', 'dropout': 0.0, 'label_order': 'random',  # as trained, whatever today's
-        'train_num_way': None, 'train_num_query': None, 'val_interval': 50,  # defaults; newer flags as before them
-        'target_tasks': 0, 'metric': 'euclidean'}
-    older_maml = checkpoints.translate({'learner': {'meta_parameters': {}, 'optimizer': {}},
-                                        'args': {'outer_lr': 0.2, 'dataset': 'sinusoid'}, 'metric_kind': 'loss'})
-    assert older_maml['args'] == {'outer_lr': 0.2, 'dataset': 'sinusoid', 'algorithm': 'maml'}
-    assert flags.recorded(cli.parse(maml.PROGRAM, ['--dataset', 'sinusoid']), older_maml)['learning_rate'] == 0.2
-    assert older_maml['metric_kind'] == 'loss'
-
-
 @pytest.mark.parametrize('algorithm', ['protonet', 'maml'])
 def test_twenty_way_trains_and_tests_with_a_k_sweep(tmp_path, capsys, algorithm):
     """20-way tasks (MAML with a 20-output head); ProtoNet may test with other N than it trained with."""
@@ -317,16 +233,6 @@ def test_twenty_way_trains_and_tests_with_a_k_sweep(tmp_path, capsys, algorithm)
     assert len(results) == 2 and all(0 <= mean <= 1 for mean, _ in results)
     out = capsys.readouterr().out
     assert 'num_support 1: Accuracy over 4 test tasks' in out and 'num_support 3: Accuracy over 4 test tasks' in out
-
-
-def test_lr_halving_steps_halve_the_loops_learning_rate(omniglot_dir, tmp_path, monkeypatch):
-    rates, real = [], loop.meta_update
-    monkeypatch.setattr(loop, 'meta_update', lambda learner, optimizer, batch, step, lr, *rest, **options:
-                        rates.append((lr, step)) or real(learner, optimizer, batch, step, lr, *rest, **options))
-    protonet.main(['--data_dir', omniglot_dir, '--log_dir', str(tmp_path), '--num_hidden_channels', '4',
-                   '--batch_size', '1', '--num_val_tasks', '1', '--num_query', '1', '--num_train_iterations', '5',
-                   '--lr_halving_steps', '2', '--learning_rate', '0.004'])
-    assert rates == [(0.004, 0), (0.004, 1), (0.002, 2), (0.002, 3), (0.001, 4)]
 
 
 def test_a_pairs_defaults_are_one_table_shown_by_help(capsys, monkeypatch):

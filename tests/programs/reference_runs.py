@@ -2,11 +2,11 @@
 summary of the weights they end with: a sha256 per tensor (bit-for-bit
 comparisons) and per-tensor statistics (round-off comparisons).
 
-    PYTHONPATH=. python tests/reference_runs.py DATA_ROOT tests/reference_weights.json
-    PYTHONPATH=. python tests/reference_runs.py DATA_ROOT tests/reference_weights.json --add_platform
+    PYTHONPATH=. python tests/programs/reference_runs.py DATA_ROOT tests/programs/reference_weights.json
+    PYTHONPATH=. python tests/programs/reference_runs.py DATA_ROOT tests/programs/reference_weights.json --add_platform
 
 (from the repository's root; after `pip install -e .`, without PYTHONPATH) records
-the summary that tests/test_reference.py compares every later version of the code
+the summary that tests/programs/test_reference.py compares every later version of the code
 against (DATA_ROOT holds omniglot/ and metabolism/); with
 --add_platform, only the sha256s of this platform are added to the file (for
 bit-for-bit comparisons here), once the runs agree with the recorded summary

@@ -7,12 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import maml
-from fewshot import cli, networks, runtime, tasks
-from fewshot.algorithms import reptile
-from fewshot.datasets import sinusoid
+from fewshot import cli, networks, runtime
 from fewshot.engine import checkpoints, evaluation, loop
 from fewshot.errors import UserError
-from fewshot.tasks import TaskBatch
 from test_maml import (assert_meta_gradient_matches_finite_differences, copy_of, meta_gradients, random_batch,
                        take_step, tiny_maml)
 
@@ -146,71 +143,8 @@ def test_vmap_path_agrees_with_loop_for_the_variants():
 
 # ---------------------------------------------------------------- Reptile
 
-def test_reptile_meta_update_on_a_quadratic_has_the_closed_form():
-    """Task i's loss is mean_d (w_d - c_i,d)^2 for a constant prediction w, so each
-    inner SGD step contracts w - c_i by (1 - 2 a / D): after k steps
-    phi_i = c_i + (1 - 2a/D)^k (theta - c_i), and Reptile moves theta by
-    epsilon_t * (1 - (1 - 2a/D)^k) * (mean_i c_i - theta), epsilon_t = epsilon (1 - t/T)."""
-    dim, steps, inner_lr, epsilon, total = 3, 4, 0.3, 0.8, 10
-    theta = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
-    centres = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, -1.0]], dtype=torch.float64)
-
-    def forward(params, x, fused_bn=True):
-        return params['w'].expand(x.shape[0], dim)
-    learner = reptile.Reptile(params={'w': theta.clone()}, forward=forward, task=tasks.REGRESSION,
-                              num_inner_steps=steps, inner_lr=inner_lr)
-    assert learner.optimizer == 'sgd' and learner.lr_schedule == 'linear'
-    targets = centres.unsqueeze(1)  # (B, 1, D)
-    batch = TaskBatch(torch.zeros(2, 2, 1), targets.expand(2, 2, dim), torch.zeros(2, 3, 1), targets.expand(2, 3, dim))
-    shrink = 1 - (1 - 2 * inner_lr / dim) ** steps
-    for step in (0, 5):
-        before = learner.inner.meta_parameters['w'].detach().clone()
-        take_step(learner, batch, step, learning_rate=epsilon, total=total)
-        expected = before + epsilon * (1 - step / total) * shrink * (centres.mean(0) - before)
-        assert torch.allclose(learner.inner.meta_parameters['w'], expected, rtol=1e-12)
-
-
-def test_reptile_flags_exclude_meta_gradient_options():
-    with pytest.raises(UserError, match='--learn_inner_lrs is a flag of --algorithm maml, not of --algorithm reptile'):
-        maml.main(['--algorithm', 'reptile', '--learn_inner_lrs', '--dataset', 'sinusoid'])
-
 
 # ---------------------------------------------------------------- sinusoid
-
-def test_sinusoid_tasks_have_the_stated_ranges():
-    sampler = sinusoid.SinusoidSampler(num_support=5, num_query=7, seed=0)
-    batch, amplitude, phase = sampler.sample_with_parameters(4000)
-    assert batch.images_support.shape == (4000, 5, 1) and batch.labels_query.shape == (4000, 7, 1)
-    assert 0.1 <= amplitude.min() and amplitude.max() <= 5.0 and amplitude.max() > 4.9 and amplitude.min() < 0.2
-    assert 0 <= phase.min() and phase.max() <= math.pi and phase.max() > 3.1
-    x = torch.cat([batch.images_support, batch.images_query], 1)
-    y = torch.cat([batch.labels_support, batch.labels_query], 1)
-    assert -5 <= x.min() and x.max() <= 5 and x.min() < -4.99
-    assert torch.allclose(y, amplitude.view(-1, 1, 1) * torch.sin(x - phase.view(-1, 1, 1)))
-    again = sinusoid.SinusoidSampler(5, 7, seed=0).sample(4000)
-    assert torch.equal(again.images_support, batch.images_support) and torch.equal(again.labels_query,
-                                                                                    batch.labels_query)
-
-
-def test_maml_on_sinusoids_adapts(tmp_path):
-    """A short second-order MAML run (1200 steps of 25 tasks, K = 10, inner LR 0.01):
-    one inner step then cuts the query MSE well below the unadapted prediction's
-    (measured after 1000 steps: 2.60 -> 1.42 on 64 validation tasks)."""
-    command = cli.parse(maml.PROGRAM, ['--dataset', 'sinusoid', '--num_train_iterations', '1200',
-                                            '--num_val_tasks', '200', '--log_dir', str(tmp_path)])
-    runtime.seed_everything(0)
-    args = command.args
-    learner = command.build_learner(args, 'cpu')
-    optimizer = loop.build_optimizer(learner, args.learning_rate)
-    train_sampler = command.build_sampler('train', args, 0, 'cpu')
-    val_sampler = command.build_sampler('val', args, evaluation.VAL_SEED, 'cpu')
-    loop.train(learner, optimizer, train_sampler, val_sampler, args, str(tmp_path))
-    metrics = evaluation.validate(learner, val_sampler, args)
-    assert metrics['post_adapt_query'] < 0.7 * metrics['pre_adapt_query'], metrics
-    assert metrics['post_adapt_support'] < metrics['pre_adapt_support']
-    assert checkpoints.best_step(str(tmp_path)) == min(
-        checkpoints.saved_steps(str(tmp_path)),
-        key=lambda s: checkpoints.load(str(tmp_path), s)['val_score'])  # lowest MSE is best
 
 
 # ---------------------------------------------------------------- real Omniglot

@@ -5,9 +5,11 @@ import sys
 
 import pytest
 
+import conftest
+
 import grader
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = conftest.ROOT
 
 # check id -> Python run before grading, breaking what that check grades
 BREAKAGES = {

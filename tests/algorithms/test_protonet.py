@@ -7,6 +7,8 @@ import time
 import sys
 
 import pytest
+
+import conftest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -19,7 +21,7 @@ from helpers import common_args, run_with
 
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = conftest.ROOT
 
 
 def tiny_encoder(hidden=6, dtype=torch.float64):

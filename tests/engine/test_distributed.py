@@ -17,6 +17,8 @@ import sys
 
 import numpy as np
 import pytest
+
+import conftest
 import torch
 
 from test_reference import is_conv_bias
@@ -24,7 +26,7 @@ from fewshot.engine import checkpoints
 from fewshot.engine import distributed
 from fewshot import tasks
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = conftest.ROOT
 TINY = ['--num_train_iterations', '4', '--batch_size', '5', '--num_support', '2', '--num_query', '3',
         '--num_val_tasks', '5', '--num_hidden_channels', '8', '--seed', '2']
 # one way of computing a step for both runs (one process would time the ways and might pick
@@ -96,7 +98,7 @@ def test_gradients_summed_over_two_processes_equal_one_process_in_float64(tmp_pa
     """The loop's split, weighting and all-reduce give one process's meta-gradient and metrics."""
     import distributed_gradients
     out = str(tmp_path / 'two.pt')
-    launch(os.path.join('tests', 'distributed_gradients.py'), [out], 2)
+    launch(os.path.join('tests', 'engine', 'distributed_gradients.py'), [out], 2)
     two, one = torch.load(out, weights_only=False), distributed_gradients.gradients(distributed.ONE)
     assert two.pop('drift_is_caught')  # and parameters that drift apart are caught
     assert two.pop('buffers_agree')  # per-step batch-norm running statistics averaged

@@ -25,7 +25,6 @@ from fewshot.datasets.metabolism import dataset as metabolism_dataset
 from fewshot.errors import UserError
 
 
-
 ALKANES = ['C' * n for n in range(1, 21)]
 ALCOHOLS = ['C' * n + 'O' for n in range(1, 21)]
 
@@ -425,38 +424,3 @@ def test_course_protocol_validates_and_tests_on_all_heldout_molecules(capsys):
     assert stats.course_ci95(values, 4) == pytest.approx(expected)
 
 
-def test_dropout_only_inside_training_and_the_loop_trains_inside_it():
-    params = networks.init_mlp_params((6, 400))  # one layer: its output is what dropout sees
-    x = torch.randn(40, 6)
-    plain = networks.mlp_features(params, x)
-    assert torch.equal(networks.mlp_features(params, x, dropout=0.5), plain)  # evaluation: no dropout
-    with networks.training():
-        dropped = networks.mlp_features(params, x, dropout=0.5)
-        assert torch.equal(networks.mlp_features(params, x), plain)  # dropout 0: unchanged
-    kept = dropped != 0
-    assert 0.4 < 1 - kept.float().mean().item() < 0.6
-    assert torch.allclose(dropped[kept], 2 * plain[kept])  # the rest scaled by 1 / (1 - p)
-    assert not networks.is_training()
-
-    class ModeRecorder:
-        tasks_per_backward = 0
-
-        def __init__(self):
-            self.weight, self.modes = torch.ones(1, requires_grad=True), []
-
-        def loss(self, batch, step):
-            self.modes.append(networks.is_training())
-            return self.weight.sum(), {'query': torch.zeros(len(batch))}
-    learner = ModeRecorder()
-    batch = tasks.TaskBatch(torch.zeros(4, 2, 1), torch.zeros(4, 2), torch.zeros(4, 2, 1), torch.zeros(4, 2))
-    loop.backward_in_groups(learner, batch, 0, 2, 4)
-    assert learner.modes == [True, True]
-
-
-def test_weight_decay_reaches_the_optimizer():
-    learner = argparse.Namespace(optimizer='sgd', parameters=lambda: [weight])
-    weight = torch.tensor([2.0, -4.0], requires_grad=True)
-    optimizer = loop.build_optimizer(learner, 0.1, weight_decay=0.5)
-    weight.grad = torch.zeros(2)
-    optimizer.step()
-    assert torch.allclose(weight.detach(), torch.tensor([2.0, -4.0]) * (1 - 0.1 * 0.5))  # L2: grad += 0.5 w

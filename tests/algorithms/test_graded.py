@@ -3,7 +3,6 @@ MAML._inner_loop or MAML._outer_step changes what trains, validates and tests, a
 method turns the faster ways off, saying so. Through the real programs: a copy of the course
 file edited in place (a subprocess), and a subclass registered in registry.LEARNERS."""
 import os
-import shutil
 import subprocess
 import sys
 
@@ -22,8 +21,8 @@ TINY_MAML = ['--dataset', 'sinusoid', '--num_train_iterations', '2', '--num_val_
 
 
 def test_the_shipped_methods_are_the_tested_ones():
-    """Fails when a shipped graded method changes: run the equality tests (tests/test_maml.py,
-    tests/test_grouped_tasks.py, tests/test_protonet.py), then record the printed fingerprint."""
+    """Fails when a shipped graded method changes: run the equality tests (tests/algorithms/test_maml.py,
+    test_grouped_tasks.py, test_protonet.py), then record the printed fingerprint."""
     shipped = {'ProtoNet._step': protonet.ProtoNet._step, 'MAML._inner_loop': maml.MAML._inner_loop,
                'MAML._outer_step': maml.MAML._outer_step}
     assert {name: graded.fingerprint(method) for name, method in shipped.items()} == graded.TESTED

@@ -8,6 +8,8 @@ import sys
 import zipfile
 
 import pytest
+
+import conftest
 import torch
 
 from test_metabolism import write_tables
@@ -16,7 +18,7 @@ from fewshot import files
 from fewshot.errors import UserError
 from helpers import run_with
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = conftest.ROOT
 
 
 def corrupt_zip(folder):

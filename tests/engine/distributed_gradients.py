@@ -1,15 +1,15 @@
 """Run under torchrun: one meta-update's gradients (float64) of tiny ProtoNet, MAML
 (second-order, learned inner learning rates, 2 inner steps) and Reptile learners on
 5 synthetic tasks, split over the processes by the training loop; rank 0 saves
-them to the file named by argv[1]. tests/test_distributed.py compares them with
+them to the file named by argv[1]. tests/engine/test_distributed.py compares them with
 one process's, and checks that drifted parameters are caught."""
 import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.dirname(TESTS), TESTS, *(os.path.join(TESTS, folder) for folder in ('algorithms', 'engine'))]
 
 from test_maml import random_batch as maml_batch, tiny_maml  # noqa: E402
 from test_protonet import random_batch, tiny_encoder  # noqa: E402

@@ -16,7 +16,7 @@ import protonet
 from fewshot.errors import UserError
 from fewshot.datasets.omniglot import source as omniglot_source
 from fewshot import files
-from fewshot.datasets.omniglot import lake_runs
+from fewshot.datasets.omniglot import dataset as omniglot_dataset, lake_runs
 
 NUM_RUNS, NUM_WAY = lake_runs.NUM_RUNS, lake_runs.NUM_WAY
 
@@ -155,3 +155,56 @@ def test_official_runs_offline_is_one_line_naming_where_to_put_them(tmp_path, mo
         lake_runs.official_runs(str(tmp_path))
     (tmp_path / 'all_runs.zip').write_bytes(b'')  # present: used as it is, not downloaded
     assert lake_runs.official_runs(str(tmp_path)) == str(tmp_path / 'all_runs.zip')
+
+
+class SharedStatistics:
+    """A learner double whose queries share batch statistics: the line must say so."""
+    key_metric, num_outputs = 'query', None
+
+    def parameters(self):
+        return [torch.zeros(1)]
+
+    def evaluate(self, batch):
+        return {'query': torch.ones(len(batch))}
+
+    def queries_alone(self):
+        from fewshot import contracts
+        return contracts.Learner.queries_alone(self)
+
+
+def test_lake_line_says_when_queries_shared_statistics(omniglot_dir, tmp_path, capsys):
+    path = str(tmp_path / 'runs.zip')
+    lake_runs.build_runs(f'{omniglot_dir}/images_evaluation.zip', path, num_runs=1)
+    args = type('Args', (), {'class_split': 'lake', 'lake_runs': path, 'data_dir': omniglot_dir, 'image_size': 28})
+    lake_runs.lake_test(SharedStatistics(), args, 'D')
+    assert capsys.readouterr().out.splitlines()[-1].endswith(
+        'transductive: the test images of a run shared batch-norm statistics')
+
+
+def test_runs_of_held_out_background_alphabets(omniglot_dir, tmp_path):
+    path = str(tmp_path / 'val_runs.zip')
+    built = lake_runs.build_runs(f'{omniglot_dir}/images_background.zip', path, num_runs=6,
+                                 alphabets=omniglot_dataset.VALIDATION_ALPHABETS)
+    for classes, order in built:
+        alphabets = {character.split('/')[0] for character, _, _ in classes}
+        assert len(alphabets) == 1 and alphabets <= set(omniglot_dataset.VALIDATION_ALPHABETS)
+        assert len({c for c, _, _ in classes}) == 20 and sorted(order) == list(range(20))
+    names, batch = lake_runs.read_runs(path, image_size=56)
+    assert batch.images_support.shape == (6, 20, 1, 56, 56) and len(names) == 6
+
+
+def test_an_interrupted_build_leaves_no_runs_behind(omniglot_dir, tmp_path, monkeypatch):
+    path = tmp_path / 'val_runs.zip'
+    written = []
+
+    def stop_at_the_second_run(self, name, data, *rest):
+        if name.startswith('run02/'):
+            raise KeyboardInterrupt
+        written.append(name)
+        return real_writestr(self, name, data, *rest)
+    real_writestr = zipfile.ZipFile.writestr
+    monkeypatch.setattr(zipfile.ZipFile, 'writestr', stop_at_the_second_run)
+    with pytest.raises(KeyboardInterrupt):
+        lake_runs.build_runs(f'{omniglot_dir}/images_background.zip', str(path), num_runs=2,
+                             alphabets=omniglot_dataset.VALIDATION_ALPHABETS)
+    assert len(written) == 41 and list(tmp_path.iterdir()) == []  # run 1 written, then nothing kept

@@ -13,6 +13,8 @@ import sys
 import time
 
 import pytest
+
+import conftest
 import torch
 
 import maml
@@ -22,7 +24,7 @@ from fewshot.errors import UserError
 from helpers import run_with
 from test_protonet import small_learner, synthetic_args, synthetic_sampler
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = conftest.ROOT
 ENV = dict(os.environ, OMP_NUM_THREADS='1')  # one thread count for every run compared bit for bit
 SINE = ['--dataset', 'sinusoid', '--num_val_tasks', '4', '--vmap_tasks', 'no', '--batch_size', '4']
 

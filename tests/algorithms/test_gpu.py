@@ -2,7 +2,7 @@
 against the CPU defaults (per-task calls, a per-task loop), in float64.
 
 CI has no GPU, so these skip there; run them on a CUDA machine with
-`python -m pytest tests/test_gpu.py`.
+`python -m pytest tests/algorithms/test_gpu.py`.
 """
 import argparse
 

@@ -1,5 +1,5 @@
-"""Seeded runs end with the weights recorded in tests/reference_weights.json
-(written by tests/reference_runs.py on an earlier version of the code).
+"""Seeded runs end with the weights recorded in reference_weights.json beside this file
+(written by reference_runs.py on an earlier version of the code).
 
 Where the arithmetic is the same, the weights are the same bit for bit on the
 platforms they were recorded on (torch version, CPU model and kernels, thread

@@ -1,0 +1,122 @@
+"""ProtoNet's options for Lake's challenge: inductive batch norm (each query on its own), test-time augmentation (--test_views), the cosine metric."""
+import pytest
+import torch
+import torch.nn.functional as F
+import protonet
+from fewshot import networks, tasks
+from fewshot.algorithms.protonet import COSINE_SCALE, ProtoNet
+from fewshot.datasets.omniglot import augment
+from fewshot.datasets.omniglot import dataset as omniglot_dataset
+from fewshot.errors import UserError
+
+
+def inductive_reference(encoder, support, query):
+    """Query embeddings the textbook way: nn.Conv2d layers, each batch norm with the biased
+    mean and variance of the support images' activations alone."""
+    s, q = support, query
+    for i in range(4):
+        conv = torch.nn.Conv2d(s.shape[1], encoder.params[f'conv{i}'].shape[0], 3, padding=1).double()
+        conv.weight.data, conv.bias.data = encoder.params[f'conv{i}'].data, encoder.params[f'conv{i}_bias'].data
+        s, q = conv(s), conv(q)
+        mean, var = s.mean((0, 2, 3), keepdim=True), s.var((0, 2, 3), unbiased=False, keepdim=True)
+        w, b = encoder.params[f'bn{i}_weight'].view(1, -1, 1, 1), encoder.params[f'bn{i}_bias'].view(1, -1, 1, 1)
+        s, q = [F.max_pool2d(F.relu((x - mean) / torch.sqrt(var + networks.BN_EPS) * w + b), 2) for x in (s, q)]
+    return s.flatten(1), q.flatten(1)
+
+
+def test_inductive_evaluation_classifies_each_query_from_the_support_alone():
+    torch.manual_seed(0)
+    params = networks.init_conv_params(4, 1, 5, dtype=torch.float64)
+    for name, value in params.items():
+        if name.startswith('bn'):
+            value.uniform_(0.5, 1.5) if name.endswith('weight') else value.uniform_(-0.3, 0.3)
+    encoder = networks.FunctionalNet(networks.conv_features, params)
+    generator = torch.Generator().manual_seed(2)
+    batch = tasks.TaskSampler(torch.rand(8, 6, 1, 28, 28, generator=generator, dtype=torch.float64), 4, 2, 3,
+                              seed=1).sample(2)
+    for tasks_per_call in (1, None):
+        learner = ProtoNet(encoder, tasks_per_call=tasks_per_call)
+        _, transductive = learner.logits(batch)
+        _, logits = learner.logits(batch, inductive=True)
+        for t in range(2):
+            support, query = inductive_reference(encoder, batch.images_support[t], batch.images_query[t])
+            prototypes = torch.stack([support[batch.labels_support[t] == c].mean(0) for c in range(4)])
+            assert torch.allclose(logits[t], -torch.cdist(query, prototypes) ** 2, atol=1e-8)
+        assert not torch.allclose(logits, transductive)
+        changed = tasks.TaskBatch(batch.images_support, batch.labels_support,
+                                  torch.cat([batch.images_query[:, :1], batch.images_query[:, 1:].flip(0)], 1),
+                                  batch.labels_query)
+        assert torch.allclose(learner.logits(changed, inductive=True)[1][:, 0], logits[:, 0], atol=1e-10)
+        assert not learner.inductive
+        with learner.queries_alone() as alone:
+            assert alone and learner.inductive
+        assert not learner.inductive
+
+
+def test_train_inductive_trains_on_the_loss_of_inductive_logits():
+    torch.manual_seed(0)
+    encoder = networks.FunctionalNet(networks.conv_features, networks.init_conv_params(4, 1, 4, dtype=torch.float64))
+    batch = tasks.TaskSampler(torch.rand(6, 5, 1, 28, 28, dtype=torch.float64), 3, 1, 2, seed=0).sample(2)
+    loss, _ = ProtoNet(encoder, train_inductive=True).loss(batch, 0)
+    _, logits = ProtoNet(encoder).logits(batch, inductive=True)
+    assert torch.allclose(loss, F.cross_entropy(logits.flatten(0, 1), batch.labels_query.flatten()))
+    assert not torch.allclose(loss, ProtoNet(encoder).loss(batch, 0)[0])
+
+
+def test_test_views_average_distorted_embeddings_and_one_view_changes_nothing():
+    torch.manual_seed(0)
+    encoder = networks.FunctionalNet(networks.conv_features, networks.init_conv_params(4, 1, 4, dtype=torch.float64))
+    batch = tasks.TaskSampler(torch.rand(6, 5, 1, 28, 28, dtype=torch.float64), 3, 1, 2, seed=0).sample(2)
+
+    def refuse(images, generator):
+        raise AssertionError('distorted with one view')
+    plain = ProtoNet(encoder).logits(batch)
+    assert all(torch.equal(a, b) for a, b in zip(ProtoNet(encoder, distort=refuse).logits(batch), plain))
+    assert torch.equal(ProtoNet(encoder, test_views=1, distort=refuse).evaluate(batch)['query'],
+                       ProtoNet(encoder).evaluate(batch)['query'])
+    learner = ProtoNet(encoder, test_views=3, distort=augment.random_affine)
+    _, logits = learner.logits(batch, views=3)
+    generator = torch.Generator().manual_seed(0)
+    views = [(batch.images_support, batch.images_query)]
+    views += [(augment.random_affine(batch.images_support, generator), augment.random_affine(batch.images_query, generator))
+              for _ in range(2)]
+    support = sum(torch.stack([encoder(s[t]) for t in range(2)]) for s, _ in views) / 3
+    query = sum(torch.stack([encoder(q[t]) for t in range(2)]) for _, q in views) / 3
+    expected = -torch.cdist(query, support) ** 2  # one support image per class: it is the prototype
+    assert torch.allclose(logits, expected, atol=1e-8) and not torch.allclose(logits, plain[1])
+
+
+def test_test_views_without_distortions_is_one_line():
+    from fewshot.algorithms.protonet import ProtoNetAlgorithm
+    from fewshot.datasets.metabolism.dataset import Metabolism
+    args = type('Args', (), {'test_views': 2})
+    with pytest.raises(UserError, match='--test_views 2: --dataset metabolism has no distortions'):
+        ProtoNetAlgorithm().build_learner(args, Metabolism(), 'cpu')
+
+
+def test_cosine_logits_are_the_scaled_cosines_to_the_prototypes():
+    torch.manual_seed(0)
+    encoder = networks.FunctionalNet(networks.conv_features, networks.init_conv_params(4, 1, 4, dtype=torch.float64))
+    batch = tasks.TaskSampler(torch.rand(6, 5, 1, 28, 28, dtype=torch.float64), 3, 2, 2, seed=0).sample(2)
+    learner = ProtoNet(encoder, metric='cosine')
+    with torch.no_grad():
+        learner.cosine_scale.fill_(7.0)
+    _, logits = learner.logits(batch)
+    support, query = learner.embed(batch.images_support), learner.embed(batch.images_query)
+    for t in range(2):
+        for c in range(3):
+            prototype = support[t][batch.labels_support[t] == c].mean(0, keepdim=True)
+            assert torch.allclose(logits[t, :, c], 7.0 * F.cosine_similarity(query[t], prototype, dim=-1))
+    assert ProtoNet(encoder).cosine_scale is None and len(ProtoNet(encoder).parameters()) == len(encoder.params)
+
+
+def test_the_cosine_scale_is_trained_and_kept_in_the_checkpoint(omniglot_dir, tmp_path):
+    protonet.main(['--metric', 'cosine', '--data_dir', omniglot_dir, '--log_dir', str(tmp_path), '--batch_size', '1',
+                   '--num_hidden_channels', '3', '--num_val_tasks', '1', '--num_train_iterations', '2'])
+    state = torch.load(tmp_path / 'state1.pt', weights_only=False)
+    scale = state['learner']['cosine_scale']
+    assert state['args']['metric'] == 'cosine' and float(scale) != COSINE_SCALE
+    params, forward = omniglot_dataset.Omniglot().network(type('A', (), {'num_hidden_channels': 3, 'image_size': 28}))
+    learner = ProtoNet(networks.FunctionalNet(forward, params), metric='cosine')
+    learner.load_state(state['learner'])
+    assert learner.cosine_scale == scale and learner.parameters()[-1] is learner.cosine_scale

@@ -135,24 +135,24 @@ def test_test_and_resume_take_the_runs_data_folder_unless_given(tmp_path, capsys
 # ---------------------------------------------------------------- a new dataset, a new algorithm
 
 def module_from_readme(name):
-    """The module whose code the README shows as `# {name}.py` (so the README's examples run)."""
-    text = open(os.path.join(ROOT, 'README.md')).read()
+    """The module whose code docs/extending.md shows as `# {name}.py` (so its examples run)."""
+    text = open(os.path.join(ROOT, 'docs', 'extending.md')).read()
     code = text.split(f'```python\n# {name}.py\n')[1].split('```')[0]
     module = types.ModuleType(name)
-    exec(compile(code, f'README.md:{name}.py', 'exec'), module.__dict__)
+    exec(compile(code, f'docs/extending.md:{name}.py', 'exec'), module.__dict__)
     return module
 
 
 @pytest.fixture
 def clusters(monkeypatch):
-    """The README's example dataset, registered with its one line."""
+    """docs/extending.md's example dataset, registered with its one line."""
     monkeypatch.setitem(sys.modules, 'clusters', module_from_readme('clusters'))
     monkeypatch.setitem(registry.DATASETS, 'clusters', 'clusters:Clusters')
 
 
 @pytest.mark.parametrize('algorithm', ['protonet', 'maml', 'reptile'])
 def test_a_new_dataset_plugs_in_with_its_module_and_one_table_entry(tmp_path, capsys, clusters, algorithm):
-    """The README's example dataset, 3-way tasks of Gaussian clusters in 8-D, from the course's programs."""
+    """docs/extending.md's example dataset, 3-way tasks of Gaussian clusters in 8-D, from the course's programs."""
     program = protonet.PROGRAM if algorithm == 'protonet' else maml.PROGRAM
     flags = ['--dataset', 'clusters', '--noise', '0.1'] + ([] if algorithm == 'protonet' else ['--algorithm', algorithm])
     assert cli.parse(program, flags).log_dir.startswith(f'./logs/{algorithm}/clusters.way_3.support_2.query_3')
@@ -164,7 +164,7 @@ def test_a_new_dataset_plugs_in_with_its_module_and_one_table_entry(tmp_path, ca
 
 
 def test_a_new_algorithm_plugs_in_with_its_module_and_one_table_entry(tmp_path, monkeypatch, capsys, clusters):
-    """The README's example algorithm, a classifier trained without adaptation, from python -m fewshot."""
+    """docs/extending.md's example algorithm, a classifier trained without adaptation, from python -m fewshot."""
     monkeypatch.setitem(sys.modules, 'classifier', module_from_readme('classifier'))
     monkeypatch.setitem(registry.ALGORITHMS, 'classifier', 'classifier:ClassifierAlgorithm')
     program, log_dir = registry.program('python -m fewshot'), str(tmp_path)

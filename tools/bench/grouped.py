@@ -6,10 +6,14 @@ import statistics
 import torch
 
 from fewshot import networks, runtime
-from fewshot.algorithms.maml import GROUP_GRAPH_BYTES, MAML
+from fewshot import registry
+from fewshot.algorithms.maml import GROUP_GRAPH_BYTES
 from fewshot.datasets.omniglot.dataset import omniglot_sampler
 from fewshot.engine import loop
 from tools.bench.common import timed
+
+# the course's learners: what the programs train
+MAML = registry.learner_class('maml')
 
 # (name, hidden channels, queries per class, tasks per step, learned inner LRs, precision)
 CONFIGS = [('`--fast` (32 channels, 5 queries, 8 tasks)', 32, 5, 8, True, 'bf16'),

@@ -4,13 +4,14 @@ import itertools
 
 import torch
 
-from fewshot import networks, runtime
-from fewshot.algorithms.maml import MAML
-from fewshot.algorithms.protonet import ProtoNet
+from fewshot import networks, registry, runtime
 from fewshot.datasets.omniglot.dataset import omniglot_sampler
 from fewshot.engine import distributed, loop
 from fewshot.flags import auto_yes_no
 from tools.bench.common import timed
+
+# the course's learners: what the programs train
+MAML, ProtoNet = registry.learner_class('maml'), registry.learner_class('protonet')
 
 
 def timed_training_step(learner, sampler, args, device):

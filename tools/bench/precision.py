@@ -4,11 +4,12 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from fewshot import networks, runtime
-from fewshot.algorithms.maml import MAML
-from fewshot.algorithms.protonet import ProtoNet
+from fewshot import networks, registry, runtime
 from fewshot.engine import loop
 from tools.bench.ours import fixed_batches
+
+# the course's learners: what the programs train
+MAML, ProtoNet = registry.learner_class('maml'), registry.learner_class('protonet')
 
 
 def bench_bf16_gradients(data_dir, device):

@@ -56,7 +56,7 @@ def test_reader_gives_the_cached_drawings_and_the_classes_of_class_labels(runs):
     assert batch.images_support.shape == batch.images_query.shape == (NUM_RUNS, NUM_WAY, 1, 28, 28)
     for r, (classes, order) in enumerate(built):
         for k, (character, first, second) in enumerate(classes):  # resized exactly as images_evaluation
-            assert torch.equal(batch.images_support[r, k, 0], torch.from_numpy(images[names.index(character), first]).float())
+            assert torch.equal(batch.images_support[r, k, 0], torch.tensor(images[names.index(character), first]).float())
         for m, k in enumerate(order):
             character, _, second = classes[k]
             assert torch.equal(batch.images_query[r, m, 0], torch.from_numpy(images[names.index(character), second]).float())

@@ -39,7 +39,27 @@ def test_a_fingerprint_ignores_docstrings_comments_and_layout():
 
     def other(self, batch):
         return 2 * self.loss(batch)
+
+    def nested(self, batch):
+        if batch:
+            return 1
+            return 2
     assert graded.fingerprint(step) == graded.fingerprint(same) != graded.fingerprint(other)
+    assert graded.fingerprint(nested) != graded.fingerprint(edited_indentation(nested))
+
+
+def edited_indentation(function):
+    """function with its last line dedented one level, compiled from its source."""
+    import inspect
+    import linecache
+    import textwrap
+    lines = textwrap.dedent(inspect.getsource(function)).splitlines()
+    lines[-1] = lines[-1][4:]
+    source, name = '\n'.join(lines) + '\n', f'<edited {function.__name__}>'
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    scope = {}
+    exec(compile(source, name, 'exec'), scope)
+    return scope[function.__name__]
 
 
 def edited_copy(tmp_path, course_file, method, first_line):

@@ -59,7 +59,7 @@ def test_reader_gives_the_cached_drawings_and_the_classes_of_class_labels(runs):
             assert torch.equal(batch.images_support[r, k, 0], torch.tensor(images[names.index(character), first]).float())
         for m, k in enumerate(order):
             character, _, second = classes[k]
-            assert torch.equal(batch.images_query[r, m, 0], torch.from_numpy(images[names.index(character), second]).float())
+            assert torch.equal(batch.images_query[r, m, 0], torch.tensor(images[names.index(character), second]).float())
         assert batch.labels_query[r].tolist() == order
         assert batch.labels_support[r].tolist() == list(range(NUM_WAY))
 

@@ -68,7 +68,7 @@ def task_batch_norm(x, weight, bias, num_tasks, fused=True):
         weight, bias: (C,) affine parameters.
         fused: use F.batch_norm when there is one group. Pass False under
             torch.func transforms: there F.batch_norm's second derivative came
-            out wrong (torch 2.13, tests/test_maml.py), while this composition
+            out wrong (torch 2.13, tests/algorithms/test_maml.py), while this composition
             of elementary ops is exact.
     Returns:
         tensor like x.

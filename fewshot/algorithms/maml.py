@@ -80,8 +80,8 @@ class MAML(contracts.Learner):
 
     def task_metrics(self, task_batch, train, second_order=None, loss_weights=None):
         """The outer loss and (B,) per-task metrics: task by task through the graded _outer_step,
-        or for all tasks at once by vmap or grouped tasks (the same numbers: tests/test_maml.py,
-        tests/test_grouped_tasks.py).
+        or for all tasks at once by vmap or grouped tasks (the same numbers: tests/algorithms/
+        test_maml.py, test_grouped_tasks.py).
 
         second_order: None follows first_order. loss_weights: (L,) weights of the
         query losses after inner steps 1..L (MSL); None: the last step only (eq. 9).

@@ -188,3 +188,21 @@ def test_an_edited_step_is_evaluated_task_by_task(monkeypatch):
     for k in ('support', 'query'):
         torch.testing.assert_close(got[k].to(expected[k].dtype), expected[k], rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(got['loss'].mean(), expected['loss'][0])  # each task's loss; the batch's mean
+
+
+@pytest.mark.parametrize('program, argv, expected', [
+    ('python -m fewshot', ['--algorithm', 'maml', '--dataset', 'sinusoid'], maml.MAML),
+    ('python -m fewshot', ['--algorithm', 'protonet', '--dataset', 'metabolism'], protonet.ProtoNet),
+    ('run_metabolism.py', ['--algorithm', 'maml'], maml.MAML),
+    ('run_metabolism.py', [], protonet.ProtoNet)])
+def test_every_program_builds_the_course_classes(program, argv, expected):
+    from fewshot import cli
+    command = cli.parse(registry.program(program), argv)
+    assert type(command.build_learner(command.args, 'cpu')) is expected
+
+
+def test_reptile_evaluates_through_the_courses_outer_step():
+    from fewshot import cli
+    command = cli.parse(maml.PROGRAM, ['--algorithm', 'reptile', '--dataset', 'sinusoid'])
+    learner = command.build_learner(command.args, 'cpu')
+    assert isinstance(learner, maml.MAML) and not learner.notice

@@ -92,7 +92,7 @@ class MAML(contracts.Learner):
         if not (self.inner.vmap_tasks or self.inner.group_tasks):
             return self._through_outer_step(task_batch, train, second_order, loss_weights)
         inner = self.inner
-        create_graph = train and (not self.first_order if second_order is None else second_order)
+        create_graph = train and (self.second_order if second_order is None else second_order)
         history, support = inner.adapt_tasks(task_batch.images_support, task_batch.labels_support, create_graph, train)
         images_query, labels_query = task_batch.images_query, task_batch.labels_query
         steps = range(1, inner.num_inner_steps + 1) if loss_weights is not None else [inner.num_inner_steps]

@@ -225,8 +225,8 @@ class ProtoNetAlgorithm(contracts.Algorithm):
                             'to average over; leave it at 1')
         params, forward = dataset.network(args)
         learner_class = registry.learner_class(self.name)
-        return learner_class(networks.FunctionalNet(forward, params), device, tasks_per_call=encoder_calls(args, dataset),
-                             joint_batch_norm=args.joint_batch_norm,
+        return learner_class(networks.FunctionalNet(forward, params), device,
+                             tasks_per_call=encoder_calls(args, dataset), joint_batch_norm=args.joint_batch_norm,
                              channels_last=execution.image_layout_flag(args, dataset), inductive=args.inductive,
                              train_inductive=args.train_inductive, test_views=args.test_views,
                              distort=dataset.distort, metric=args.metric)

@@ -1,4 +1,5 @@
-"""Run a parsed command (command.Command, which builds the learner and samplers): train, resuming if asked, or test a checkpoint.
+"""Run a parsed command (command.Command, which builds the learner and samplers): train,
+resuming if asked, or test a checkpoint.
 
 At --test the model is rebuilt with the flags it was trained with and the test
 tasks are drawn with the command line's, as each flag's `at_test` role says

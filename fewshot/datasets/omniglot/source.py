@@ -161,8 +161,8 @@ _LOADED = {}  # (data dir, image size, source and its files' sizes and times) ->
 
 def _source_state(data_dir, image_size, source):
     kind, paths = source
-    return (os.path.abspath(data_dir), image_size, kind, tuple(
-        (os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths))
+    stats = [(os.path.abspath(p), os.stat(p)) for p in paths]
+    return os.path.abspath(data_dir), image_size, kind, tuple((p, s.st_size, s.st_mtime_ns) for p, s in stats)
 
 
 def load_omniglot(data_dir=files.DATA_DIR, download=True, image_size=IMAGE_SIZE):

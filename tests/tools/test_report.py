@@ -4,6 +4,7 @@ import os
 import pytest
 
 from fewshot import cli
+from fewshot.errors import UserError
 from fewshot.engine import checkpoints
 from tools import report
 
@@ -55,24 +56,15 @@ def test_results_table_rows():
     assert table[2] == '| ProtoNet trained 5w5s | 1 | 15 | 600 | 0.958 ± 0.004 |'
 
 
-def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path, monkeypatch):
-    ran = []
-    monkeypatch.setattr(report, 'run_commands', lambda commands, jobs, gpus, logs: ran.extend(commands))
+def test_a_fresh_experiment_trains_with_its_own_flags_and_the_report_data(tmp_path):
     args = report.parse_args(['--quick', '--out', str(tmp_path), '--data_dir', 'D'])
-    steps = report.EXPERIMENTS['protonet_5w5s'][2]
-    runs = tmp_path / 'runs'
-    os.makedirs(runs / 'protonet_5w5s')
-    (runs / 'protonet_5w5s' / f'state{steps - 1}.pt').write_bytes(b'')
-    report.train_experiments(['protonet_5w5s'], args)
-    assert ran == []
-    os.makedirs(runs / 'protonet_5w1s')
-    for step in (0, 100):
-        (runs / 'protonet_5w1s' / f'state{step}.pt').write_bytes(b'')
-    report.train_experiments(['protonet_5w1s', 'maml_inner_lr_0.4'], args)
-    resumed, fresh = ran
-    assert resumed[:2] == ['python', 'protonet.py'] and resumed[-2:] == ['--checkpoint_step', '100']
-    assert '--checkpoint_step' not in fresh and fresh[fresh.index('--inner_lr') + 1] == '0.4'
-    assert fresh[fresh.index('--data_dir') + 1] == os.path.abspath('D')
+    fresh = report.training_command('maml_inner_lr_0.4', args)
+    assert fresh[:2] == ['python', 'maml.py'] and fresh[fresh.index('--inner_lr') + 1] == '0.4'
+    assert fresh[fresh.index('--data_dir') + 1] == os.path.abspath('D') and '--checkpoint_step' not in fresh
+    assert fresh[fresh.index('--num_train_iterations') + 1] == str(report.EXPERIMENTS['maml_inner_lr_0.4'][2])
+    fast = report.training_command('maml_inner_lr_0.4', report.parse_args(['--fast', '--out', str(tmp_path)]))
+    assert fast[fast.index('--precision') + 1] == 'auto' and fast[fast.index('--log_dir') + 1].startswith(str(tmp_path))
+    assert fast[fast.index('--num_train_iterations') + 1] == str(report.EXPERIMENTS['maml_inner_lr_0.4'][3])
 
 
 def marker_command(folder, name, seconds=1.0):
@@ -147,10 +139,100 @@ def test_papers_table_tests_each_cell_as_its_paper(tmp_path, monkeypatch):
     monkeypatch.setattr(report, 'test_experiment', fake_test)
     args = report.parse_args(['--protocol', 'papers', '--quick', '--out', str(tmp_path)])
     assert args.out.endswith(str(tmp_path)) and args.protocol == 'papers'
+    monkeypatch.setattr(report, 'has_ended', lambda command: True)
+    monkeypatch.setattr(report, 'training_facts', lambda name, args: '7 / 9 | 3 min | CPU')
     lines = report.paper_table(args).splitlines()
-    assert len(lines) == 2 + 8 and lines[2].endswith('| 98.8 ± 0.1 | 98.8 |')
+    assert len(lines) == 2 + 8 and lines[2].endswith('| 98.8 ± 0.1 | 98.8 | yes |')
+    assert lines[6] == '| MAML | 5 | 1 | `maml_5w1s` | 7 / 9 | 3 min | CPU | 1 | 600 | 98.8 ± 0.1 | 98.7 ± 0.4 | yes |'
+    assert lines[7].endswith('| 99.9 ± 0.1 | no: 1.0 points short |')
     name, flags = calls['protonet_60w1s_20w1s.csv']
     assert name == 'protonet_60w1s' and flags == ['--num_way', '20', '--num_support', '1', '--num_query', '5',
                                                   '--num_test_tasks', '1000']
     name, flags = calls['maml_5w1s_5w1s.csv']
     assert name == 'maml_5w1s' and flags[-4:] == ['--num_test_tasks', '600', '--num_inner_steps', '3']
+
+
+@pytest.mark.parametrize('mean, paper, said', [(98.3, (98.7, 0.4), 'yes'), (98.2, (98.7, 0.4), 'no: 0.1 points short'),
+                                               (95.5, (96.0, None), 'yes'), (95.44, (96.0, None), 'no: 0.1 points short'),
+                                               (99.9, (98.9, 0.2), 'yes')])
+def test_an_entry_reaches_the_paper_within_its_interval_or_half_a_point(mean, paper, said):
+    assert report.verdict(mean, paper) == said
+
+
+def test_the_cpu_recipes_validate_where_their_hardest_cell_is_tested_and_stop_at_its_figure():
+    import maml
+    import protonet
+    served = {}
+    for (_, way, shot), (name, _, _, _, (figure, _)) in report.PAPER_TESTS.items():
+        served[name] = max(served.get(name, (0, 0, 0)), (way, shot, figure))
+    assert set(served) == set(report.PAPER_FAST)
+    for name, (script, flags, steps) in report.PAPER_FAST.items():
+        assert '--test' not in flags and '--checkpoint_step' not in flags
+        args = cli.parse(protonet.PROGRAM if script == 'protonet.py' else maml.PROGRAM, flags).args
+        way, shot, figure = served[name]
+        assert (args.class_split, args.augment_rotations, args.num_way, args.num_support) == ('vinyals', True, way, shot)
+        assert args.target_accuracy == pytest.approx(figure / 100)
+    assert [line.split(':')[0].strip() for line in report.papers_fast_epilog().splitlines()[1:]] == list(report.PAPER_FAST)
+
+
+def test_an_unknown_entry_is_refused_in_one_line():
+    with pytest.raises(UserError, match='--only maml_5w2s: not an experiment of --protocol papers; choose from '
+                                        'protonet_60w1s, protonet_60w5s'):
+        report.parse_args(['--protocol', 'papers', '--fast', '--only', 'maml_5w2s'])
+
+
+def tiny_papers_table(monkeypatch, tmp_path, data_dir):
+    """report.py --protocol papers --fast with two tiny entries (4-channel networks, a few steps) and
+    the table's two cells they serve; the other flags of the command."""
+    tiny = [*report.VINYALS, '--num_hidden_channels', '4', '--num_query', '2', '--num_val_tasks', '4',
+            '--val_interval', '2', '--batch_size', '1']
+    monkeypatch.setattr(report, 'PAPER_FAST', {
+        'protonet_60w1s': ('protonet.py', tiny, 4),
+        'maml_5w1s': ('maml.py', [*tiny, '--target_accuracy', '0.01', '--target_tasks', '4'], 50)})
+    monkeypatch.setattr(report, 'PAPER_TESTS', {cell: test for cell, test in report.PAPER_TESTS.items()
+                                                if cell in (('ProtoNet', 5, 1), ('MAML', 5, 1))})
+    return ['--protocol', 'papers', '--fast', '--out', str(tmp_path), '--data_dir', data_dir]
+
+
+def table_rows(out):
+    lines = (out / 'index.md').read_text().splitlines()
+    return {algorithm: next(line for line in lines if line.startswith(f'| {algorithm} | 5 | 1 |'))
+            for algorithm in ('ProtoNet', 'MAML')}
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError('nothing is left to train or test')
+
+
+def test_one_entry_alone_resumes_is_tested_once_and_then_kept(omniglot_dir, tmp_path, monkeypatch, capfd):
+    from fewshot.engine import tuning
+    argv = tiny_papers_table(monkeypatch, tmp_path, omniglot_dir) + ['--only', 'protonet_60w1s']
+    args = report.parse_args(argv)
+    interrupted = report.command_line('protonet_60w1s', args)
+    interrupted[interrupted.index('--num_train_iterations') + 1] = '2'
+    report.run_command(interrupted)  # a run stopped after 2 of its 4 steps
+    assert report.training_command('protonet_60w1s', args) is not None
+    report.main(argv)
+    assert 'resuming from' in capfd.readouterr().out
+    log_dir = tmp_path / 'runs' / 'protonet_60w1s'
+    assert checkpoints.saved_steps(log_dir)[-1] == 3 and len(list(log_dir.glob('events.out.tfevents.*'))) == 2
+    rows = table_rows(tmp_path)
+    assert rows['MAML'].startswith('| MAML | 5 | 1 | `maml_5w1s` | not run |')
+    assert not (tmp_path / 'runs' / 'maml_5w1s').exists()  # --only: the other entry is not trained
+    cells = rows['ProtoNet'].split(' | ')
+    assert cells[4] == f'{checkpoints.best_step(log_dir) + 1} / 4' and cells[6] == tuning.machine()
+    assert cells[7:9] == ['5', '1000'] and 0 < float(cells[9].split(' ± ')[0]) <= 100
+    monkeypatch.setattr(report, 'run_commands', refuse)
+    monkeypatch.setattr(report, 'run_command', refuse)
+    report.main(argv)  # finished, and its test read back: the test classes are touched once
+    assert table_rows(tmp_path) == rows
+
+
+def test_an_entry_that_reached_its_target_is_finished_at_that_step(omniglot_dir, tmp_path, monkeypatch):
+    argv = tiny_papers_table(monkeypatch, tmp_path, omniglot_dir) + ['--only', 'maml_5w1s']
+    report.main(argv)
+    log_dir = tmp_path / 'runs' / 'maml_5w1s'
+    last = checkpoints.saved_steps(log_dir)[-1]
+    assert last < 49 and checkpoints.best_step(log_dir) == last
+    assert report.training_command('maml_5w1s', report.parse_args(argv)) is None
+    assert table_rows(tmp_path)['MAML'].split(' | ')[4] == f'{last + 1} / {last + 1}'

@@ -305,18 +305,28 @@ def read_csv(path):
 
 
 def read_curve(log_dir, tags=KEY_TAGS):
-    """(steps, values) of the first of tags found in a run's event files; a resumed run's
-    re-logged steps keep their latest value."""
+    """(steps, values) of the first of tags found in a run's event files."""
+    _, points = validation_clock(log_dir, tags)
+    return [step for step, _, _ in points], [value for _, value, _ in points]
+
+
+def validation_clock(log_dir, tags=KEY_TAGS):
+    """(minutes of training, [(step, value, minutes of training by then)]) of a run's first tag of tags.
+    Each event file (one per session) counts from its first scalar to its last, so start-up and the time
+    between sessions are left out; a resumed run's re-logged steps keep their latest value."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    points = {}
+    seconds, points = 0.0, {}
     for path in sorted(glob.glob(os.path.join(log_dir, 'events.out.tfevents.*')), key=os.path.getmtime):
         events = EventAccumulator(path, size_guidance={'scalars': 0})
         events.Reload()
+        times = [e.wall_time for tag in events.Tags()['scalars'] for e in events.Scalars(tag)]
+        if not times:
+            continue
         tag = next((t for t in tags if t in events.Tags()['scalars']), None)
         if tag is not None:
-            points.update({e.step: e.value for e in events.Scalars(tag)})
-    steps = sorted(points)
-    return steps, [points[s] for s in steps]
+            points.update({e.step: (e.value, (seconds + e.wall_time - min(times)) / 60) for e in events.Scalars(tag)})
+        seconds += max(times) - min(times)
+    return seconds / 60, [(step, *points[step]) for step in sorted(points)]
 
 
 def quick_note(quick):
@@ -380,13 +390,13 @@ def results_table(rows_by_label):
 def paper_table(args):
     """Markdown table of the papers' cells: our test accuracy (mean ± 95% CI) beside the paper's, with the
     steps and training time of the model tested; a cell whose model has not finished training says so."""
-    lines = ['| algorithm | N-way | K-shot | trained by | steps: tested / trained | training time | trained on | '
-             'test Q | test tasks | accuracy % (mean ± 95% CI) | paper % | reaches the paper |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+    lines = ['| algorithm | N-way | K-shot | trained by | steps: tested / trained | training time | validation at the '
+             "figure | trained on | test Q | test tasks | accuracy % (mean ± 95% CI) | paper % | reaches the paper |",
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for (algorithm, way, shot), (name, queries, num_tasks, flags, paper) in PAPER_TESTS.items():
         cell = f'| {algorithm} | {way} | {shot} | `{name}` |'
         if not has_ended(command_line(name, args)):
-            lines.append(f'{cell} not run | | | {queries} | {num_tasks} | | {paper_figure(paper)} | |')
+            lines.append(f'{cell} not run | | | | {queries} | {num_tasks} | | {paper_figure(paper)} | |')
             continue
         test_flags = ['--num_way', str(way), '--num_support', str(shot), '--num_query', str(queries),
                       '--num_test_tasks', str(num_tasks), *flags]
@@ -398,11 +408,17 @@ def paper_table(args):
 
 
 def training_facts(name, args):
-    """'tested step / trained steps | minutes | machines' of a finished run: the step --test takes (the best
-    validation one), the steps trained, the training time and what trained it."""
+    """'tested step / trained steps | minutes | validation at the figure | machines' of a finished run: the
+    step --test takes (the best validation one), the steps trained, the training time, the first validation
+    at the recipe's --target_accuracy, and what trained it."""
     log_dir = log_dir_of(name, args)
+    minutes, points = validation_clock(log_dir)
+    flags = experiments(args)[name][1]
+    target = float(flags[flags.index('--target_accuracy') + 1]) if '--target_accuracy' in flags else None
+    reached = next((f'step {step + 1}, {at:.0f} min' for step, value, at in points
+                    if target is not None and value >= target), 'no')
     return (f'{checkpoints.best_step(log_dir) + 1} / {checkpoints.saved_steps(log_dir)[-1] + 1} | '
-            f'{training_minutes(log_dir):.0f} min | {"; ".join(machines_of(name, args)) or "not recorded"}')
+            f'{minutes:.0f} min | {reached} | {"; ".join(machines_of(name, args)) or "not recorded"}')
 
 
 def paper_figure(paper):
@@ -417,19 +433,6 @@ def verdict(mean, paper):
     figure, interval = paper
     floor = figure - (PAPER_TOLERANCE if interval is None else interval)
     return 'yes' if round(mean, 1) >= round(floor, 1) else f'no: {floor - mean:.1f} points short'
-
-
-def training_minutes(log_dir):
-    """Minutes spent training a run: over each of its event files (one per session), the wall time from
-    its first to its last scalar, summed (start-up and the time between sessions left out)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    seconds = 0.0
-    for path in glob.glob(os.path.join(log_dir, 'events.out.tfevents.*')):
-        events = EventAccumulator(path, size_guidance={'scalars': 0})
-        events.Reload()
-        times = [e.wall_time for tag in events.Tags()['scalars'] for e in events.Scalars(tag)]
-        seconds += max(times) - min(times) if times else 0.0
-    return seconds / 60
 
 
 def write_papers_report(args):

@@ -41,6 +41,22 @@ def is_png(path):
         return f.read(8) == b'\x89PNG\r\n\x1a\n' and os.path.getsize(path) > 5000
 
 
+def test_the_training_clock_leaves_out_start_up_and_the_time_between_sessions(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+    sessions = [[(0, 0.5, 1000.0), (10, 0.7, 1060.0)], [(10, 0.8, 5000.0), (20, 0.9, 5120.0)]]
+    for index, points in enumerate(sessions):
+        writer = SummaryWriter(log_dir=str(tmp_path), filename_suffix=f'.{index}')
+        for step, value, wall_time in points:
+            writer.add_scalar('val_accuracy/query', value, step, walltime=wall_time)
+        writer.close()
+        newest = max(tmp_path.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+        os.utime(newest, (1000 + index, 1000 + index))
+    minutes, points = report.validation_clock(str(tmp_path))
+    assert minutes == pytest.approx(3.0)
+    assert [(step, round(value, 4), round(at, 4)) for step, value, at in points] == [(0, 0.5, 0.0), (10, 0.8, 1.0),
+                                                                                      (20, 0.9, 3.0)]
+
+
 def test_plots_are_written(tmp_path):
     curves = {'a': ([0, 50, 100], [0.2, 0.5, 0.6]), 'b': ([0, 50], [0.3, 0.4])}
     report.plot_curves(curves, 'title', str(tmp_path / 'curves.png'), quick=True)
@@ -140,10 +156,10 @@ def test_papers_table_tests_each_cell_as_its_paper(tmp_path, monkeypatch):
     args = report.parse_args(['--protocol', 'papers', '--quick', '--out', str(tmp_path)])
     assert args.out.endswith(str(tmp_path)) and args.protocol == 'papers'
     monkeypatch.setattr(report, 'has_ended', lambda command: True)
-    monkeypatch.setattr(report, 'training_facts', lambda name, args: '7 / 9 | 3 min | CPU')
+    monkeypatch.setattr(report, 'training_facts', lambda name, args: '7 / 9 | 3 min | no | CPU')
     lines = report.paper_table(args).splitlines()
     assert len(lines) == 2 + 8 and lines[2].endswith('| 98.8 ± 0.1 | 98.8 | yes |')
-    assert lines[6] == '| MAML | 5 | 1 | `maml_5w1s` | 7 / 9 | 3 min | CPU | 1 | 600 | 98.8 ± 0.1 | 98.7 ± 0.4 | yes |'
+    assert lines[6] == '| MAML | 5 | 1 | `maml_5w1s` | 7 / 9 | 3 min | no | CPU | 1 | 600 | 98.8 ± 0.1 | 98.7 ± 0.4 | yes |'
     assert lines[7].endswith('| 99.9 ± 0.1 | no: 1.0 points short |')
     name, flags = calls['protonet_60w1s_20w1s.csv']
     assert name == 'protonet_60w1s' and flags == ['--num_way', '20', '--num_support', '1', '--num_query', '5',
@@ -220,8 +236,8 @@ def test_one_entry_alone_resumes_is_tested_once_and_then_kept(omniglot_dir, tmp_
     assert rows['MAML'].startswith('| MAML | 5 | 1 | `maml_5w1s` | not run |')
     assert not (tmp_path / 'runs' / 'maml_5w1s').exists()  # --only: the other entry is not trained
     cells = rows['ProtoNet'].split(' | ')
-    assert cells[4] == f'{checkpoints.best_step(log_dir) + 1} / 4' and cells[6] == tuning.machine()
-    assert cells[7:9] == ['5', '1000'] and 0 < float(cells[9].split(' ± ')[0]) <= 100
+    assert cells[4] == f'{checkpoints.best_step(log_dir) + 1} / 4' and cells[7] == tuning.machine()
+    assert cells[6] == 'no' and cells[8:10] == ['5', '1000'] and 0 < float(cells[10].split(' ± ')[0]) <= 100
     monkeypatch.setattr(report, 'run_commands', refuse)
     monkeypatch.setattr(report, 'run_command', refuse)
     report.main(argv)  # finished, and its test read back: the test classes are touched once
@@ -235,4 +251,5 @@ def test_an_entry_that_reached_its_target_is_finished_at_that_step(omniglot_dir,
     last = checkpoints.saved_steps(log_dir)[-1]
     assert last < 49 and checkpoints.best_step(log_dir) == last
     assert report.training_command('maml_5w1s', report.parse_args(argv)) is None
-    assert table_rows(tmp_path)['MAML'].split(' | ')[4] == f'{last + 1} / {last + 1}'
+    cells = table_rows(tmp_path)['MAML'].split(' | ')
+    assert cells[4] == f'{last + 1} / {last + 1}' and cells[6].startswith(f'step {last + 1}, ')

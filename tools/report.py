@@ -126,7 +126,7 @@ PAPER_FAST = {
     'maml_5w1s': ('maml.py', [*MAML_FAST, '--num_support', '1', '--inner_lr', '0.4', '--num_inner_steps', '1',
                               '--target_accuracy', '0.987'], 6000),
     'maml_5w5s': ('maml.py', [*MAML_FAST, '--num_support', '5', '--inner_lr', '0.4', '--num_inner_steps', '1',
-                              '--target_accuracy', '0.999'], 6000),
+                              '--target_accuracy', '0.999'], 2500),
     'maml_20w1s': ('maml.py', [*MAML_20WAY_FAST, '--num_support', '1', '--target_accuracy', '0.958'], 4000),
     'maml_20w5s': ('maml.py', [*MAML_20WAY_FAST, '--num_support', '5', '--target_accuracy', '0.989'], 3000),
 }

@@ -254,3 +254,13 @@ def test_an_entry_that_reached_its_target_is_finished_at_that_step(omniglot_dir,
     assert report.training_command('maml_5w1s', report.parse_args(argv)) is None
     cells = table_rows(tmp_path)['MAML'].split(' | ')
     assert cells[4] == f'{last + 1} / {last + 1}' and cells[6].startswith(f'step {last + 1}, ')
+
+
+def test_the_homework_report_waits_for_runs_left_out_by_only(tmp_path, monkeypatch, capsys):
+    trained = []
+    monkeypatch.setattr(report, 'train_experiments', lambda names, args: trained.extend(names))
+    monkeypatch.setattr(report, 'has_ended', lambda command: command[command.index('--log_dir') + 1].endswith('5w5s'))
+    report.write_report(report.parse_args(['--fast', '--only', 'protonet_5w5s', '--out', str(tmp_path)]))
+    assert trained == ['protonet_5w5s'] and not (tmp_path / 'index.md').exists()
+    waiting = capsys.readouterr().out.strip()
+    assert waiting.startswith('the report waits for protonet_5w1s, maml_inner_lr_0.4,') and 'protonet_5w5s' not in waiting

@@ -162,6 +162,13 @@ def test_vinyals_split_equals_the_published_lists(omniglot_dir, split):
     assert set(project_classes(names, 'vinyals', 'train')) | set(project_classes(names, 'vinyals', 'val')) == trainval
 
 
+def test_vinyals_trainval_trains_on_the_published_trainval_and_tests_the_same_classes(omniglot_dir):
+    _, names = omniglot_source.load_omniglot(omniglot_dir)
+    assert set(project_classes(names, 'vinyals_trainval', 'train')) == published_vinyals('trainval')
+    for split in ('val', 'test'):
+        assert project_classes(names, 'vinyals_trainval', split) == project_classes(names, 'vinyals', split)
+
+
 def test_lake_split_is_background_against_evaluation(omniglot_dir):
     _, names = omniglot_source.load_omniglot(omniglot_dir)
     splits = omniglot_dataset.split_indices('lake', names)

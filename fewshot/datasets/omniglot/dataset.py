@@ -18,7 +18,7 @@ from fewshot.flags import TASKS, TEST_TIME, Flag, positive_int
 
 NUM_TRAIN_CLASSES, NUM_VAL_CLASSES, NUM_TEST_CLASSES = 1100, 100, 423
 SPLIT_SEED = 0  # the class split is fixed, independent of --seed
-CLASS_SPLITS = ('course', 'vinyals', 'lake')
+CLASS_SPLITS = ('course', 'vinyals', 'vinyals_trainval', 'lake')
 EPISODES = ('random', 'within_alphabet')
 IMAGE_SIZES = (IMAGE_SIZE, 56, 84, 105)
 BACKGROUND_ALPHABETS = (  # Lake et al.'s images_background; the other 20 alphabets are images_evaluation
@@ -39,6 +39,8 @@ def split_indices(class_split='course', names=None):
     vinyals (Vinyals et al., 2016): the 964 background characters then the 659
         evaluation ones, each sorted by name; the first 1200 are train+val, the
         last 423 test; val is the five VALIDATION_ALPHABETS: 1028 / 172 / 423.
+    vinyals_trainval: the same, training on train and val (Snell et al.'s final
+        retraining): 1200 / 172 / 423; its val classes are trained on.
     lake (Lake et al., 2015): background characters to learn from, evaluation
         ones to test on; val is the same five (background) alphabets: 792 / 172 / 659.
     names: the 1623 'alphabet/character' names, sorted (vinyals and lake).
@@ -50,13 +52,13 @@ def split_indices(class_split='course', names=None):
     alphabet = [name.split('/')[0] for name in names]
     background = [i for i, a in enumerate(alphabet) if a in BACKGROUND_ALPHABETS]
     evaluation = [i for i, a in enumerate(alphabet) if a not in BACKGROUND_ALPHABETS]
-    if class_split == 'vinyals':
+    if class_split in ('vinyals', 'vinyals_trainval'):
         order = background + evaluation
         learn, test = order[:NUM_VINYALS_TRAINVAL], order[NUM_VINYALS_TRAINVAL:]
     else:
         learn, test = background, evaluation
     val = [i for i in learn if alphabet[i] in VALIDATION_ALPHABETS]
-    train = [i for i in learn if alphabet[i] not in VALIDATION_ALPHABETS]
+    train = [i for i in learn if class_split == 'vinyals_trainval' or alphabet[i] not in VALIDATION_ALPHABETS]
     return {split: np.array(indices) for split, indices in (('train', train), ('val', val), ('test', test))}
 
 
@@ -119,8 +121,9 @@ class Omniglot(contracts.Dataset):
     distort = staticmethod(augment.random_affine)
     flags = (
         Flag('--split', dest='class_split', choices=CLASS_SPLITS, default='course', log_name=True, at_test=TASKS,
-             help="the classes of train / val / test: the course's random one, Vinyals et al.'s, or Lake et al.'s "
-                  "background / evaluation (at --test: the checkpoint's)"),
+             help="the classes of train / val / test: the course's random one, Vinyals et al.'s, Vinyals et al.'s "
+                  "training on train and val (Snell et al.'s retraining: validation then scores trained classes), "
+                  "or Lake et al.'s background / evaluation (at --test: the checkpoint's)"),
         Flag('--augment_rotations', default=False, action='store_true', log_name=True,
              help='rotations by 90/180/270 degrees become new classes'),
         Flag('--image_size', type=int, choices=IMAGE_SIZES, default=IMAGE_SIZE, log_name=True, at_test=TASKS,

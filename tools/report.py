@@ -18,19 +18,18 @@ first command that fails stops the report (the others are stopped and resume
 next time).
 """
 import argparse
-import csv
 import glob
 import os
-import subprocess
 import sys
-import time
 
 from fewshot import files
 from fewshot.errors import UserError, run_cli
 from fewshot.flags import ArgumentParser, HelpWithDefaults, positive_int
 from fewshot.engine import checkpoints
+from tools.report_figures import (plot_curves, plot_k_sweep, quick_note, read_csv, read_curve, results_table,
+                                  validation_clock)
+from tools.report_jobs import run_command, run_commands, visible_gpus
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K_SWEEP = [1, 2, 4, 6, 8, 10]
 
 # name -> (script, flags, training steps in the quick protocol, in the full and fast ones)
@@ -75,7 +74,6 @@ COMPARISONS = {
                            'validation halves.',
                            [('metabolism_protonet', 'ProtoNet'), ('metabolism_maml', 'MAML')]),
 }
-KEY_TAGS = ['val_accuracy/query', 'val_accuracy/post_adapt_query']
 
 # The papers' Omniglot protocols (docs/results.md cites each setting): Vinyals et al.'s split with
 # rotations; ProtoNet (Snell et al., 2017) trains 60-way episodes with 5 queries per class, one
@@ -153,61 +151,6 @@ def data_flags(script, args):
     return ['--data_dir', args.metabolism_dir if script == 'run_metabolism.py' else args.data_dir]
 
 
-def run_command(command):
-    """Run `python script ...` from the project folder with this interpreter, echoing it."""
-    run_commands([command], jobs=1)
-
-
-def run_commands(commands, jobs, gpus=(), logs=None):
-    """Run `python ...` commands from the project folder, up to `jobs` at once.
-
-    With jobs > 1 each command's output goes to the matching file of logs, and
-    with GPUs listed (`gpus`: CUDA device ids) each running command gets one of
-    them alone through CUDA_VISIBLE_DEVICES. The first command that fails stops
-    the others and raises SystemExit with one line naming it.
-    """
-    waiting, running, failed = list(enumerate(commands)), {}, []
-    free = list(gpus)
-    while waiting or running:
-        while waiting and len(running) < jobs:
-            index, command = waiting.pop(0)
-            env = dict(os.environ)
-            gpu = free.pop(0) if free else None
-            if gpu is not None:
-                env['CUDA_VISIBLE_DEVICES'] = str(gpu)
-            print('$ ' + ' '.join(command) + (f'   (GPU {gpu})' if gpu is not None else ''), flush=True)
-            if jobs > 1:
-                os.makedirs(os.path.dirname(os.path.abspath(logs[index])), exist_ok=True)
-            output = open(logs[index], 'w') if jobs > 1 else None
-            running[index] = (subprocess.Popen([sys.executable, *command[1:]], cwd=ROOT, env=env, stdout=output,
-                                               stderr=subprocess.STDOUT if output else None), command, gpu, output)
-        for index, (process, command, gpu, output) in list(running.items()):
-            if process.poll() is None:
-                continue
-            del running[index]
-            if output:
-                output.close()
-            if gpu is not None:
-                free.append(gpu)
-            if process.returncode != 0:
-                failed.append(f'{" ".join(command)} failed (exit {process.returncode}'
-                              + (f', output in {logs[index]})' if output else ', see above)'))
-        if failed:
-            stop(running)
-            raise SystemExit(f'error: {failed[0]}; fix it and run report.py again: finished runs are kept, '
-                             'stopped ones resume')
-        time.sleep(0.1)
-
-
-def stop(running):
-    """Stop the running commands (each resumes from its latest checkpoint next time)."""
-    for process, _, _, output in running.values():
-        process.terminate()
-        process.wait()
-        if output:
-            output.close()
-
-
 def command_line(name, args):
     """The command that trains an experiment; the program resumes it from its latest checkpoint."""
     script, flags, steps = experiments(args)[name]
@@ -273,16 +216,6 @@ def this_machine(device):
     return tuning.machine()
 
 
-def visible_gpus(device):
-    """The CUDA device ids jobs may take, one each, when the report runs on GPUs."""
-    if device not in ('gpu', 'cuda'):
-        return []
-    import torch
-    listed = os.environ.get('CUDA_VISIBLE_DEVICES')
-    ids = [d for d in listed.split(',') if d.strip()] if listed else list(range(torch.cuda.device_count()))
-    return ids if len(ids) > 1 else []
-
-
 def test_experiment(name, args, csv_name, extra_flags):
     """Test the best checkpoint of an experiment; the CSV is reused while newer than the checkpoints.
     extra_flags come last, so they may replace --num_test_tasks."""
@@ -300,92 +233,9 @@ def test_experiment(name, args, csv_name, extra_flags):
     return read_csv(table)
 
 
-# ---------------------------------------------------------------- reading and drawing
-
-def read_csv(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
-def read_curve(log_dir, tags=KEY_TAGS):
-    """(steps, values) of the first of tags found in a run's event files."""
-    _, points = validation_clock(log_dir, tags)
-    return [step for step, _, _ in points], [value for _, value, _ in points]
-
-
-def validation_clock(log_dir, tags=KEY_TAGS):
-    """(minutes of training, [(step, value, minutes of training by then)]) of a run's first tag of tags.
-    Each event file (one per session) counts from its first scalar to its last, so start-up and the time
-    between sessions are left out; a resumed run's re-logged steps keep their latest value."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    seconds, points = 0.0, {}
-    for path in sorted(glob.glob(os.path.join(log_dir, 'events.out.tfevents.*')), key=os.path.getmtime):
-        events = EventAccumulator(path, size_guidance={'scalars': 0})
-        events.Reload()
-        times = [e.wall_time for tag in events.Tags()['scalars'] for e in events.Scalars(tag)]
-        if not times:
-            continue
-        tag = next((t for t in tags if t in events.Tags()['scalars']), None)
-        if tag is not None:
-            points.update({e.step: (e.value, (seconds + e.wall_time - min(times)) / 60) for e in events.Scalars(tag)})
-        seconds += max(times) - min(times)
-    return seconds / 60, [(step, *points[step]) for step in sorted(points)]
-
-
-def quick_note(quick):
-    return ' [quick protocol: shortened runs]' if quick else ''
-
-
 def length_note(args):
     """The report's title note: shortened runs, or the papers' CPU recipes."""
     return quick_note(args.quick) or (' [--fast: CPU recipes]' if args.fast and args.protocol == 'papers' else '')
-
-
-def plot_curves(curves, title, path, quick):
-    """curves: {label: (steps, values)} -> a PNG of validation accuracy against step."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    figure, axes = plt.subplots(figsize=(6.4, 4.2))
-    for label, (steps, values) in curves.items():
-        axes.plot(steps, values, label=label, marker='.' if len(steps) < 30 else None)
-    axes.set_xlabel('training step')
-    axes.set_ylabel('validation query accuracy')
-    axes.set_title(title + quick_note(quick), fontsize=10)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def plot_k_sweep(sweeps, path, quick):
-    """sweeps: {label: CSV rows of a K sweep} -> a PNG of test accuracy against K with 95% CI bars."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    figure, axes = plt.subplots(figsize=(6.4, 4.2))
-    for label, rows in sweeps.items():
-        axes.errorbar([int(r['num_support']) for r in rows], [float(r['mean']) for r in rows],
-                      yerr=[float(r['ci95']) for r in rows], capsize=3, marker='o', label=label)
-    axes.set_xlabel('K (support examples per class at test), Q = 10')
-    axes.set_ylabel('5-way test accuracy')
-    axes.set_title('Test-time K sweep' + quick_note(quick), fontsize=10)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def results_table(rows_by_label):
-    """Markdown table: label, K, Q, tasks, mean ± 95% CI, from CSV rows."""
-    lines = ['| model | test K | test Q | tasks | accuracy (mean ± 95% CI) |', '|---|---|---|---|---|']
-    for label, rows in rows_by_label.items():
-        for r in rows:
-            lines.append(f'| {label} | {r["num_support"]} | {r["num_query"]} | {r["num_test_tasks"]} | '
-                         f'{float(r["mean"]):.3f} ± {float(r["ci95"]):.3f} |')
-    return '\n'.join(lines)
 
 
 # ---------------------------------------------------------------- the report

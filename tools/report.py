@@ -174,10 +174,15 @@ def training_command(name, args):
 
 def has_ended(command):
     """Whether the run a training command names has ended, as the program itself decides."""
-    from fewshot import cli, registry
     from fewshot.engine import runner
-    step, _ = runner.step_to_continue(cli.parse(registry.program(command[1]), command[2:]), says=False)
+    step, _ = runner.step_to_continue(parsed(command), says=False)
     return step == runner.FINISHED
+
+
+def parsed(command):
+    """A `python script ...` command as its program parses it (a fewshot Command)."""
+    from fewshot import cli, registry
+    return cli.parse(registry.program(command[1]), command[2:])
 
 
 def train_experiments(names, args):
@@ -192,7 +197,7 @@ def train_experiments(names, args):
 
 def record_machine(name, args):
     """Add the machine about to train an experiment to its OUT/runs/NAME.machine (one line each)."""
-    path = os.path.join(args.out, 'runs', f'{name}.machine')
+    path = log_dir_of(name, args) + '.machine'
     seen = machines_of(name, args)
     here = this_machine(args.device)
     if here not in seen:
@@ -203,7 +208,7 @@ def record_machine(name, args):
 
 def machines_of(name, args):
     """The machines that trained an experiment (its OUT/runs/NAME.machine)."""
-    path = os.path.join(args.out, 'runs', f'{name}.machine')
+    path = log_dir_of(name, args) + '.machine'
     return open(path).read().splitlines() if os.path.exists(path) else []
 
 
@@ -246,9 +251,10 @@ def paper_table(args):
     lines = ['| algorithm | N-way | K-shot | trained by | steps: tested / trained | training time | validation at the '
              "figure | trained on | test Q | test tasks | accuracy % (mean ± 95% CI) | paper % | reaches the paper |",
              '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+    ended = {name: has_ended(command_line(name, args)) for name, *_ in PAPER_TESTS.values()}
     for (algorithm, way, shot), (name, queries, num_tasks, flags, paper) in PAPER_TESTS.items():
         cell = f'| {algorithm} | {way} | {shot} | `{name}` |'
-        if not has_ended(command_line(name, args)):
+        if not ended[name]:
             lines.append(f'{cell} not run | | | | {queries} | {num_tasks} | | {paper_figure(paper)} | |')
             continue
         test_flags = ['--num_way', str(way), '--num_support', str(shot), '--num_query', str(queries),
@@ -266,8 +272,7 @@ def training_facts(name, args):
     at the recipe's --target_accuracy, and what trained it."""
     log_dir = log_dir_of(name, args)
     minutes, points = validation_clock(log_dir)
-    flags = experiments(args)[name][1]
-    target = float(flags[flags.index('--target_accuracy') + 1]) if '--target_accuracy' in flags else None
+    target = parsed(command_line(name, args)).args.target_accuracy
     reached = next((f'step {step + 1}, {at:.0f} min' for step, value, at in points
                     if target is not None and value >= target), 'no')
     return (f'{checkpoints.best_step(log_dir) + 1} / {checkpoints.saved_steps(log_dir)[-1] + 1} | '

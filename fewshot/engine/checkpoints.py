@@ -2,7 +2,13 @@
 
     step, learner (the learner's state()), optimizer (its state_dict()),
     optimizer_kind ('adam' or 'sgd'), rng (torch's and the sampler's),
-    args (the run's flags), val_score, metric_kind ('accuracy' or 'loss').
+    args (the run's flags), val_score, metric_kind ('accuracy' or 'loss'),
+    checksum ('sha256:HEX' of all the above: contents_digest).
+
+The checksum is written in the same atomic write as the rest and checked whenever
+weights are loaded: a file whose bytes changed on disk or in a copy is refused
+(DamagedCheckpoint), as is one that cannot be read at all (truncated, zeroed).
+Checkpoints written before checksums load with a note that they carry none.
 
 Checkpoints in the older layout keep the optimizer's state inside `learner`
 and may not name their algorithm and dataset; `load` translates them, so they
@@ -10,7 +16,9 @@ resume and test like the others (older flag spellings and flags newer than a
 checkpoint are the flags' roles: engine/runner.py).
 """
 import glob
+import hashlib
 import os
+import pickle
 import re
 
 import numpy as np
@@ -45,16 +53,81 @@ def translate(checkpoint):
     return checkpoint
 
 
+CHECKSUM = 'checksum'
+_unchecked_said = set()  # the files without a checksum this process has said so of
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint file that cannot be read, or whose contents do not match its checksum."""
+
+    def __init__(self, file, reason):
+        self.file, self.reason = file, reason
+        super().__init__(f'checkpoint {file} {reason}; delete it or move it aside, and resume or test an earlier '
+                         'step (--checkpoint_step)')
+
+
+def _feed(digest, value):
+    """Add one value of a checkpoint (nested dicts, lists, tensors, arrays, scalars) to a hash,
+    with its type and shape, so that no two different contents feed the same bytes."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f'tensor:{value.dtype}:{tuple(value.shape)};'.encode())
+        digest.update(tensor.view(torch.uint8).numpy())
+    elif isinstance(value, np.ndarray) and value.dtype != object:
+        digest.update(f'array:{value.dtype.str}:{value.shape};'.encode())
+        digest.update(np.ascontiguousarray(value).view(np.uint8).reshape(-1))
+    elif isinstance(value, dict):
+        digest.update(f'dict:{len(value)};'.encode())
+        for key, item in value.items():  # a pickled dict keeps its order
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f'{type(value).__name__}:{len(value)};'.encode())
+        for item in value:
+            _feed(digest, item)
+    elif value is None or isinstance(value, (bool, int, float, str, bytes, np.generic)):
+        digest.update(f'{type(value).__name__}:{value!r};'.encode())
+    else:
+        digest.update(f'pickle:{type(value).__qualname__};'.encode() + pickle.dumps(value, protocol=4))
+
+
+def contents_digest(checkpoint):
+    """'sha256:HEX' of a checkpoint's contents (its values, not its file's layout)."""
+    digest = hashlib.sha256()
+    _feed(digest, checkpoint)
+    return f'sha256:{digest.hexdigest()}'
+
+
+def verify(checkpoint, file):
+    """The checkpoint without its checksum, after checking it; DamagedCheckpoint if it does not
+    match. One without a checksum (written before checksums) is returned with a note, once a file."""
+    if not isinstance(checkpoint, dict) or CHECKSUM not in checkpoint:
+        if file not in _unchecked_said:
+            _unchecked_said.add(file)
+            print(f'note: {file} carries no checksum (written by an older version): its contents are not checked',
+                  flush=True)
+        return checkpoint
+    written = checkpoint.pop(CHECKSUM)
+    if contents_digest(checkpoint) != written:
+        raise DamagedCheckpoint(file, 'is damaged (its contents do not match the checksum written with it)')
+    return checkpoint
+
+
 def read(file, weights=True):
-    """A checkpoint file onto the CPU, or a UserError naming the file. weights=False: its tensors
-    memory-mapped, read from disk only when touched (for its flags and score)."""
+    """A checkpoint file onto the CPU, checked against its checksum, or a UserError naming the file
+    (DamagedCheckpoint: unreadable or changed). weights=False: its tensors memory-mapped, read from
+    disk only when touched, and not checked (for its flags and score; what loads weights checks)."""
     if not os.path.isfile(file):
         raise UserError(f'no checkpoint at {file}; check --log_dir and --checkpoint_step')
     try:
-        return torch.load(file, map_location='cpu', weights_only=False, mmap=not weights)
-    except Exception as error:  # a truncated or foreign file
-        raise UserError(f'checkpoint {file} cannot be read ({type(error).__name__}); '
-                        'delete it and resume from an earlier step') from None
+        checkpoint = torch.load(file, map_location='cpu', weights_only=False, mmap=not weights)
+    except Exception as error:  # a truncated, zeroed or foreign file
+        raise DamagedCheckpoint(file, f'cannot be read ({type(error).__name__}): it is truncated or damaged') from None
+    if weights:
+        return verify(checkpoint, file)
+    if isinstance(checkpoint, dict):
+        checkpoint.pop(CHECKSUM, None)
+    return checkpoint
 
 
 def load(log_dir, step, weights=True):
@@ -104,8 +177,9 @@ def set_rng_state(state, generator):
 
 
 def write(checkpoint, file):
-    """torch.save a checkpoint to file atomically (files.atomic_write)."""
-    files.atomic_write(file, lambda f: torch.save(checkpoint, f))
+    """torch.save a checkpoint with its checksum (contents_digest) to file atomically (files.atomic_write)."""
+    checked = {**checkpoint, CHECKSUM: contents_digest(checkpoint)}
+    files.atomic_write(file, lambda f: torch.save(checked, f))
 
 
 def save(log_dir, step, learner, optimizer, generator, args, val_score):

@@ -16,6 +16,7 @@ from fewshot.engine import checkpoints, distributed, evaluation, faults, loop, t
 
 
 FINISHED = 'finished'
+DAMAGED_SUFFIX = '.damaged'
 
 
 def step_to_continue(command, says=True):
@@ -27,8 +28,7 @@ def step_to_continue(command, says=True):
     steps = checkpoints.saved_steps(log_dir) if os.path.isdir(log_dir) else []
     if not steps:
         return None, None
-    latest = steps[-1]
-    checkpoint = checkpoints.load(log_dir, latest)
+    latest, checkpoint = newest_intact(log_dir, steps, says)
     changed = flags.changed_settings(command, flags.recorded(command, checkpoint))
     if changed:
         raise flags.UserError(f'{log_dir} holds another run (its latest checkpoint, {checkpoints.path(log_dir, latest)}, '
@@ -44,6 +44,28 @@ def step_to_continue(command, says=True):
         print(f'resuming from {checkpoints.path(log_dir, latest)}: {log_dir} holds a run with these settings '
               '(to start anew, choose another --log_dir)')
     return (FINISHED, None) if finished else (latest, checkpoint)
+
+
+def newest_intact(log_dir, steps, main=True):
+    """(step, checkpoint) of the newest of the steps whose checkpoint reads and matches its checksum.
+    main (rank 0): move each damaged one passed over aside (to state{step}.pt.damaged, so that no
+    later run or test picks it) and say so. None intact: a UserError naming them."""
+    damaged = []
+    for step in reversed(steps):
+        file = checkpoints.path(log_dir, step)
+        if not os.path.exists(file):  # moved aside by rank 0 meanwhile
+            continue
+        try:
+            return step, checkpoints.load(log_dir, step)
+        except checkpoints.DamagedCheckpoint as error:
+            damaged.append(os.path.basename(file))
+            if main:
+                os.replace(file, file + DAMAGED_SUFFIX)
+                print(f'not resuming from {file}: it {error.reason}; moved it to {file + DAMAGED_SUFFIX}',
+                      flush=True)
+    raise flags.UserError(f'no intact checkpoint in {log_dir} ({", ".join(damaged)} damaged or unreadable'
+                          f'{", moved aside to *" + DAMAGED_SUFFIX if main else ""}); train anew or choose another '
+                          '--log_dir')
 
 
 def run(command: Command):

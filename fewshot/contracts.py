@@ -23,6 +23,7 @@ class Sampler:
     generator = None           # torch.Generator: set in __init__
     group_names = ()           # names of the task groups a TaskBatch's `groups` index (metabolism: assays)
     meta_batch_ci = False      # --test also prints the course's CI over meta-batch means
+    description = ''           # what its tasks are drawn from, for the test line ('the Omniglot test split ...')
 
     @required
     def sample(self, batch_size):

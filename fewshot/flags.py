@@ -12,10 +12,11 @@ from fewshot import files
 from fewshot.errors import UserError
 
 # What --test does with a flag (at_test):
-MODEL = 'model'          # the model is rebuilt with its trained value; the test tasks take the command line's
-                         # (a model trained 5-shot is tested 1-shot with --num_support 1)
+MODEL = 'model'          # the model is rebuilt with its trained value; the test tasks do not read it
+SHAPE = 'shape'          # the model keeps its trained value; the test tasks take it too unless given at --test
+                         # (a model trained 5-way 5-shot is tested 5-way 5-shot; --num_support 1 tests it 1-shot)
 TASKS = 'tasks'          # the trained value for the test tasks too: it says which tasks the model learned
-TEST_TIME = 'test_time'  # a value given at --test replaces the trained one, for the model too
+TEST_TIME = 'test_time'  # the trained value, for the model and the test tasks, unless given at --test
 RECORDED = 'recorded'    # the run's recorded value unless given, at --test and at resume (where the data is)
 NOT_RECORDED = object()  # before_it_existed: checkpoints without the flag take the command line's value
 
@@ -78,12 +79,17 @@ def model_args(command, trained):
 
 def task_args(command, trained):
     """The flags --test draws its tasks with: the command line's, but TASKS flags as trained and
-    RECORDED flags as trained unless given."""
+    SHAPE, TEST_TIME and RECORDED flags as trained unless given; support_sweep: the K to test
+    (the trained K unless --num_support is given)."""
     merged = dict(vars(command.args))
     for dest, flag in command.flags.items():
-        keeps_trained = flag.at_test == TASKS or (flag.at_test == RECORDED and dest not in command.given)
-        if keeps_trained and dest in trained:
+        unless_given = flag.at_test in (SHAPE, TEST_TIME, RECORDED) and dest not in command.given
+        if (flag.at_test == TASKS or unless_given) and dest in trained:
             merged[dest] = trained[dest]
+    if 'num_support' not in command.given and 'num_support' in trained:
+        shot = trained['num_support']
+        merged['num_support'] = shot[0] if isinstance(shot, list) else shot
+        merged['support_sweep'] = [merged['num_support']]
     return argparse.Namespace(**merged)
 
 
@@ -154,10 +160,12 @@ COMMON = (
          help='directory for logs and checkpoints; default: named from the settings under ./logs'),
     Flag('--data_dir', '--datadir', dest='data_dir', type=str, default=files.DATA_DIR, at_test=RECORDED, shapes_step=False,
          help='folder with the data set (--datadir is the same flag; at --test and resume: the run\'s unless given)'),
-    Flag('--num_way', type=positive_int, default=5, task_name='way', help='classes per task (N)'),
-    Flag('--num_support', type=positive_int, nargs='+', default=[1], task_name='support',
-         help='support examples per class (K); with --test, several values sweep K'),
-    Flag('--num_query', type=positive_int, default=15, task_name='query', help='query examples per class (Q)'),
+    Flag('--num_way', type=positive_int, default=5, task_name='way', at_test=SHAPE,
+         help='classes per task (N; at --test: the trained N unless given)'),
+    Flag('--num_support', type=positive_int, nargs='+', default=[1], task_name='support', at_test=SHAPE,
+         help='support examples per class (K); at --test: the trained K unless given, and several values sweep K'),
+    Flag('--num_query', type=positive_int, default=15, task_name='query', at_test=SHAPE,
+         help='query examples per class (Q; at --test: the trained Q unless given)'),
     Flag('--train_num_way', type=positive_int, default=None, log_name=True, before_it_existed=None,
          help='classes per training task (Snell et al. train wider than they test); validation and test tasks '
               'keep --num_way; default: --num_way'),

@@ -138,6 +138,7 @@ class TaskSampler(contracts.Sampler):
         self.generator = torch.Generator().manual_seed(seed)
         self.transform = transform
         self.class_groups = class_groups
+        self.description = f'{where}: {examples.shape[0]} classes'
         if class_groups is not None:
             self.eligible_groups = torch.nonzero(sizes >= num_way).flatten()  # (G,)
 

@@ -251,3 +251,43 @@ def test_the_flags_left_to_tuning_are_the_execution_flags_at_auto():
     command = cli.parse(maml.PROGRAM, ['--channels_last', 'no'])
     assert flags.left_to_tuning(command) == ['--vmap_tasks', '--group_tasks']
     assert flags.left_to_tuning(cli.parse(protonet.PROGRAM, [])) == ['--channels_last', '--encoder_calls']
+
+
+# ---------------------------------------------------------------- --test draws the tasks the model learned
+
+def trained_flags(program, *flags_given):
+    return vars(cli.parse(program, list(flags_given)).args)
+
+
+def test_test_tasks_take_the_trained_shape_rotations_and_episodes_unless_given():
+    trained = trained_flags(protonet.PROGRAM, '--num_way', '20', '--num_support', '5', '--num_query', '7',
+                            '--augment_rotations', '--split', 'vinyals', '--episodes', 'within_alphabet', '--seed', '3')
+    plain = flags.task_args(cli.parse(protonet.PROGRAM, ['--test']), trained)
+    assert (plain.num_way, plain.num_support, plain.support_sweep, plain.num_query) == (20, 5, [5], 7)
+    assert plain.augment_rotations and plain.class_split == 'vinyals' and plain.episodes == 'within_alphabet'
+    assert plain.seed == 0  # the test tasks do not depend on the training seed
+    given = flags.task_args(cli.parse(protonet.PROGRAM, ['--test', '--num_way', '5', '--num_support', '1', '3',
+                                                         '--episodes', 'random']), trained)
+    assert (given.num_way, given.num_support, given.support_sweep, given.num_query) == (5, 1, [1, 3], 7)
+    assert given.episodes == 'random' and given.augment_rotations  # rotations say which classes it learned
+    model = flags.model_args(cli.parse(protonet.PROGRAM, ['--test', '--num_way', '5']), trained)
+    assert model.num_way == 20  # the model is rebuilt as trained
+
+
+def test_every_flag_the_omniglot_test_sampler_reads_is_drawn_as_trained(tmp_path):
+    """Each flag the test sampler reads takes the trained value unless given (SHAPE, TEST_TIME,
+    RECORDED) or always (TASKS): none is left at the command line's default (MODEL)."""
+    import argparse
+    read = set()
+
+    class Recording(argparse.Namespace):
+        def __getattribute__(self, name):
+            read.add(name)
+            return super().__getattribute__(name)
+    command = cli.parse(protonet.PROGRAM, ['--test', '--data_dir', str(tmp_path / 'absent')])
+    with pytest.raises(Exception):  # reads its flags, then fails to find the data
+        command.dataset.build_sampler('test', Recording(**vars(command.args)), 0, 'cpu')
+    read &= set(command.flags)
+    assert {'num_way', 'num_support', 'num_query', 'augment_rotations', 'class_split', 'episodes'} <= read
+    training_only = {'augment_affine', 'augment_elastic'}  # distort training images only
+    assert [dest for dest in read - training_only if command.flags[dest].at_test == flags.MODEL] == []

@@ -25,6 +25,7 @@ def sine(x, amplitude, phase):
 
 class SinusoidSampler(contracts.Sampler):
     """Batches of sinusoid tasks as TaskBatch: images_* are x (B, M, 1), labels_* are y (B, M, 1)."""
+    description = 'random sinusoids'
 
     def __init__(self, num_support, num_query, seed=0, device='cpu'):
         self.num_support, self.num_query = num_support, num_query

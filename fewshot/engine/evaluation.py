@@ -15,7 +15,7 @@ VAL_SEED = 1  # validation tasks are the same at every validation, in every run
 TARGET_SEED = 2  # and those that confirm --target_accuracy, others of the same split
 GROUP = 'group'
 CSV_COLUMNS = ['log_dir', 'checkpoint_step', 'num_way', 'num_support', 'num_query', 'num_test_tasks', 'metric',
-               'mean', 'ci95']
+               'mean', 'ci95', 'tasks_from']
 
 
 def evaluate_tasks(learner, sampler, num_tasks, batch_size, processes=distributed.ONE, progress=False):
@@ -85,9 +85,10 @@ def append_csv(path, row):
     """Append one result row (a dict over CSV_COLUMNS), writing the header to a new file; a failed
     write (a full disk) is one line."""
     new = not os.path.exists(path) or os.path.getsize(path) == 0
+    columns = CSV_COLUMNS if new else csv_header(path)  # a file of fewer columns keeps them
     try:
         with open(path, 'a', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction='ignore')
             if new:
                 writer.writeheader()
             writer.writerow(row)
@@ -96,22 +97,39 @@ def append_csv(path, row):
                         'test\'s; free space and test again') from None
 
 
+def csv_header(path):
+    with open(path, newline='') as f:
+        return next(csv.reader(f), CSV_COLUMNS)
+
+
+def tasks_line(args, num_support, sampler, task):
+    """What a test draws: '600 5-way 1-shot tasks (15 queries a class) from the Omniglot test split
+    (vinyals): 1692 classes'; regression: '600 tasks of 5 support and 10 query points from ...'."""
+    if task.metric_kind == 'accuracy':
+        shape = f'{args.num_way}-way {num_support}-shot tasks ({args.num_query} queries a class)'
+    else:
+        shape = f'tasks of {num_support} support and {args.num_query} query points'
+    return f'{args.num_test_tasks} {shape} from {sampler.description or "the test split"}'
+
+
 def test_support_sweep(learner, build_sampler, args, processes, log_dir, step):
     """test() once per K of args.support_sweep, each on the tasks a run with only that K
     would draw (one line each; prefixed by K for a sweep); rows appended to --csv.
     Returns (mean, ci95), or a list of them for a sweep."""
     results = []
     for num_support in args.support_sweep:
-        if len(args.support_sweep) > 1 and processes.is_main:
-            print(f'num_support {num_support}: ', end='')
         runtime.seed_everything(args.seed)
         sampler = build_sampler('test', argparse.Namespace(**{**vars(args), 'num_support': num_support}),
                                 args.seed, processes.device)
+        if processes.is_main:
+            print(f'testing on {tasks_line(args, num_support, sampler, learner.task)}', flush=True)
+            if len(args.support_sweep) > 1:
+                print(f'num_support {num_support}: ', end='')
         mean, ci95 = test(learner, sampler, args.num_test_tasks, args.batch_size, processes)
         results.append((mean, ci95))
         if args.csv and processes.is_main:
             append_csv(args.csv, {'log_dir': log_dir, 'checkpoint_step': step, 'num_way': args.num_way,
                                   'num_support': num_support, 'num_query': args.num_query,
                                   'num_test_tasks': args.num_test_tasks, 'metric': learner.key_metric,
-                                  'mean': f'{mean:.6f}', 'ci95': f'{ci95:.6f}'})
+                                  'mean': f'{mean:.6f}', 'ci95': f'{ci95:.6f}', 'tasks_from': sampler.description})
     return results if len(results) > 1 else results[0]

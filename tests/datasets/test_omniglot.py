@@ -1,4 +1,5 @@
 """The Omniglot source, cache and split."""
+import csv
 import os
 import urllib.error
 import urllib.request
@@ -185,10 +186,32 @@ def test_test_uses_the_checkpoints_class_split(omniglot_dir, tmp_path, monkeypat
     flags = ['--data_dir', omniglot_dir, '--log_dir', str(tmp_path), '--num_hidden_channels', '4', '--batch_size', '2',
              '--num_val_tasks', '2', '--num_query', '2']
     protonet.main(['--split', 'lake', '--num_train_iterations', '1', *flags])
-    assert {f.dest for f in registry.dataset('omniglot').flags if f.at_test == TASKS} == {'class_split', 'image_size'}
+    assert {f.dest for f in registry.dataset('omniglot').flags if f.at_test == TASKS} == {
+        'class_split', 'image_size', 'augment_rotations'}
     seen = []
     real = omniglot_dataset.split_indices
     monkeypatch.setattr(omniglot_dataset, 'split_indices', lambda class_split, names=None: seen.append(class_split) or
                         real(class_split, names))
     protonet.main(['--test', '--num_test_tasks', '2', *flags])  # no --split: the checkpoint's
     assert seen == ['lake'] and 'Accuracy over 2 test tasks' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('split, classes', [('vinyals', 4 * 423), ('lake', 659)])
+def test_test_draws_the_trained_tasks(omniglot_dir, tmp_path, capsys, split, classes):
+    """A rotation-trained run tests on the rotated test classes (Vinyals et al.'s 1692; Lake's test stays
+    upright), at the trained way, shot and queries unless given."""
+    import protonet
+    flags = ['--data_dir', omniglot_dir, '--log_dir', str(tmp_path), '--num_hidden_channels', '4', '--batch_size', '2',
+             '--num_val_tasks', '2']
+    protonet.main(['--split', split, '--augment_rotations', '--num_way', '3', '--num_support', '2', '--num_query', '4',
+                   '--num_train_iterations', '1', *flags])
+    capsys.readouterr()
+    protonet.main(['--test', '--num_test_tasks', '2', *flags])  # no task flags: the trained ones
+    where = f'the Omniglot test split ({split}): {classes} classes'
+    assert f'testing on 2 3-way 2-shot tasks (4 queries a class) from {where}' in capsys.readouterr().out
+    protonet.main(['--test', '--num_test_tasks', '2', '--num_way', '5', '--num_support', '1', '--num_query', '3',
+                   '--csv', str(tmp_path / 'test.csv'), *flags])
+    assert f'testing on 2 5-way 1-shot tasks (3 queries a class) from {where}' in capsys.readouterr().out
+    with open(tmp_path / 'test.csv') as f:
+        row = next(csv.DictReader(f))
+    assert (row['num_way'], row['num_support'], row['num_query'], row['tasks_from']) == ('5', '1', '3', where)

@@ -110,6 +110,7 @@ class MoleculeTaskSampler(contracts.Sampler):
         self.examples = torch.from_numpy(np.concatenate([c for a in self.assays for c in pools[a]])).to(device)
         self.num_support, self.num_query = num_support, num_query
         self.generator = torch.Generator().manual_seed(seed)
+        self.description = f'{where}: {len(self.assays)} assays'
 
     def sample(self, batch_size):
         """A TaskBatch: images_support (B, 2*K, D) float32 features, labels_support (B, 2*K), ...,

@@ -124,8 +124,9 @@ class Omniglot(contracts.Dataset):
              help="the classes of train / val / test: the course's random one, Vinyals et al.'s, Vinyals et al.'s "
                   "training on train and val (Snell et al.'s retraining: validation then scores trained classes), "
                   "or Lake et al.'s background / evaluation (at --test: the checkpoint's)"),
-        Flag('--augment_rotations', default=False, action='store_true', log_name=True,
-             help='rotations by 90/180/270 degrees become new classes'),
+        Flag('--augment_rotations', default=False, action='store_true', log_name=True, at_test=TASKS,
+             help='rotations by 90/180/270 degrees become new classes, in every split but Lake\'s validation and '
+                  'test (Vinyals et al.\'s split lists 4 x 423 test classes; at --test: the checkpoint\'s)'),
         Flag('--image_size', type=int, choices=IMAGE_SIZES, default=IMAGE_SIZE, log_name=True, at_test=TASKS,
              before_it_existed=IMAGE_SIZE, help="images' side in pixels: 28 the course's; larger sizes are made "
                                                 'from the 105x105 originals (images_background.zip and '

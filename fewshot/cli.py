@@ -75,7 +75,7 @@ def parse(program, argv=None):
         parser.set_defaults(**recipe)
         args, unknown = parser.parse_known_args(argv)
     if unknown:
-        raise flags.UserError(unknown_flags_line(unknown, program.file, algorithms, datasets, algorithm_name,
+        raise flags.UserError(unknown_flags_line(parser, unknown, program.file, algorithms, datasets, algorithm_name,
                                                  dataset_name))
     given = flags.given_on_command_line(parser, argv)
     if not algorithm.fits(dataset):
@@ -100,7 +100,7 @@ def pair_epilog(algorithm_name, dataset_name, pair):
     return f'--algorithm {algorithm_name} on --dataset {dataset_name} defaults to {settings} (fewshot/registry.py)'
 
 
-def unknown_flags_line(unknown, program_file, algorithms, datasets, algorithm_name, dataset_name):
+def unknown_flags_line(parser, unknown, program_file, algorithms, datasets, algorithm_name, dataset_name):
     """One line on flags the run does not take, naming whose they are when another algorithm or
     dataset the program offers has them."""
     owners = {}
@@ -113,7 +113,7 @@ def unknown_flags_line(unknown, program_file, algorithms, datasets, algorithm_na
     if first in owners:
         return (f'{first} is a flag of {owners[first]}, not of --algorithm {algorithm_name} on --dataset '
                 f'{dataset_name}; drop it (see {program_file} --help)')
-    return f'unrecognized arguments: {" ".join(unknown)}; see {program_file} --help'
+    return f'{flags.unknown_flag_line(parser, unknown)}; see {program_file} --help'
 
 
 def default_log_dir(args, defaults, algorithm, dataset, declared):

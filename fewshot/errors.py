@@ -7,9 +7,9 @@ class UserError(Exception):
 
 
 def run_cli(main):
-    """Call `main()`; turn a UserError into `error: ...` on stderr and exit 2."""
+    """Call `main()` and return what it returns; turn a UserError into `error: ...` on stderr and exit 2."""
     try:
-        main()
+        return main()
     except UserError as error:
         print(f'error: {error}', file=sys.stderr)
         sys.exit(2)

@@ -6,6 +6,7 @@ checkpoints do with it. The code that needs a role asks the declarations.
     Flag('--features', default='morgan_counts', log_name=True, at_test=TASKS, before_it_existed='morgan')
 """
 import argparse
+import difflib
 import math
 
 from fewshot import files
@@ -257,14 +258,32 @@ class HelpWithDefaults(argparse.HelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (a UserError) naming the flag, without the usage block,
-    and whose --help shows each flag's default."""
+    """argparse that takes no abbreviation of a flag, whose errors are one line (a UserError) naming
+    the flag (and the closest real one to an unknown flag), without the usage block, and whose
+    --help shows each flag's default."""
 
     def __init__(self, **options):
-        super().__init__(formatter_class=HelpWithDefaults, **options)
+        super().__init__(**{'formatter_class': HelpWithDefaults, 'allow_abbrev': False, **options})
 
     def error(self, message):
+        if message.startswith('unrecognized arguments: '):
+            message = unknown_flag_line(self, message.split(': ', 1)[1].split())
         raise UserError(f'{message}; see {self.prog} --help')
+
+
+def closest_flags(parser, typed):
+    """The parser's flags that typed ('--lr') begins or resembles, closest first (at most 3)."""
+    names = [name for action in parser._actions for name in action.option_strings if name.startswith('--')]
+    begun = [name for name in names if name.startswith(typed)]
+    return list(dict.fromkeys(begun + difflib.get_close_matches(typed, names, n=3, cutoff=0.6)))[:3]
+
+
+def unknown_flag_line(parser, unknown):
+    """'unrecognized arguments: --lr 100 (flags are not abbreviated; did you mean --lr_halving_steps?)'."""
+    typed = next((word.split('=')[0] for word in unknown if word.startswith('--')), None)
+    closest = closest_flags(parser, typed) if typed else []
+    hint = f' (flags are never abbreviated; did you mean {" or ".join(closest)}?)' if closest else ''
+    return f'unrecognized arguments: {" ".join(unknown)}{hint}'
 
 
 def given_on_command_line(parser, argv):

@@ -291,3 +291,33 @@ def test_every_flag_the_omniglot_test_sampler_reads_is_drawn_as_trained(tmp_path
     assert {'num_way', 'num_support', 'num_query', 'augment_rotations', 'class_split', 'episodes'} <= read
     training_only = {'augment_affine', 'augment_elastic'}  # distort training images only
     assert [dest for dest in read - training_only if command.flags[dest].at_test == flags.MODEL] == []
+
+
+# ---------------------------------------------------------------- no abbreviations
+
+@pytest.mark.parametrize('program', [protonet, maml, run_metabolism])
+def test_an_abbreviated_flag_is_refused_naming_the_real_one(program):
+    with pytest.raises(UserError, match=r'unrecognized arguments: --lr 100 \(flags are never abbreviated; did you '
+                                        r'mean --lr_halving_steps'):
+        program.main(['--lr', '100'])
+    with pytest.raises(UserError, match='did you mean --learning_rate'):
+        program.main(['--learning_rat', '0.1'])
+    with pytest.raises(UserError, match='unrecognized arguments: --test_tasks'):  # before any parse of a checkpoint
+        program.main(['--test', '--test_tasks', '5'])
+
+
+def test_the_tools_refuse_abbreviations_in_one_line(capsys, tmp_path):
+    from tools import bench, report
+    from tools.lake import select as lake_select
+    with pytest.raises(UserError, match='--onl .*did you mean --only'):
+        report.parse_args(['--onl', 'protonet_5w1s'])
+    (tmp_path / 'state0.pt').touch()
+    (tmp_path / 'runs.zip').touch()
+    runs = str(tmp_path / 'runs.zip')
+    for main, argv, real in ((lake_select.main, ['--log_dir', str(tmp_path), '--val_runs', runs, '--test_runs', runs,
+                                                 '--ever', '5'], '--every'),
+                             (bench.main, ['--repeat', '2'], '--repeats')):
+        with pytest.raises(SystemExit):
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith('error: ') and f'did you mean {real}' in err[0], err

@@ -23,6 +23,7 @@ import os
 import torch
 
 from fewshot import files, flags, runtime
+from fewshot.errors import run_cli
 from tools.bench import compute, grouped, growth, layout, naive, ours, precision, steps, time_to_target
 from tools.bench.common import matmul_gflops, peak_memory_mb
 
@@ -33,7 +34,7 @@ CHILDREN = {'protonet_naive': naive.child_protonet_naive, 'protonet': ours.child
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = flags.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data_dir', default=files.DATA_DIR, help='holds omniglot_resized.zip (the naive pipeline reads it)')
     parser.add_argument('--repeats', type=flags.positive_int, default=5)
     parser.add_argument('--only', choices=['protonet', 'maml', 'processes', 'maml_compute', 'maml_memory', 'levers',
@@ -62,7 +63,7 @@ def main(argv=None):
     parser.add_argument('--shot', type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument('--inner_lr', type=float, default=0.4, help=argparse.SUPPRESS)
     parser.add_argument('--tasks_per_backward', type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = run_cli(lambda: parser.parse_args(argv))  # a bad flag: one line, exit 2
     device = runtime.resolve_device(args.device)
     if args.child:
         result = CHILDREN[args.child](args, device)
@@ -103,4 +104,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -5,26 +5,25 @@ the held-out validation alphabets of images_background.zip (for choosing models)
     python -m tools.lake.build_runs --data_dir D/omniglot --set background_validation --runs 40 val_runs.zip
     python -m tools.lake.build_runs --data_dir D/omniglot --set evaluation eval_runs.zip
 """
-import argparse
 import os
 
-from fewshot import files
+from fewshot import files, flags
 from fewshot.datasets.omniglot import lake_runs
 from fewshot.datasets.omniglot.dataset import VALIDATION_ALPHABETS
-from fewshot.errors import UserError
+from fewshot.errors import UserError, run_cli
 
 SETS = {'evaluation': ('images_evaluation.zip', None),
         'background_validation': ('images_background.zip', VALIDATION_ALPHABETS)}
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = flags.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('target', help='the zip to write')
     parser.add_argument('--data_dir', default=files.DATA_DIR, help='the folder holding the official zips')
     parser.add_argument('--set', choices=list(SETS), default='evaluation')
     parser.add_argument('--runs', type=int, choices=range(1, 100), default=lake_runs.NUM_RUNS, metavar='1..99')
     parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args(argv)
+    args = run_cli(lambda: parser.parse_args(argv))  # a bad flag: one line, exit 2
     name, alphabets = SETS[args.set]
     source = os.path.join(args.data_dir, name)
     if not os.path.isfile(source):
@@ -37,4 +36,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -21,7 +21,7 @@ import torch
 from fewshot import cli, flags, registry, runtime
 from fewshot.datasets.omniglot import lake_runs
 from fewshot.engine import checkpoints, runner
-from fewshot.errors import UserError
+from fewshot.errors import UserError, run_cli
 from tools.lake.select import runs_file, spread
 
 
@@ -71,13 +71,13 @@ def member(text):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = flags.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--members', nargs='+', required=True, type=member, metavar='LOG_DIR:STEP')
     parser.add_argument('--val_runs', required=True, type=runs_file)
     parser.add_argument('--test_runs', nargs='+', required=True, type=runs_file,
                         help='each scored once by the chosen members')
     parser.add_argument('--test_flags', default='', help="flags for every scoring, e.g. '--test_views 8'")
-    args = parser.parse_args(argv)
+    args = run_cli(lambda: parser.parse_args(argv))  # a bad flag: one line, exit 2
     try:
         score(args)
     except UserError as error:  # e.g. a member not trained on --split lake
@@ -103,4 +103,4 @@ def score(args):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

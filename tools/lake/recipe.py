@@ -8,11 +8,11 @@ are kept, an unfinished member resumes from its last checkpoint.
     python -m tools.lake.recipe --data_dir D/omniglot --out OUT [--official_runs all_runs.zip] \
         [--train_flags '--device gpu']
 """
-import argparse
 import os
 import shlex
 
-from fewshot import cli, registry
+from fewshot import cli, flags, registry
+from fewshot.errors import run_cli
 from tools.lake import build_runs, ensemble, select
 from tools.lake.select import runs_file
 
@@ -32,21 +32,21 @@ TEST_FLAGS = '--test_views 8'
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = flags.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data_dir', required=True, help='the folder holding the official Omniglot zips')
     parser.add_argument('--out', required=True, help='where the runs and the members\' log dirs go')
     parser.add_argument('--official_runs', type=runs_file, help="Lake's all_runs.zip (or its folder), scored after the evaluation runs")
     parser.add_argument('--train_flags', default='', help="flags added to every member's training, e.g. '--device gpu'")
-    args = parser.parse_args(argv)
+    args = run_cli(lambda: parser.parse_args(argv))  # a bad flag: one line, exit 2
     runs = {name: os.path.join(args.out, name) for name in RUNS}
     for name, path in runs.items():
         if not os.path.exists(path):
             build_runs.main([path, '--data_dir', args.data_dir, *RUNS[name].split()])
     members = []
-    for name, flags in MEMBERS.items():
+    for name, member_flags in MEMBERS.items():
         log_dir = os.path.join(args.out, name)
-        print(f'member {name}: {flags}', flush=True)
-        cli.main(registry.program('protonet.py'), [*COMMON.split(), *flags.split(), '--data_dir', args.data_dir, '--log_dir', log_dir,
+        print(f'member {name}: {member_flags}', flush=True)
+        cli.main(registry.program('protonet.py'), [*COMMON.split(), *member_flags.split(), '--data_dir', args.data_dir, '--log_dir', log_dir,
                        *shlex.split(args.train_flags)])
         step, _ = select.choose_step(log_dir, runs['val_runs.zip'])
         members.append(f'{log_dir}:{step}')
@@ -56,4 +56,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

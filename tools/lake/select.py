@@ -15,8 +15,9 @@ import re
 
 import numpy as np
 
-from fewshot import cli, registry
+from fewshot import cli, flags, registry
 from fewshot.engine import checkpoints
+from fewshot.errors import run_cli
 
 PER_RUN = re.compile(r'^run\d+: error rate ([0-9.]+)%', re.M)
 
@@ -63,13 +64,13 @@ def choose_step(log_dir, val_runs, every=100, extra=()):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = flags.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--log_dir', required=True, type=trained_log_dir)
     parser.add_argument('--val_runs', required=True, type=runs_file)
     parser.add_argument('--test_runs', required=True, type=runs_file)
     parser.add_argument('--every', type=int, default=100, help='score the checkpoints at multiples of this step')
     parser.add_argument('--test_flags', default='', help="flags for every scoring, e.g. '--test_views 8'")
-    args = parser.parse_args(argv)
+    args = run_cli(lambda: parser.parse_args(argv))  # a bad flag: one line, exit 2
     best, scored = choose_step(args.log_dir, args.val_runs, args.every, args.test_flags.split())
     test = run_errors(args.log_dir, best, args.test_runs, args.test_flags.split())
     print(f'chosen step {best}: validation runs {spread(scored[best])} ({len(scored[best])} runs), '
@@ -77,4 +78,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -15,5 +15,6 @@ if [ $# -gt 0 ]; then shift; fi
 case "$datadir" in ''|/*) ;; *) datadir="$PWD/$datadir" ;; esac  # a DIR you give is where you are
 cd "$(dirname "$0")"
 datadir="${datadir:-./data/metabolism}"
-exec python run_metabolism.py --datadir "$datadir" --num_way 2 --num_support 5 --num_query 10 \
-    --batch_size 4 --num_train_iterations 8000 --learning_rate 0.0005 "$@"
+# the course's settings are the metabolism dataset's defaults (2-way 5-shot, 10 queries, 4 tasks a meta-batch,
+# 8000 iterations, lr 5e-4): not repeated here, so that each --algorithm keeps its own (Reptile's meta step 1.0)
+exec python run_metabolism.py --datadir "$datadir" "$@"

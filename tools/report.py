@@ -28,7 +28,7 @@ from fewshot.flags import ArgumentParser, HelpWithDefaults, positive_int
 from fewshot.engine import checkpoints
 from tools.report_figures import (plot_curves, plot_k_sweep, quick_note, read_csv, read_curve, results_table,
                                   validation_clock)
-from tools.report_jobs import run_command, run_commands, visible_gpus
+from tools.report_jobs import portable, run_command, run_commands, visible_gpus
 
 K_SWEEP = [1, 2, 4, 6, 8, 10]
 
@@ -301,7 +301,7 @@ def write_papers_report(args):
     commands = ['| experiment | training steps | command (plus `--data_dir D --device ...`) |', '|---|---|---|'] + [
         f'| `{n}` | {steps} | `python {script} {" ".join(flags)}` |' for n, (script, flags, steps) in table.items()]
     sections = [f'# The papers\' Omniglot table{length_note(args)}', '',
-                'Made by `python report.py ' + ' '.join(sys.argv[1:]) + '`. Settings and their sources: '
+                'Made by `python report.py ' + ' '.join(portable(sys.argv[1:])) + '`. Settings and their sources: '
                 'docs/results.md.', '',
                 *commands, '', paper_table(args), '']
     with open(os.path.join(args.out, 'index.md'), 'w') as f:
@@ -319,7 +319,7 @@ def write_report(args):
         print(f'the report waits for {", ".join(unfinished)}: run report.py again without --only')
         return
     sections = [f'# Homework report{quick_note(args.quick)}', '',
-                'Made by `python report.py ' + ' '.join(sys.argv[1:]) + '`. Steps per run: '
+                'Made by `python report.py ' + ' '.join(portable(sys.argv[1:])) + '`. Steps per run: '
                 + ', '.join(f'{n} {steps}' for n, (_, _, steps) in table.items()) + '.', '']
     for figure, (title, caption, lines) in COMPARISONS.items():
         curves = {label: read_curve(os.path.join(out, 'runs', name)) for name, label in lines}

@@ -7,20 +7,35 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def from_root(path):
+    """A path as the project folder reaches it: relative ('reports/fast/runs/x', '../shared/data/omniglot'),
+    so that what the runs record (log dirs, data folders) holds no machine's absolute paths."""
+    return os.path.relpath(path, ROOT) if os.path.isabs(path) else path
+
+
+def portable(command):
+    """The command with each absolute path ('/x/y', '--flag=/x/y') made relative to the project folder."""
+    def word_from_root(word):
+        flag, equals, value = word.rpartition('=') if word.startswith('--') else ('', '', word)
+        return f'{flag}{equals}{from_root(value)}' if os.path.isabs(value) else word
+    return [word_from_root(word) for word in command]
+
+
 def run_command(command):
     """Run `python script ...` from the project folder with this interpreter, echoing it."""
     run_commands([command], jobs=1)
 
 
 def run_commands(commands, jobs, gpus=(), logs=None):
-    """Run `python ...` commands from the project folder, up to `jobs` at once.
+    """Run `python ...` commands from the project folder, up to `jobs` at once, their absolute
+    paths made relative to it (portable).
 
     With jobs > 1 each command's output goes to the matching file of logs, and
     with GPUs listed (`gpus`: CUDA device ids) each running command gets one of
     them alone through CUDA_VISIBLE_DEVICES. The first command that fails stops
     the others and raises SystemExit with one line naming it.
     """
-    waiting, running, failed = list(enumerate(commands)), {}, []
+    waiting, running, failed = list(enumerate(map(portable, commands))), {}, []
     free = list(gpus)
     while waiting or running:
         while waiting and len(running) < jobs:

@@ -6,7 +6,7 @@ import pytest
 from fewshot import cli
 from fewshot.errors import UserError
 from fewshot.engine import checkpoints
-from tools import report
+from tools import report, report_jobs
 
 
 def write_events(log_dir, tag, points, mtime=None):
@@ -89,6 +89,16 @@ def marker_command(folder, name, seconds=1.0):
             f"open(os.path.join({str(folder)!r}, {name!r}), 'w').write("
             f"f'{{start}} {{time.time()}} {{os.environ.get(\"CUDA_VISIBLE_DEVICES\")}}')")
     return ['python', '-c', code]
+
+
+def test_commands_run_with_paths_relative_to_the_project_folder(tmp_path):
+    root = report_jobs.ROOT
+    command = ['python', 'protonet.py', '--log_dir', os.path.join(root, 'reports', 'x'), f'--data_dir={tmp_path}',
+               '--num_way', '5', 'relative/kept']
+    made = report_jobs.portable(command)
+    assert made[:4] == ['python', 'protonet.py', '--log_dir', os.path.join('reports', 'x')]
+    assert made[4] == f'--data_dir={os.path.relpath(tmp_path, root)}' and made[5:] == command[5:]
+    assert os.path.samefile(os.path.join(root, made[4].split('=')[1]), tmp_path)
 
 
 def test_jobs_run_at_once_each_with_its_own_gpu(tmp_path):
@@ -242,6 +252,11 @@ def test_one_entry_alone_resumes_is_tested_once_and_then_kept(omniglot_dir, tmp_
     cells = rows['ProtoNet'].split(' | ')
     assert cells[4] == f'{checkpoints.best_step(log_dir) + 1} / 4' and cells[7] == tuning.machine()
     assert cells[6] == 'no' and cells[8:10] == ['5', '1000'] and 0 < float(cells[10].split(' ± ')[0]) <= 100
+    tested = [row for table in (tmp_path / 'tests').glob('*.csv') for row in report.read_csv(table)]
+    assert tested and all(row['tasks_from'] == 'the Omniglot test split (vinyals): 1692 classes' for row in tested)
+    assert all(not os.path.isabs(row['log_dir']) and os.path.exists(os.path.join(report_jobs.ROOT, row['log_dir']))
+               for row in tested)  # relative to the project folder, where the runs run
+    assert str(tmp_path) not in (tmp_path / 'index.md').read_text()
     monkeypatch.setattr(report, 'run_commands', refuse)
     monkeypatch.setattr(report, 'run_command', refuse)
     report.main(argv)  # finished, and its test read back: the test classes are touched once

@@ -54,7 +54,8 @@ def parse(program, argv=None):
     algorithm_name, dataset_name = _chosen(algorithms, datasets, argv)
     algorithm, dataset = registry.algorithm(algorithm_name), registry.dataset(dataset_name)
     pair = registry.PAIR_DEFAULTS.get((dataset_name, algorithm_name), {})
-    parser = flags.ArgumentParser(prog=program.file, description=program.description, epilog=pair_epilog(
+    parser = flags.ArgumentParser(prog=program.file, usage='%(prog)s [-h] [--FLAG VALUE ...]  (the flags by section below)',
+                                  description=program.description, epilog=pair_epilog(
         algorithm_name, dataset_name, pair))
     if len(algorithms) > 1:
         parser.add_argument('--algorithm', choices=algorithms, help='the meta-learning algorithm')
@@ -62,8 +63,7 @@ def parse(program, argv=None):
         parser.add_argument('--dataset', choices=datasets, help='the tasks (flags below are this one\'s)')
     recipe = registry.FAST_RECIPES.get((dataset_name, algorithm_name))
     declared = (*run_flags(algorithm, dataset), *((flags.fast_flag(recipe),) if recipe else ()))
-    for flag in declared:
-        flag.add_to(parser)
+    add_in_help_groups(parser, declared, algorithm, dataset)
     defaults = {**algorithm.defaults, **dataset.defaults, **pair, **algorithm.own_defaults}
     stray = set(defaults) - {flag.dest for flag in declared}
     if stray:
@@ -90,6 +90,16 @@ def parse(program, argv=None):
     log_dir = args.log_dir or default_log_dir(args, plain_defaults, algorithm, dataset, declared)
     return Command(args, given, {flag.dest: flag for flag in declared}, algorithm, dataset, log_dir, program.file,
                    tuple(argv))
+
+
+def add_in_help_groups(parser, declared, algorithm, dataset):
+    """Add the flags to the parser in --help's sections (flags.HELP_GROUPS), each from its roles and owner."""
+    owner = {id(flag): kind for kind, owned in (('algorithm', algorithm.flags), ('dataset', dataset.flags))
+             for flag in owned}
+    sections = {group: parser.add_argument_group(title.format(algorithm=f'--algorithm {algorithm.name}'))
+                for group, title in flags.HELP_GROUPS.items()}
+    for flag in declared:
+        flag.add_to(sections[flags.help_group(flag, owner.get(id(flag), 'common'))])
 
 
 def pair_epilog(algorithm_name, dataset_name, pair):

@@ -34,11 +34,13 @@ class Flag:
     resume_may_change: a resumed run may take another value; else it must keep the trained one.
     shapes_step: part of the tuning cache key (it may change which way to compute a step is fastest).
     before_it_existed: the value of checkpoints written before the flag existed.
+    group: its section of --help (HELP_GROUPS); None: from its roles and owner (help_group).
     """
 
     def __init__(self, *names, log_name=False, task_name=None, execution=False, at_test=MODEL,
-                 resume_may_change=False, shapes_step=True, before_it_existed=NOT_RECORDED, **argparse_options):
-        self.names, self.options = names, argparse_options
+                 resume_may_change=False, shapes_step=True, before_it_existed=NOT_RECORDED, group=None,
+                 **argparse_options):
+        self.names, self.options, self.group = names, argparse_options, group
         self.dest = argparse_options.get('dest') or names[0].lstrip('-')
         self.log_name, self.task_name, self.execution, self.at_test = log_name, task_name, execution, at_test
         self.resume_may_change = resume_may_change or at_test == RECORDED
@@ -50,6 +52,28 @@ class Flag:
 
     def add_to(self, parser):
         parser.add_argument(*self.names, **self.options)
+
+
+# --help's sections, in order; ALGORITHM is the algorithm's own
+DATA, TASK, TRAINING, ALGORITHM, EXECUTION, TEST = 'data', 'task', 'training', 'algorithm', 'execution', 'test'
+HELP_GROUPS = {
+    DATA: 'data (where the examples come from, and which classes each split holds)',
+    TASK: 'task (the N-way K-shot tasks)',
+    TRAINING: 'training (the meta-updates, validation and checkpoints)',
+    ALGORITHM: '{algorithm} (its own flags)',
+    EXECUTION: 'execution (where and how a step is computed: the same numbers, but for --precision)',
+    TEST: 'test (--test and what it reports)',
+}
+
+
+def help_group(flag, owner):
+    """A flag's --help section: its own group, else EXECUTION for flags that pick a way to
+    compute, ALGORITHM or DATA by its owner ('algorithm', 'dataset' or 'common'), else TRAINING."""
+    if flag.group:
+        return flag.group
+    if flag.execution:
+        return EXECUTION
+    return {'algorithm': ALGORITHM, 'dataset': DATA}.get(owner, TRAINING)
 
 
 # ---------------------------------------------------------------- what the roles do
@@ -160,17 +184,18 @@ COMMON = (
     Flag('--log_dir', type=str, default=None, resume_may_change=True, shapes_step=False,
          help='directory for logs and checkpoints; default: named from the settings under ./logs'),
     Flag('--data_dir', '--datadir', dest='data_dir', type=str, default=files.DATA_DIR, at_test=RECORDED, shapes_step=False,
+         group=DATA,
          help='folder with the data set (--datadir is the same flag; at --test and resume: the run\'s unless given)'),
-    Flag('--num_way', type=positive_int, default=5, task_name='way', at_test=SHAPE,
+    Flag('--num_way', type=positive_int, default=5, task_name='way', at_test=SHAPE, group=TASK,
          help='classes per task (N; at --test: the trained N unless given)'),
-    Flag('--num_support', type=positive_int, nargs='+', default=[1], task_name='support', at_test=SHAPE,
+    Flag('--num_support', type=positive_int, nargs='+', default=[1], task_name='support', at_test=SHAPE, group=TASK,
          help='support examples per class (K); at --test: the trained K unless given, and several values sweep K'),
-    Flag('--num_query', type=positive_int, default=15, task_name='query', at_test=SHAPE,
+    Flag('--num_query', type=positive_int, default=15, task_name='query', at_test=SHAPE, group=TASK,
          help='query examples per class (Q; at --test: the trained Q unless given)'),
-    Flag('--train_num_way', type=positive_int, default=None, log_name=True, before_it_existed=None,
+    Flag('--train_num_way', type=positive_int, default=None, log_name=True, before_it_existed=None, group=TASK,
          help='classes per training task (Snell et al. train wider than they test); validation and test tasks '
               'keep --num_way; default: --num_way'),
-    Flag('--train_num_query', type=positive_int, default=None, log_name=True, before_it_existed=None,
+    Flag('--train_num_query', type=positive_int, default=None, log_name=True, before_it_existed=None, group=TASK,
          help='query examples per class in training tasks; validation and test tasks keep --num_query; '
               'default: --num_query'),
     Flag('--batch_size', type=positive_int, default=16, help='tasks per meta-batch (B)'),
@@ -179,7 +204,7 @@ COMMON = (
               'the initial meta step size for Reptile'),
     Flag('--lr_halving_steps', type=non_negative_int, default=0, log_name=True,
          help='halve the learning rate every this many steps (Snell et al.: 2000); 0: never'),
-    Flag('--tasks_per_backward', type=non_negative_int, default=None,
+    Flag('--tasks_per_backward', type=non_negative_int, default=None, group=EXECUTION,
          help="tasks per backward pass within a meta-batch: holds one group's graph at a time (second-order "
               "MAML's memory), same gradient; 0: the whole meta-batch at once; default: the learner's "
               '(1 for a per-task MAML loop, else 0)'),
@@ -187,20 +212,20 @@ COMMON = (
          help="L2 penalty of the meta-update (the optimizer's weight_decay); 0: none"),
     Flag('--num_train_iterations', type=positive_int, default=5000, resume_may_change=True, shapes_step=False,
          help='meta-updates in the whole run'),
-    Flag('--test', default=False, action='store_true', resume_may_change=True, shapes_step=False,
+    Flag('--test', default=False, action='store_true', resume_may_change=True, shapes_step=False, group=TEST,
          help='test a checkpoint instead of training'),
-    Flag('--checkpoint_step', type=checkpoint_step, default=-1, resume_may_change=True, shapes_step=False,
+    Flag('--checkpoint_step', type=checkpoint_step, default=-1, resume_may_change=True, shapes_step=False, group=TEST,
          help='checkpoint to resume from or test; -1: train from scratch, or test the best'),
-    Flag('--num_test_tasks', type=positive_int, default=600, resume_may_change=True, shapes_step=False,
+    Flag('--num_test_tasks', type=positive_int, default=600, resume_may_change=True, shapes_step=False, group=TEST,
          help='tasks evaluated by --test'),
-    Flag('--csv', type=str, default=None, resume_may_change=True, shapes_step=False,
+    Flag('--csv', type=str, default=None, resume_may_change=True, shapes_step=False, group=TEST,
          help='with --test: also append the results to this CSV file'),
     Flag('--num_val_tasks', type=positive_int, default=64, shapes_step=False, help='tasks at each validation'),
     Flag('--val_interval', type=positive_int, default=50, resume_may_change=True, shapes_step=False,
          before_it_existed=50, help='validate every this many steps (and at the last)'),
-    Flag('--device', type=str, default='cpu', at_test=TEST_TIME, resume_may_change=True,
+    Flag('--device', type=str, default='cpu', at_test=TEST_TIME, resume_may_change=True, group=EXECUTION,
          help='cpu, gpu (CUDA, else MPS), cuda, mps or auto'),
-    Flag('--num_workers', type=non_negative_int, default=2, resume_may_change=True, shapes_step=False,
+    Flag('--num_workers', type=non_negative_int, default=2, resume_may_change=True, shapes_step=False, group=EXECUTION,
          help="the course's flag, accepted and unused: tasks are drawn from an in-memory array"),
     Flag('--seed', type=seed, default=0, shapes_step=False, help='seeds initialisation and task sampling'),
     Flag('--target_accuracy', type=fraction, default=None, resume_may_change=True, shapes_step=False,
@@ -210,7 +235,7 @@ COMMON = (
          before_it_existed=0, help='a validation at or above --target_accuracy is redone on this many other '
                                     'validation tasks, which must reach it too (a mean over --num_val_tasks, '
                                     'checked again and again, passes by luck now and then)'),
-    Flag('--precision', choices=['fp32', 'bf16', 'auto'], default='fp32',
+    Flag('--precision', choices=['fp32', 'bf16', 'auto'], default='fp32', group=EXECUTION,
          help='bf16: convolutions and matrix products in bfloat16 (torch.autocast), on GPUs and on CPUs with '
               'AVX512-BF16 or AMX; parameters, optimizer and losses stay float32; auto: bf16 where the device '
               'has it natively, else fp32'),

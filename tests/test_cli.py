@@ -321,3 +321,24 @@ def test_the_tools_refuse_abbreviations_in_one_line(capsys, tmp_path):
             main(argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith('error: ') and f'did you mean {real}' in err[0], err
+
+
+# ---------------------------------------------------------------- --help
+
+@pytest.mark.parametrize('program, own', [(protonet.PROGRAM, '--joint_batch_norm'), (maml.PROGRAM, '--inner_lr'),
+                                          (run_metabolism.PROGRAM, '--joint_batch_norm')])
+def test_help_shows_the_flags_in_sections_by_role(capsys, program, own):
+    with pytest.raises(SystemExit):
+        cli.parse(program, ['--help'])
+    lines = capsys.readouterr().out.splitlines()
+    headings = [i for i, line in enumerate(lines) if line and not line.startswith(' ') and line.endswith('):')]
+    titles = [lines[i].split(' (')[0] for i in headings]
+    assert titles == ['data', 'task', 'training', f'--algorithm {program.offers()[0][0]}', 'execution', 'test']
+
+    def section_of(flag):
+        at = next(i for i, line in enumerate(lines) if line.startswith(f'  {flag} ') or line == f'  {flag}')
+        return titles[max(j for j, h in enumerate(headings) if h < at)]
+    expected = {'--data_dir': 'data', '--num_support': 'task', '--train_num_way': 'task', '--learning_rate': 'training',
+                '--device': 'execution', '--precision': 'execution', '--checkpoint_step': 'test', '--csv': 'test',
+                own: titles[3]}
+    assert {flag: section_of(flag) for flag in expected} == expected

@@ -211,7 +211,7 @@ class ProtoNetAlgorithm(contracts.Algorithm):
              before_it_existed='euclidean',
              help='squared Euclidean distances to the prototypes (the paper\'s), or cosine similarities '
                   'times a learned scale'),
-        Flag('--test_views', type=positive_int, default=1, at_test=TEST_TIME, resume_may_change=True,
+        Flag('--test_views', type=positive_int, default=1, at_test=TEST_TIME, resume_may_change=True, group=flags.TEST,
              help="at validation and test, average each image's embedding over itself and V - 1 copies "
                   'distorted as --augment_affine does (1: none)'),
     )

@@ -14,7 +14,7 @@ from fewshot import contracts, files, networks, tasks
 from fewshot.datasets.omniglot import augment, lake_runs
 from fewshot.datasets.omniglot.source import IMAGE_SIZE, NUM_CHARACTERS, load_omniglot
 from fewshot.errors import UserError
-from fewshot.flags import TASKS, TEST_TIME, Flag, positive_int
+from fewshot.flags import TASKS, TEST, TEST_TIME, Flag, positive_int
 
 NUM_TRAIN_CLASSES, NUM_VAL_CLASSES, NUM_TEST_CLASSES = 1100, 100, 423
 SPLIT_SEED = 0  # the class split is fixed, independent of --seed
@@ -143,7 +143,7 @@ class Omniglot(contracts.Dataset):
                   '2003), with --augment_affine in the same resampling'),
         Flag('--num_hidden_channels', type=positive_int, default=64, log_name=True,
              help='channels of each conv block'),
-        Flag('--lake_runs', nargs='?', const='', metavar='PATH', shapes_step=False,
+        Flag('--lake_runs', nargs='?', const='', metavar='PATH', shapes_step=False, group=TEST,
              help="with --test: score Lake et al.'s 20 one-shot runs instead of sampled tasks; PATH is "
                   'all_runs.zip or its folder (none: all_runs.zip in --data_dir, downloaded if absent)'),
     )

@@ -173,6 +173,11 @@ fraction = _flag_type(float, lambda v: 0 < v <= 1, ' is not in (0, 1]')
 AUTO_YES_NO = ('auto', 'yes', 'no')
 
 
+def thread_count(text):
+    """An argparse type: 'auto' or a positive number of threads."""
+    return text if text == 'auto' else positive_int(text)
+
+
 def auto_yes_no(value):
     """An auto/yes/no flag's value as code takes it: None (auto: measured), True or False."""
     return {'auto': None, 'yes': True, 'no': False}[value]
@@ -225,6 +230,12 @@ COMMON = (
          before_it_existed=50, help='validate every this many steps (and at the last)'),
     Flag('--device', type=str, default='cpu', at_test=TEST_TIME, resume_may_change=True, group=EXECUTION,
          help='cpu, gpu (CUDA, else MPS), cuda, mps or auto'),
+    Flag('--threads', type=thread_count, default='auto', at_test=RECORDED, shapes_step=False, group=EXECUTION,
+         metavar='N|auto',
+         help="torch's threads on a CPU; auto: OMP_NUM_THREADS where set, else the cores other processes leave "
+              'free when the run starts (a thread sharing its core with a busy process slows every step many '
+              'times over). The count is recorded, and a resumed run or --test keeps it unless given: results '
+              'are bit for bit the same at the same count'),
     Flag('--num_workers', type=non_negative_int, default=2, resume_may_change=True, shapes_step=False, group=EXECUTION,
          help="the course's flag, accepted and unused: tasks are drawn from an in-memory array"),
     Flag('--seed', type=seed, default=0, shapes_step=False, help='seeds initialisation and task sampling'),

@@ -116,3 +116,51 @@ def tune_cpu_allocator():
     ok_mmap = libc.mallopt(m_mmap_max, 0)
     ok_trim = libc.mallopt(m_trim_threshold, 2**30)
     return bool(ok_mmap and ok_trim)
+
+
+# ---------------------------------------------------------------- CPU threads
+
+LOAD_WINDOW = 0.25  # seconds over which the other processes' CPU use is measured at a run's start
+
+
+def cpu_seconds_of_others(window=LOAD_WINDOW):
+    """The CPU cores that other processes kept busy over the last window seconds (Linux /proc/stat,
+    less this process's own CPU time), or None where it cannot be read."""
+    def sample():
+        with open('/proc/stat') as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # all but idle and iowait
+        return busy / os.sysconf('SC_CLK_TCK'), time.process_time(), time.monotonic()
+    try:
+        busy0, own0, wall0 = sample()
+        time.sleep(window)
+        busy1, own1, wall1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
+
+
+def threads_for(cores, busy_elsewhere):
+    """Threads for a run on a CPU of `cores` cores of which others keep `busy_elsewhere` busy: the
+    cores they leave free (a core counts as taken once it is half busy), at least one. A thread
+    that shares its core waits at every parallel region for its time slice: a 2-thread run beside
+    one busy process took 8-200x as long as a 1-thread one (docs/benchmarks.md)."""
+    return max(1, min(cores, int(cores - busy_elsewhere + 0.5)))
+
+
+def choose_threads(requested):
+    """The intra-op thread count of a run on a CPU, set in torch: requested (an int), else
+    OMP_NUM_THREADS where set (torchrun sets 1), else (auto) threads_for this machine's load now.
+    Returns (count, why)."""
+    cores = os.cpu_count() or 1
+    if requested != 'auto':
+        count, why = int(requested), 'as --threads says'
+    elif os.environ.get('OMP_NUM_THREADS', '').isdigit():
+        count, why = int(os.environ['OMP_NUM_THREADS']), 'as OMP_NUM_THREADS says'
+    else:
+        busy = cpu_seconds_of_others()
+        count = cores if busy is None else threads_for(cores, busy)
+        why = (f'of {cores} cores, other processes keeping {busy:.1f} busy' if busy is not None
+               else f'{cores} cores')
+    torch.set_num_threads(count)
+    return count, why

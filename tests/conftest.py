@@ -9,6 +9,9 @@ import tempfile
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# one thread count for every run, whatever else the machine is doing (--threads auto would measure
+# the load): runs compared bit for bit, and the recorded reference weights, need the same count
+os.environ.setdefault('OMP_NUM_THREADS', str(os.cpu_count()))
 # one user cache for the whole session (the tuning cache: runs with the same settings
 # share one), away from the user's own; subprocesses inherit it; removed at the end
 CACHE = tempfile.mkdtemp(prefix='fewshot-test-cache-')

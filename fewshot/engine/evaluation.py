@@ -18,15 +18,24 @@ CSV_COLUMNS = ['log_dir', 'checkpoint_step', 'num_way', 'num_support', 'num_quer
                'mean', 'ci95', 'tasks_from']
 
 
-def evaluate_tasks(learner, sampler, num_tasks, batch_size, processes=distributed.ONE, progress=False):
+class Stopped(Exception):
+    """An evaluation cut short by a request to stop (a signal): its metrics are not known."""
+
+
+def evaluate_tasks(learner, sampler, num_tasks, batch_size, processes=distributed.ONE, progress=False,
+                   stop=None):
     """Per-task metrics over num_tasks tasks: dict name -> (num_tasks,) numpy array, and
     GROUP -> each task's group when the sampler's tasks have groups (metabolism: the assay).
     Each process evaluates its share of every batch; the shares are gathered in task order.
-    progress: show a progress bar (rank 0) on stderr."""
+    progress: show a progress bar (rank 0) on stderr. stop: a function asked before each batch
+    (one process only); when it is true, Stopped is raised."""
     results = {}
     bar = tqdm(total=num_tasks, desc='testing', unit='task', leave=False,
                disable=not (progress and processes.is_main))
     for start in range(0, num_tasks, batch_size):
+        if stop is not None and stop():
+            bar.close()
+            raise Stopped
         batch = sampler.sample(min(batch_size, num_tasks - start))
         share = processes.share(len(batch))
         empty = share.start == share.stop  # fewer tasks than processes: evaluate one, contribute none
@@ -52,12 +61,13 @@ def group_results(per_task, key_metric, group_names):
             for g, name in enumerate(group_names) if (groups == g).any()}
 
 
-def validate(learner, sampler, args, processes=distributed.ONE, num_tasks=None, seed=VAL_SEED):
+def validate(learner, sampler, args, processes=distributed.ONE, num_tasks=None, seed=VAL_SEED, stop=None):
     """Mean metrics over the fixed validation tasks (num_tasks drawn after seeding with seed;
     None: --num_val_tasks), 'ci95': the 95% CI half-width of the key metric, and the key
-    metric's mean per group of tasks (metabolism: per assay)."""
+    metric's mean per group of tasks (metabolism: per assay). stop: as evaluate_tasks."""
     sampler.generator.manual_seed(seed)
-    per_task = evaluate_tasks(learner, sampler, num_tasks or args.num_val_tasks, args.batch_size, processes)
+    per_task = evaluate_tasks(learner, sampler, num_tasks or args.num_val_tasks, args.batch_size, processes,
+                              stop=stop)
     groups = group_results(per_task, learner.key_metric, sampler.group_names)
     metrics = {name: float(values.mean()) for name, values in per_task.items() if name != GROUP}
     metrics['ci95'] = float(stats.mean_ci95(per_task[learner.key_metric])[1])

@@ -2,8 +2,9 @@
 SIGTERM) and a second writer on its log dir.
 
 Interruption turns SIGINT and SIGTERM into a request the loop reads after each step:
-it finishes the step, saves it and exits with the signal's status (130, 143). A second
-signal stops at once. LogDirLock holds an OS lock on the log dir while a run trains in
+it finishes the step, saves it and exits with the signal's status (130, 143); a validation
+in progress (one process) is cut short, and the step saved unscored. So the wait is at most
+one training step and one save. A second signal stops at once. LogDirLock holds an OS lock on the log dir while a run trains in
 it; the kernel releases it if the process dies, so no stale lock survives a crash.
 """
 import contextlib
@@ -31,7 +32,8 @@ class Interruption:
                   file=sys.stderr, flush=True)
             os._exit(128 + number)
         self.signal = number
-        print(f'\n{signal.Signals(number).name}: finishing this step, then saving it (again to stop at once)',
+        print(f'\n{signal.Signals(number).name}: finishing this step, then saving it (a validation is cut short; '
+              'again to stop at once)',
               file=sys.stderr, flush=True)
 
     @contextlib.contextmanager

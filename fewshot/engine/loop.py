@@ -119,6 +119,8 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
                      # time would make the first ETA many times too long
     per_backward = learner.tasks_per_backward if args.tasks_per_backward is None else args.tasks_per_backward
     reached = False
+    # one process may cut a validation short when a signal comes (several must agree, after a step)
+    stop_asked = (lambda: bool(interruption.signal)) if interruption and processes.size == 1 else None
     try:
         for step in range(start_step, args.num_train_iterations):
             metrics, stop = meta_update(learner, optimizer, train_sampler.sample(args.batch_size), step,
@@ -130,7 +132,10 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
             if processes.is_main:  # before validating, flushed at the run's first step: no wait for a validation
                 log_training(writer, learner, optimizer, step, metrics, flush=step == start_step)
             if validates:
-                val_metrics = validate_towards_target(learner, val_sampler, args, processes)
+                try:
+                    val_metrics = validate_towards_target(learner, val_sampler, args, processes, stop_asked)
+                except evaluation.Stopped:  # a signal during validation: save this step unscored, now
+                    validates, stop = False, True
             reached = validates and reached_target(args, val_metrics[learner.key_metric])
             if processes.is_main:
                 if validates:
@@ -164,13 +169,15 @@ def train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start_s
     return None
 
 
-def validate_towards_target(learner, val_sampler, args, processes):
+def validate_towards_target(learner, val_sampler, args, processes, stop=None):
     """The validation metrics; when they reach --target_accuracy, those of --target_tasks other
     validation tasks instead (a mean over 64 tasks, checked again and again, passes by luck now and
-    then), so that every validation before the one that reaches the target scored below it."""
-    metrics = evaluation.validate(learner, val_sampler, args, processes)
+    then), so that every validation before the one that reaches the target scored below it.
+    stop: as evaluation.evaluate_tasks (evaluation.Stopped)."""
+    metrics = evaluation.validate(learner, val_sampler, args, processes, stop=stop)
     if reached_target(args, metrics[learner.key_metric]) and args.target_tasks > args.num_val_tasks:
-        metrics = evaluation.validate(learner, val_sampler, args, processes, args.target_tasks, evaluation.TARGET_SEED)
+        metrics = evaluation.validate(learner, val_sampler, args, processes, args.target_tasks, evaluation.TARGET_SEED,
+                                      stop=stop)
     return metrics
 
 

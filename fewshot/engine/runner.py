@@ -6,6 +6,7 @@ tasks are drawn with the command line's, as each flag's `at_test` role says
 (flags.py); a resumed run must keep its trained settings but those whose
 `resume_may_change` role allows another value.
 """
+import argparse
 import contextlib
 import os
 import signal
@@ -100,6 +101,7 @@ def test(command, processes):
         print(f'testing checkpoint step {step}, the best validation {learner.key_metric} '
               f'({checkpoint["val_score"]:.4f}) in {log_dir}')
     tasks_flags = flags.task_args(command, trained)
+    tasks_flags.threads = set_threads(tasks_flags, processes)
     results = command.dataset.benchmark_test(learner, tasks_flags, log_dir, processes)
     if results is None:
         results = evaluation.test_support_sweep(learner, command.build_sampler, tasks_flags, processes, log_dir, step)
@@ -160,6 +162,7 @@ def set_up_and_train(command, processes, resumed, interruption):
     """Build the learner, optimizer and samplers, resume them if asked, choose the fastest way to
     compute a step, then loop.train. Returns the step interrupted at, or None."""
     args, log_dir, device = command.args, command.log_dir, processes.device
+    recorded = argparse.Namespace(**{**vars(args), 'threads': set_threads(args, processes)})  # what checkpoints keep
     runtime.seed_everything(args.seed)
     learner = command.build_learner(args, device)
     if processes.is_main:
@@ -174,7 +177,19 @@ def set_up_and_train(command, processes, resumed, interruption):
                       forcing=flags.left_to_tuning(command))
     if processes.is_main:
         print(f'logging to {log_dir}' + (f' ({processes.size} processes)' if processes.size > 1 else ''))
-    return loop.train(learner, optimizer, train_sampler, val_sampler, args, log_dir, start, processes, interruption)
+    return loop.train(learner, optimizer, train_sampler, val_sampler, recorded, log_dir, start, processes,
+                      interruption)
+
+
+def set_threads(args, processes):
+    """Set torch's CPU threads as --threads says (runtime.choose_threads) and say so (rank 0): the
+    count, which checkpoints record (a resumed run keeps it), or args.threads off a CPU."""
+    if processes.device.type != 'cpu':
+        return args.threads
+    count, why = runtime.choose_threads(args.threads)
+    if processes.is_main and args.threads == 'auto':
+        print(f'threads: {count} ({why}); --threads N fixes the count', flush=True)
+    return count
 
 
 def diverged_line(error, log_dir):

@@ -76,6 +76,22 @@ def test_a_signal_saves_the_step_in_progress_and_the_run_resumes_exactly(tmp_pat
     assert_same_weights(weights(tmp_path / 'interrupted', 299), weights(tmp_path / 'straight', 299))
 
 
+def test_a_signal_during_a_long_validation_saves_and_exits_within_seconds(tmp_path):
+    """What bounds the wait after Ctrl-C: one training step and one save; a validation in progress
+    (here 400000 tasks, minutes long) is cut short and the step saved unscored."""
+    run = start(tmp_path, '--num_train_iterations', '300', '--num_val_tasks', '400000')
+    while 'logging to' not in run.stdout.readline():
+        assert run.poll() is None, run.communicate()
+    time.sleep(1.0)  # inside step 0's validation
+    run.send_signal(signal.SIGINT)
+    sent = time.time()
+    out, err = run.communicate(timeout=120)
+    waited = time.time() - sent
+    assert run.returncode == 130 and 'interrupted at step 0; saved state0.pt' in out, out + err
+    assert waited < 5, f'{waited:.1f} s from the signal to the exit'
+    assert math.isnan(checkpoints.load(str(tmp_path), 0)['val_score'])
+
+
 def test_a_diverging_run_stops_in_one_line_before_a_non_finite_step(tmp_path):
     result = subprocess.run([sys.executable, 'maml.py', *SINE, '--inner_lr', '1e30', '--log_dir', str(tmp_path),
                              '--num_train_iterations', '50'], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -209,3 +225,28 @@ def test_sigterm_to_one_torchrun_process_stops_both_after_the_same_step(tmp_path
     found = re.search(r'interrupted at step (\d+); saved state\1\.pt', out)
     assert found, out + err
     assert checkpoints.saved_steps(str(tmp_path))[-1] == int(found.group(1))
+
+
+def test_a_killed_torchrun_worker_ends_the_job_and_the_same_command_resumes(tmp_path):
+    """kill -9 of one gloo worker: the job ends within 60 s (not a hang), the checkpoints on disk are
+    intact (their checksums hold), and the same command resumes from the last of them."""
+    launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
+    run = start(tmp_path, '--num_train_iterations', '100000', launcher=launcher)
+    wait_for_checkpoint(tmp_path, run)
+    workers = subprocess.run(['pgrep', '-P', str(run.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    killed = time.time()
+    try:
+        run.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)
+        pytest.fail('the job hung for 60 s after a worker was killed')
+    assert run.returncode != 0 and time.time() - killed < 60
+    saved = checkpoints.saved_steps(str(tmp_path))
+    assert saved and all(checkpoints.load(str(tmp_path), step)['step'] == step for step in saved)
+    again = start(tmp_path, '--num_train_iterations', str(saved[-1] + 3), launcher=launcher)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert f'resuming from {checkpoints.path(str(tmp_path), saved[-1])}' in out
+    assert checkpoints.saved_steps(str(tmp_path))[-1] == saved[-1] + 2

@@ -7,6 +7,7 @@
     python bench.py --data_dir ./data --only growth --plot docs/benchmark_growth.png   # cost vs N, K, steps, tasks
     python bench.py --data_dir ./data --only layout               # NCHW vs channels-last, op by op
     python bench.py --data_dir ./data --only group_tasks          # MAML's per-task loop vs grouped tasks
+    python bench.py --data_dir ./data --only threads              # 1 and 2 threads, quiet and beside a busy process
     python bench.py --data_dir D/omniglot --only time_to_target --algorithms protonet --seeds 3
                                         # the course's default command against --fast, to the course's target
 
@@ -24,13 +25,13 @@ import torch
 
 from fewshot import files, flags, runtime
 from fewshot.errors import run_cli
-from tools.bench import compute, grouped, growth, layout, naive, ours, precision, steps, time_to_target
+from tools.bench import compute, grouped, growth, layout, naive, ours, precision, steps, threads, time_to_target
 from tools.bench.common import matmul_gflops, peak_memory_mb
 
 CHILDREN = {'protonet_naive': naive.child_protonet_naive, 'protonet': ours.child_protonet, 'maml': ours.child_maml,
             'maml_naive': naive.child_maml_naive, 'maml_higher': naive.child_maml_higher,
             'maml_fixed': ours.child_maml_fixed, 'protonet_fixed': ours.child_protonet_fixed,
-            'protonet_naive_fixed': naive.child_protonet_naive_fixed}
+            'protonet_naive_fixed': naive.child_protonet_naive_fixed, 'fast_step': threads.child_fast_step}
 
 
 def main(argv=None):
@@ -38,7 +39,8 @@ def main(argv=None):
     parser.add_argument('--data_dir', default=files.DATA_DIR, help='holds omniglot_resized.zip (the naive pipeline reads it)')
     parser.add_argument('--repeats', type=flags.positive_int, default=5)
     parser.add_argument('--only', choices=['protonet', 'maml', 'processes', 'maml_compute', 'maml_memory', 'levers',
-                                           'bf16_gradients', 'growth', 'layout', 'group_tasks', 'time_to_target'])
+                                           'bf16_gradients', 'growth', 'layout', 'group_tasks', 'time_to_target',
+                                           'threads'])
     parser.add_argument('--plot', default=None, help='with growth: write its figure to this PNG file')
     parser.add_argument('--rounds', type=flags.positive_int, default=3, help='interleaved rounds (maml_compute)')
     parser.add_argument('--device', default='cpu', help='cpu, gpu, cuda, mps or auto, as in training')
@@ -63,6 +65,8 @@ def main(argv=None):
     parser.add_argument('--shot', type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument('--inner_lr', type=float, default=0.4, help=argparse.SUPPRESS)
     parser.add_argument('--tasks_per_backward', type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument('--algorithm', default='protonet', help=argparse.SUPPRESS)
+    parser.add_argument('--threads', type=int, default=1, help=argparse.SUPPRESS)
     args = run_cli(lambda: parser.parse_args(argv))  # a bad flag: one line, exit 2
     device = runtime.resolve_device(args.device)
     if args.child:
@@ -97,6 +101,8 @@ def main(argv=None):
         grouped.bench_group_tasks(args.data_dir, args.repeats, device)
     if args.only in (None, 'growth'):
         growth.bench_growth(args.data_dir, args.repeats, device.type, args.plot)
+    if args.only == 'threads' and device.type == 'cpu':
+        threads.bench_threads(args.data_dir, args.repeats)
     if args.only == 'time_to_target':
         recipes = [(name, extra.split()) for name, _, extra in (r.partition('=') for r in args.recipes)]
         time_to_target.bench_time_to_target(args.data_dir, args.algorithms, recipes, args.seeds,

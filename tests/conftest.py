@@ -43,5 +43,12 @@ def metabolism_dir():
     return real_data('metabolism')
 
 
+def pytest_collection_modifyitems(items):
+    """Integration tests (those that read the real data) are slow: the quick suite leaves them out."""
+    for item in items:
+        if {'omniglot_dir', 'metabolism_dir'} & set(getattr(item, 'fixturenames', ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_unconfigure(config):
     shutil.rmtree(CACHE, ignore_errors=True)

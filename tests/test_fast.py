@@ -52,6 +52,7 @@ def test_training_tasks_take_the_training_shape_and_validation_the_scored_one(om
     assert val.images_query.shape[:2] == (2, 75) and val.images_support.shape[:2] == (2, 15)
 
 
+@pytest.mark.slow
 def test_a_resumed_fast_run_continues_its_schedule_exactly(omniglot_dir, tmp_path):
     """The recipe's schedule, halving here every 2 steps: 2 + 2 steps resumed equal 4 steps at once."""
     short = ['--fast', '--num_support', '5', '--data_dir', omniglot_dir, '--num_val_tasks', '2', '--batch_size', '2',

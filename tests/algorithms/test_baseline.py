@@ -92,6 +92,7 @@ def test_trains_and_tests_from_the_command_line(tmp_path, capsys):
         cli.parse(protonet.PROGRAM, ['--test', '--log_dir', log_dir, '--dataset', 'metabolism'])
 
 
+@pytest.mark.slow
 def test_real_tables_short_baseline_run_beats_chance(metabolism_dir, tmp_path, capsys):
     run_metabolism.main(['--algorithm', 'baseline', '--data_dir', metabolism_dir, '--log_dir', str(tmp_path),
                          '--num_train_iterations', '300', '--num_val_tasks', '200'])

@@ -81,6 +81,7 @@ def run_program(path, *args, cwd):
 
 
 @pytest.mark.parametrize('method', ['_inner_loop', '_outer_step'])
+@pytest.mark.slow
 def test_an_edit_to_a_maml_method_is_what_runs(tmp_path, method):
     path = edited_copy(tmp_path, 'maml.py', method, 'raise SystemExit("called")')
     result = run_program(path, *TINY_MAML, '--log_dir', str(tmp_path / 'logs'), cwd=tmp_path)
@@ -88,6 +89,7 @@ def test_an_edit_to_a_maml_method_is_what_runs(tmp_path, method):
     assert f'MAML.{method} is not the shipped code' in result.stdout
 
 
+@pytest.mark.slow
 def test_an_edit_to_protonets_step_is_what_runs(tmp_path, omniglot_dir):
     path = edited_copy(tmp_path, 'protonet.py', '_step', 'raise SystemExit("called")')
     result = run_program(path, '--data_dir', omniglot_dir, '--num_train_iterations', '1', '--num_val_tasks', '2',
@@ -95,6 +97,7 @@ def test_an_edit_to_protonets_step_is_what_runs(tmp_path, omniglot_dir):
     assert result.returncode == 1 and result.stderr.strip().endswith('called'), result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_a_comment_in_a_graded_method_keeps_the_faster_ways(tmp_path):
     path = edited_copy(tmp_path, 'maml.py', '_inner_loop', '# a student\'s note')
     result = run_program(path, *TINY_MAML, '--log_dir', str(tmp_path / 'logs'), cwd=tmp_path)

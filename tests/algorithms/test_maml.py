@@ -280,6 +280,7 @@ def test_log_dir_names_hyperparameters_and_new_flags():
         '.learn_inner_lrs_False.outer_lr_0.001.batch_size_16.first_order_True')
 
 
+@pytest.mark.slow
 def test_short_real_run_is_clearly_above_chance(omniglot_dir, tmp_path):
     """80 meta-updates of 5-way 1-shot second-order MAML (inner lr 0.4) on real
     Omniglot, batches of 8 tasks. Chance is 0.2; such a run reached 0.72 on the

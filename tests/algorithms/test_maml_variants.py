@@ -152,6 +152,7 @@ def test_vmap_path_agrees_with_loop_for_the_variants():
 @pytest.mark.parametrize('flags, steps, bar, gain', [
     (['--first_order'], 80, 0.3, 0.1),  # measured: 0.44 after 80 steps (chance 0.2)
     (['--algorithm', 'reptile', '--num_inner_steps', '5', '--inner_lr', '0.1'], 40, 0.6, 0.05)])  # 0.73 -> 0.82
+@pytest.mark.slow
 def test_short_real_runs_are_clearly_above_chance(omniglot_dir, tmp_path, flags, steps, bar, gain):
     """A few dozen meta-updates of 8 tasks, 5-way 1-shot, on real Omniglot: first-order MAML and
     Reptile. Fine-tuning an untrained conv net already scores well above chance (0.73 with

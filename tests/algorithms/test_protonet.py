@@ -255,12 +255,14 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0]
 
 
+@pytest.mark.slow
 def test_cli_missing_checkpoint(tmp_path):
     assert_one_line_error(run_cli('--test', '--log_dir', str(tmp_path), '--checkpoint_step', '5'),
                           f'no checkpoint at {tmp_path}/state5.pt')
     assert_one_line_error(run_cli('--test', '--log_dir', str(tmp_path)), 'no checkpoints')
 
 
+@pytest.mark.slow
 def test_cli_bad_device(tmp_path):
     assert_one_line_error(run_cli('--device', 'tpu', '--log_dir', str(tmp_path)), '--device tpu')
     if not torch.cuda.is_available():
@@ -272,12 +274,14 @@ def test_cli_corrupt_checkpoint(tmp_path):
     assert_one_line_error(run_cli('--test', '--log_dir', str(tmp_path), '--checkpoint_step', '3'), 'cannot be read')
 
 
+@pytest.mark.slow
 def test_cli_corrupt_data_source(tmp_path):
     (tmp_path / 'omniglot_resized.zip').write_bytes(b'not a zip')
     assert_one_line_error(run_cli('--data_dir', str(tmp_path), '--log_dir', str(tmp_path / 'logs')),
                           'omniglot_resized.zip')
 
 
+@pytest.mark.slow
 def test_cli_support_plus_query_over_20(omniglot_dir, tmp_path):
     assert_one_line_error(run_cli('--data_dir', omniglot_dir, '--num_support', '10', '--num_query', '15',
                                   '--log_dir', str(tmp_path)), '--num_support 10 + --num_query 15')
@@ -285,6 +289,7 @@ def test_cli_support_plus_query_over_20(omniglot_dir, tmp_path):
 
 # ------------------------------------------------------------ real data
 
+@pytest.mark.slow
 def test_short_real_training_is_clearly_above_chance(omniglot_dir, tmp_path):
     """25 meta-updates of 5-way 5-shot ProtoNet on real Omniglot. Chance is 0.2;
     such runs reach about 0.95 on validation, so the bar of 0.85 is robust."""
@@ -299,7 +304,7 @@ def test_target_accuracy_stops_at_the_first_validation_reaching_it_on_more_tasks
     step 3's 0.93 is (0.91): the run stops there, and that step scores highest."""
     accuracies, calls = iter([0.2, 0.95, 0.85, 0.5, 0.93, 0.91, 0.99, 0.99]), []
 
-    def validate(learner, sampler, args, processes, num_tasks=None, seed=evaluation.VAL_SEED):
+    def validate(learner, sampler, args, processes, num_tasks=None, seed=evaluation.VAL_SEED, stop=None):
         calls.append((num_tasks, seed))
         return {'query': next(accuracies), 'ci95': 0.01, 'loss': 1.0}
     monkeypatch.setattr(evaluation, 'validate', validate)
@@ -323,6 +328,7 @@ def test_target_accuracy_is_for_classification():
         cli.parse(maml.PROGRAM, ['--target_accuracy', '1.5'])
 
 
+@pytest.mark.slow
 def test_the_progress_bars_eta_leaves_out_the_first_steps_validation(tmp_path, monkeypatch, capsys):
     """The first step validates (here: 2 s); the steps after it take milliseconds. An ETA timed
     from the first step would say 2 s a step for the 29 left (about 58 s); the bound leaves room

@@ -11,6 +11,7 @@ from fewshot.datasets.omniglot import source as omniglot_source
 from fewshot.errors import UserError
 
 
+@pytest.mark.slow
 def test_larger_images_are_made_from_the_originals(omniglot_dir):
     images, names = omniglot_source.load_omniglot(omniglot_dir, image_size=56)
     assert images.shape == (1623, 20, 56, 56) and set(np.unique(images)) == {0, 1}

@@ -271,6 +271,7 @@ def test_val_ci95_is_logged(tmp_path):
     assert len(ci) == 2 and all(c > 0 for c in ci)  # steps 0 and 2
 
 
+@pytest.mark.slow
 def test_real_tables_short_protonet_run_beats_chance(metabolism_dir, tmp_path):
     # on bits: an untrained MLP's prototypes are near chance, so learning shows (on the default
     # counts they already reach 0.598, and 1000 steps add little)

@@ -120,6 +120,7 @@ def test_real_omniglot_loads_with_course_values(omniglot_dir):
     assert batch.images_support.min() == 0 and batch.images_support.max() == 1
 
 
+@pytest.mark.slow
 def test_official_zips_resize_to_the_course_images(omniglot_dir):
     zips = [os.path.join(omniglot_dir, name) for name in omniglot_source.OFFICIAL_ZIPS]
     if not all(os.path.isfile(z) for z in zips):

@@ -1,6 +1,9 @@
 """Sinusoid regression: the tasks' ranges, and MAML adapting to them."""
 import math
+
+import pytest
 import torch
+
 import maml
 from fewshot import cli, runtime
 from fewshot.datasets import sinusoid
@@ -22,6 +25,7 @@ def test_sinusoid_tasks_have_the_stated_ranges():
                                                                                     batch.labels_query)
 
 
+@pytest.mark.slow
 def test_maml_on_sinusoids_adapts(tmp_path):
     """A short second-order MAML run (1200 steps of 25 tasks, K = 10, inner LR 0.01):
     one inner step then cuts the query MSE well below the unadapted prediction's

@@ -139,6 +139,7 @@ def test_resuming_or_testing_a_damaged_step_is_refused(tmp_path):
         run_with(synthetic_args(test=True, checkpoint_step=2), log_dir, small_learner, synthetic_sampler)
 
 
+@pytest.mark.slow
 def test_the_program_refuses_a_damaged_checkpoint_in_one_line(tmp_path):
     log_dir = str(tmp_path)
     run_with(synthetic_args(num_train_iterations=1), log_dir, small_learner, synthetic_sampler)

@@ -94,6 +94,7 @@ def test_shares_cover_the_tasks_in_order():
             assert max(s.stop - s.start for s in shares) - min(s.stop - s.start for s in shares) <= 1
 
 
+@pytest.mark.slow
 def test_gradients_summed_over_two_processes_equal_one_process_in_float64(tmp_path):
     """The loop's split, weighting and all-reduce give one process's meta-gradient and metrics."""
     import distributed_gradients
@@ -123,6 +124,7 @@ def test_one_process_is_a_no_op():
 
 
 @pytest.mark.parametrize('name', list(RUNS))
+@pytest.mark.slow
 def test_two_processes_compute_what_one_computes(omniglot_dir, tmp_path, name):
     script, flags = RUNS[name]
     logs = {p: str(tmp_path / f'p{p}') for p in (1, 2)}
@@ -144,6 +146,7 @@ def test_two_processes_compute_what_one_computes(omniglot_dir, tmp_path, name):
     assert len(lines[2]) == 1 and lines[1] == lines[2]  # the same mean and CI, printed once
 
 
+@pytest.mark.slow
 def test_a_two_process_checkpoint_resumes_in_one_process(omniglot_dir, tmp_path):
     script, flags = RUNS['maml']
     two, resumed = str(tmp_path / 'two'), str(tmp_path / 'resumed')
@@ -154,6 +157,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process(omniglot_dir, tmp_path)
     assert_same_weights(trained(two, 3), trained(resumed, 3))
 
 
+@pytest.mark.slow
 def test_a_killed_worker_stops_the_run_and_every_checkpoint_loads_and_resumes(omniglot_dir, tmp_path):
     """torchrun's fault handling: one worker killed mid-run stops the others and the run exits
     non-zero naming the failed rank; checkpoints are whole (atomic) and the run resumes."""

@@ -55,6 +55,7 @@ def assert_same_weights(a, b):
 
 
 @pytest.mark.parametrize('number, status', [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.slow
 def test_a_signal_saves_the_step_in_progress_and_the_run_resumes_exactly(tmp_path, number, status):
     steps = ['--num_train_iterations', '300']
     interrupted = start(tmp_path / 'interrupted', *steps)
@@ -76,6 +77,7 @@ def test_a_signal_saves_the_step_in_progress_and_the_run_resumes_exactly(tmp_pat
     assert_same_weights(weights(tmp_path / 'interrupted', 299), weights(tmp_path / 'straight', 299))
 
 
+@pytest.mark.slow
 def test_a_signal_during_a_long_validation_saves_and_exits_within_seconds(tmp_path):
     """What bounds the wait after Ctrl-C: one training step and one save; a validation in progress
     (here 400000 tasks, minutes long) is cut short and the step saved unscored."""
@@ -92,6 +94,7 @@ def test_a_signal_during_a_long_validation_saves_and_exits_within_seconds(tmp_pa
     assert math.isnan(checkpoints.load(str(tmp_path), 0)['val_score'])
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_in_one_line_before_a_non_finite_step(tmp_path):
     result = subprocess.run([sys.executable, 'maml.py', *SINE, '--inner_lr', '1e30', '--log_dir', str(tmp_path),
                              '--num_train_iterations', '50'], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -155,6 +158,7 @@ def test_a_log_dir_holds_one_run(tmp_path, capsys):
                  synthetic_sampler)
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_a_killed_ones_lock_is_not_left(tmp_path):
     first = start(tmp_path, '--num_train_iterations', '100000')
     wait_for_checkpoint(tmp_path, first)
@@ -177,6 +181,7 @@ def test_a_second_writer_is_refused_and_a_killed_ones_lock_is_not_left(tmp_path)
     assert not os.path.exists(tmp_path / '.lock')
 
 
+@pytest.mark.slow
 def test_sigterm_to_torchrun_leaves_one_checkpoint_that_resumes_in_one_process(tmp_path):
     launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
     run = start(tmp_path, '--num_train_iterations', '100000', launcher=launcher)
@@ -213,6 +218,7 @@ def test_a_failed_csv_write_is_one_line(tmp_path, monkeypatch):
                  synthetic_sampler)
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_torchrun_process_stops_both_after_the_same_step(tmp_path):
     """The request to stop is agreed in the gradient all-reduce: a signal to one worker stops both."""
     launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
@@ -227,6 +233,7 @@ def test_sigterm_to_one_torchrun_process_stops_both_after_the_same_step(tmp_path
     assert checkpoints.saved_steps(str(tmp_path))[-1] == int(found.group(1))
 
 
+@pytest.mark.slow
 def test_a_killed_torchrun_worker_ends_the_job_and_the_same_command_resumes(tmp_path):
     """kill -9 of one gloo worker: the job ends within 60 s (not a hang), the checkpoints on disk are
     intact (their checksums hold), and the same command resumes from the last of them."""

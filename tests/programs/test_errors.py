@@ -93,6 +93,7 @@ CASES = {
 
 
 @pytest.mark.parametrize('case', list(CASES))
+@pytest.mark.slow
 def test_bad_input_is_one_line_naming_the_flag_or_file(tmp_path, case):
     script, flags, fragments = CASES[case]
     folders = {'T': str(tmp_path)}

@@ -84,6 +84,7 @@ def test_every_check_has_a_breakage():
     assert set(BREAKAGES) == set(grader.CHECKS)
 
 
+@pytest.mark.slow
 def test_all_checks_pass_on_this_code():
     result = run_grader('')
     assert result.returncode == 0, result.stdout + result.stderr
@@ -93,6 +94,7 @@ def test_all_checks_pass_on_this_code():
 
 
 @pytest.mark.parametrize('check_id', sorted(BREAKAGES))
+@pytest.mark.slow
 def test_check_fails_on_a_broken_implementation(check_id):
     result = run_grader(BREAKAGES[check_id], check_id)
     points = grader.CHECKS[check_id][1]

@@ -2,6 +2,8 @@
 import os
 import subprocess
 
+import pytest
+
 from conftest import ROOT
 import run_metabolism
 from fewshot import cli
@@ -9,6 +11,7 @@ from fewshot.engine import checkpoints
 from test_metabolism import write_tables
 
 
+@pytest.mark.slow
 def test_run_bio_sh_runs_the_course_command(tmp_path):
     data = write_tables(tmp_path / 'data')
     log_dir = str(tmp_path / 'log')
@@ -21,6 +24,7 @@ def test_run_bio_sh_runs_the_course_command(tmp_path):
         ('protonet', 'metabolism', data, 4, 0.0005)
 
 
+@pytest.mark.slow
 def test_run_bio_sh_takes_a_relative_data_folder_from_where_it_is_run(tmp_path):
     write_tables(tmp_path / 'data')
     log_dir = str(tmp_path / 'log')
@@ -33,6 +37,7 @@ def test_run_bio_sh_takes_a_relative_data_folder_from_where_it_is_run(tmp_path):
     assert sorted(os.listdir(ROOT)) == before  # nothing made inside the repository
 
 
+@pytest.mark.slow
 def test_run_bio_sh_leaves_the_defaults_to_the_dataset_and_algorithm(tmp_path):
     data = write_tables(tmp_path / 'data')
     log_dir = str(tmp_path / 'log')

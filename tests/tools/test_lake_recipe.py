@@ -18,6 +18,7 @@ def outputs(out):
             for root, _, names in os.walk(out) for name in names}
 
 
+@pytest.mark.slow
 def test_one_command_trains_chooses_and_scores_and_again_continues(runs, tmp_path, capsys, monkeypatch):  # noqa: F811
     official, _, _, _, data_dir = runs
     monkeypatch.setattr(lake_recipe, 'RUNS', {'val_runs.zip': '--set background_validation --runs 4 --seed 0',

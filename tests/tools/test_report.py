@@ -101,6 +101,7 @@ def test_commands_run_with_paths_relative_to_the_project_folder(tmp_path):
     assert os.path.samefile(os.path.join(root, made[4].split('=')[1]), tmp_path)
 
 
+@pytest.mark.slow
 def test_jobs_run_at_once_each_with_its_own_gpu(tmp_path):
     commands = [marker_command(tmp_path, name) for name in 'abc']
     logs = [str(tmp_path / f'{name}.log') for name in 'abc']
@@ -125,6 +126,7 @@ def test_the_first_failed_job_stops_the_others_in_one_line(tmp_path, jobs):
     assert not (tmp_path / 'running').exists() and not (tmp_path / 'waiting').exists()  # stopped, never started
 
 
+@pytest.mark.slow
 def test_two_jobs_train_what_one_job_trains(tmp_path):
     import torch
     runs = {}
@@ -234,6 +236,7 @@ def refuse(commands, *args, **kwargs):
 
 
 
+@pytest.mark.slow
 def test_one_entry_alone_resumes_is_tested_once_and_then_kept(omniglot_dir, tmp_path, monkeypatch, capfd):
     from fewshot.engine import tuning
     argv = tiny_papers_table(monkeypatch, tmp_path, omniglot_dir) + ['--only', 'protonet_60w1s']
@@ -263,6 +266,7 @@ def test_one_entry_alone_resumes_is_tested_once_and_then_kept(omniglot_dir, tmp_
     assert table_rows(tmp_path) == rows
 
 
+@pytest.mark.slow
 def test_an_entry_that_reached_its_target_is_finished_at_that_step(omniglot_dir, tmp_path, monkeypatch):
     argv = tiny_papers_table(monkeypatch, tmp_path, omniglot_dir) + ['--only', 'maml_5w1s']
     report.main(argv)

@@ -66,7 +66,8 @@ def main(argv=None):
     parser.add_argument('--inner_lr', type=float, default=0.4, help=argparse.SUPPRESS)
     parser.add_argument('--tasks_per_backward', type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument('--algorithm', default='protonet', help=argparse.SUPPRESS)
-    parser.add_argument('--threads', type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument('--threads', default='1', help=argparse.SUPPRESS)
+    parser.add_argument('--tuning_cache', default=None, help=argparse.SUPPRESS)
     args = run_cli(lambda: parser.parse_args(argv))  # a bad flag: one line, exit 2
     device = runtime.resolve_device(args.device)
     if args.child:

@@ -102,6 +102,7 @@ def choose(learner, sample_batch, key, path=None, forcing=()):
     if cached in options:
         options[cached]()
         return cached
+    print(f'timing {len(options)} ways to compute a step on this machine (once: the choice is cached)', flush=True)
     times = fastest(options, learner, batch)
     best = min(times, key=times.get)
     options[best]()

@@ -425,3 +425,16 @@ def test_course_protocol_validates_and_tests_on_all_heldout_molecules(capsys):
     assert stats.course_ci95(values, 4) == pytest.approx(expected)
 
 
+
+
+def test_building_the_features_says_so_and_shows_its_progress(tmp_path, capsys):
+    """The one long phase outside training (minutes for the real tables on a busy CPU): a line, then
+    progress bars over the molecules of each table and over the featurisation."""
+    folder = write_tables(tmp_path)
+    metabolism_features.load_tables(folder, 'maccs')
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f'computing maccs features for the TDC tables in {folder} (once; cached at ')
+    rows = len(ALKANES + ALCOHOLS)
+    for bar in [f'reading {assay}' for assay in metabolism_tables.ASSAYS]:
+        assert re.search(rf'{bar}: .*\| \d+/{rows} ', captured.err), bar
+    assert re.search(r'maccs features: .*\| \d+/\d+ ', captured.err), captured.err

@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+from tqdm import tqdm
 
 from fewshot import files
 from fewshot.datasets.metabolism.tables import ASSAYS, TRAIN_ASSAYS, read_table, table_path
@@ -74,21 +75,28 @@ def featurizer(name):
     return generator.GetFingerprintAsNumPy
 
 
-def parse_smiles(smiles):
-    """RDKit molecules and canonical SMILES of SMILES strings (None for both where unparsable)."""
+def with_progress(items, description):
+    """items, iterated under a progress bar on stderr when description is given (a long build)."""
+    return items if description is None else tqdm(items, desc=description, unit='molecule', leave=False)
+
+
+def parse_smiles(smiles, progress=None):
+    """RDKit molecules and canonical SMILES of SMILES strings (None for both where unparsable);
+    progress: a progress bar's description."""
     from rdkit import Chem, RDLogger
     RDLogger.DisableLog('rdApp.*')  # we count and report parse failures ourselves
     try:
-        molecules = [Chem.MolFromSmiles(text) for text in smiles]
+        molecules = [Chem.MolFromSmiles(text) for text in with_progress(smiles, progress)]
     finally:
         RDLogger.EnableLog('rdApp.*')
     return molecules, [None if m is None else Chem.MolToSmiles(m) for m in molecules]
 
 
-def featurize(molecules, name):
-    """(n, width) features of RDKit molecules: uint8 for bits and counts, float64 for 'rdkit2d'."""
+def featurize(molecules, name, progress=None):
+    """(n, width) features of RDKit molecules: uint8 for bits and counts, float64 for 'rdkit2d';
+    progress: a progress bar's description."""
     function = featurizer(name)
-    rows = [function(m) for m in molecules]
+    rows = [function(m) for m in with_progress(molecules, progress)]
     empty_type = np.float64 if FEATURES[name][0] == 'real' else np.uint8
     return np.stack(rows) if rows else np.zeros((0, _width(name)), dtype=empty_type)
 
@@ -148,13 +156,13 @@ def featurize_tables(data_dir, name):
     cleaned, reports, molecule_of = {}, {}, {}
     for assay in ASSAYS:
         smiles, labels = read_table(table_path(data_dir, assay))
-        molecules, canonical = parse_smiles(smiles)
+        molecules, canonical = parse_smiles(smiles, progress=f'reading {assay}')
         keep, reports[assay] = kept_rows(canonical, labels)
         cleaned[assay] = ([canonical[i] for i in keep], labels[keep])
         for i in keep:
             molecule_of.setdefault(canonical[i], molecules[i])
     keys = list(molecule_of)
-    values = featurize([molecule_of[k] for k in keys], name)
+    values = featurize([molecule_of[k] for k in keys], name, progress=f'{name} features')
     row_of = {key: i for i, key in enumerate(keys)}
     data = {a: (values[[row_of[k] for k in keys_a]], labels) for a, (keys_a, labels) in cleaned.items()}
     return data, reports

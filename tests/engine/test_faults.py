@@ -26,6 +26,7 @@ from test_protonet import small_learner, synthetic_args, synthetic_sampler
 
 ROOT = conftest.ROOT
 ENV = dict(os.environ, OMP_NUM_THREADS='1')  # one thread count for every run compared bit for bit
+TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
 SINE = ['--dataset', 'sinusoid', '--num_val_tasks', '4', '--vmap_tasks', 'no', '--batch_size', '4']
 
 
@@ -52,6 +53,15 @@ def weights(log_dir, step):
 
 def assert_same_weights(a, b):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def two_workers_training(log_dir):
+    """A long sinusoid run under torchrun, two gloo workers, in its loop: (torchrun, the workers' pids)."""
+    run = start(log_dir, '--num_train_iterations', '100000', launcher=TORCHRUN)
+    wait_for_checkpoint(log_dir, run)
+    workers = subprocess.run(['pgrep', '-P', str(run.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    return run, workers
 
 
 @pytest.mark.parametrize('number, status', [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -183,9 +193,7 @@ def test_a_second_writer_is_refused_and_a_killed_ones_lock_is_not_left(tmp_path)
 
 @pytest.mark.slow
 def test_sigterm_to_torchrun_leaves_one_checkpoint_that_resumes_in_one_process(tmp_path):
-    launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
-    run = start(tmp_path, '--num_train_iterations', '100000', launcher=launcher)
-    wait_for_checkpoint(tmp_path, run)
+    run, _ = two_workers_training(tmp_path)
     run.send_signal(signal.SIGTERM)
     out, err = run.communicate(timeout=120)
     found = re.search(r'interrupted at step (\d+); saved state\1\.pt', out)
@@ -221,11 +229,7 @@ def test_a_failed_csv_write_is_one_line(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_sigterm_to_one_torchrun_process_stops_both_after_the_same_step(tmp_path):
     """The request to stop is agreed in the gradient all-reduce: a signal to one worker stops both."""
-    launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
-    run = start(tmp_path, '--num_train_iterations', '100000', launcher=launcher)
-    wait_for_checkpoint(tmp_path, run)
-    workers = subprocess.run(['pgrep', '-P', str(run.pid)], capture_output=True, text=True).stdout.split()
-    assert len(workers) == 2
+    run, workers = two_workers_training(tmp_path)
     os.kill(int(workers[-1]), signal.SIGTERM)
     out, err = run.communicate(timeout=120)
     found = re.search(r'interrupted at step (\d+); saved state\1\.pt', out)
@@ -237,22 +241,19 @@ def test_sigterm_to_one_torchrun_process_stops_both_after_the_same_step(tmp_path
 def test_a_killed_torchrun_worker_ends_the_job_and_the_same_command_resumes(tmp_path):
     """kill -9 of one gloo worker: the job ends within 60 s (not a hang), the checkpoints on disk are
     intact (their checksums hold), and the same command resumes from the last of them."""
-    launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
-    run = start(tmp_path, '--num_train_iterations', '100000', launcher=launcher)
-    wait_for_checkpoint(tmp_path, run)
-    workers = subprocess.run(['pgrep', '-P', str(run.pid)], capture_output=True, text=True).stdout.split()
-    assert len(workers) == 2
+    run, workers = two_workers_training(tmp_path)
     os.kill(int(workers[-1]), signal.SIGKILL)
     killed = time.time()
     try:
-        run.communicate(timeout=60)
+        _, err = run.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(run.pid, signal.SIGKILL)
         pytest.fail('the job hung for 60 s after a worker was killed')
     assert run.returncode != 0 and time.time() - killed < 60
+    assert 'exitcode  : -9' in err and 'rank      : 1' in err  # torchrun names the failed rank
     saved = checkpoints.saved_steps(str(tmp_path))
     assert saved and all(checkpoints.load(str(tmp_path), step)['step'] == step for step in saved)
-    again = start(tmp_path, '--num_train_iterations', str(saved[-1] + 3), launcher=launcher)
+    again = start(tmp_path, '--num_train_iterations', str(saved[-1] + 3), launcher=TORCHRUN)
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     assert f'resuming from {checkpoints.path(str(tmp_path), saved[-1])}' in out

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 
-import torch
 
 from fewshot import cli, registry, runtime
 from fewshot.engine import loop, tuning

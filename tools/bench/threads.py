@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 
-
 from fewshot import cli, registry, runtime
 from fewshot.engine import loop, tuning
 from tools.bench.common import run_child, timed

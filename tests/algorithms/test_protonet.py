@@ -335,11 +335,11 @@ def test_the_progress_bars_eta_leaves_out_the_first_steps_validation(tmp_path, m
     for a loaded machine's slower steps."""
     real_validate, calls = evaluation.validate, []
 
-    def slow_first(*arguments):
+    def slow_first(*arguments, **keywords):
         calls.append(1)
         if len(calls) == 1:
             time.sleep(2)
-        return real_validate(*arguments)
+        return real_validate(*arguments, **keywords)
     monkeypatch.setattr(evaluation, 'validate', slow_first)
     run_with(synthetic_args(num_train_iterations=30, val_interval=100), str(tmp_path), small_learner,
              synthetic_sampler)

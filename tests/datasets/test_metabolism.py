@@ -4,6 +4,7 @@ import argparse
 import os
 import pickle
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -427,12 +428,21 @@ def test_course_protocol_validates_and_tests_on_all_heldout_molecules(capsys):
 
 
 
-def test_building_the_features_says_so_and_shows_its_progress(tmp_path, capsys):
+def test_building_the_features_says_so_and_shows_its_progress(tmp_path, capsys, monkeypatch):
     """The one long phase outside training (minutes for the real tables on a busy CPU): a line, then
-    progress bars over the molecules of each table and over the featurisation."""
+    progress bars over the molecules of each table and over the featurisation, on a terminal
+    (piped, none: an error stays one line)."""
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    terminal = Terminal()
+    monkeypatch.setattr(sys, 'stderr', terminal)
     folder = write_tables(tmp_path)
     metabolism_features.load_tables(folder, 'maccs')
     captured = capsys.readouterr()
+    captured = type(captured)(captured.out, terminal.getvalue())
     assert captured.out.startswith(f'computing maccs features for the TDC tables in {folder} (once; cached at ')
     rows = len(ALKANES + ALCOHOLS)
     for bar in [f'reading {assay}' for assay in metabolism_tables.ASSAYS]:

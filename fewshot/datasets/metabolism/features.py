@@ -76,8 +76,10 @@ def featurizer(name):
 
 
 def with_progress(items, description):
-    """items, iterated under a progress bar on stderr when description is given (a long build)."""
-    return items if description is None else tqdm(items, desc=description, unit='molecule', leave=False)
+    """items, iterated under a progress bar on stderr when description is given (a long build) and
+    stderr is a terminal (piped, an error stays one line)."""
+    return items if description is None else tqdm(items, desc=description, unit='molecule', leave=False,
+                                                   disable=None)
 
 
 def parse_smiles(smiles, progress=None):

@@ -11,14 +11,17 @@ MAML (any variant), Reptile or a non-episodic baseline on an MLP.
 The same runs as `python protonet.py --dataset metabolism` and
 `python maml.py --dataset metabolism [--algorithm reptile]`.
 """
+import maml
+import protonet
 from fewshot import cli, registry
 from fewshot.errors import run_cli
 
 PROGRAM = registry.program('run_metabolism.py')
+LEARNERS = {**protonet.LEARNERS, **maml.LEARNERS}  # the course's classes (the baseline is the library's)
 
 
 def main(argv=None):
-    return cli.main(PROGRAM, argv)
+    return cli.main(PROGRAM, argv, LEARNERS)
 
 
 if __name__ == '__main__':

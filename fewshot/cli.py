@@ -47,8 +47,9 @@ def run_flags(algorithm, dataset):
     return (*flags.COMMON, *(flags.IMAGE_FLAGS if dataset.images else ()), *dataset.flags, *algorithm.flags)
 
 
-def parse(program, argv=None):
-    """Parse and check the flags once: a Command."""
+def parse(program, argv=None, learners=None):
+    """Parse and check the flags once: a Command. learners: {algorithm name: the program's learner
+    class} (protonet.py's ProtoNet, maml.py's MAML and Reptile); others are the library's."""
     argv = sys.argv[1:] if argv is None else list(argv)
     algorithms, datasets = program.offers()
     algorithm_name, dataset_name = _chosen(algorithms, datasets, argv)
@@ -89,7 +90,7 @@ def parse(program, argv=None):
     algorithm.check_args(args)
     log_dir = args.log_dir or default_log_dir(args, plain_defaults, algorithm, dataset, declared)
     return Command(args, given, {flag.dest: flag for flag in declared}, algorithm, dataset, log_dir, program.file,
-                   tuple(argv))
+                   tuple(argv), dict(learners or {}))
 
 
 def add_in_help_groups(parser, declared, algorithm, dataset):
@@ -133,6 +134,6 @@ def default_log_dir(args, defaults, algorithm, dataset, declared):
     return dataset.log_dir(args.algorithm, algorithm.log_name(args, flags.log_name_suffix(args, defaults, ordered)))
 
 
-def main(program, argv=None):
-    """Parse the flags, then train or test."""
-    return runner.run(parse(program, argv))
+def main(program, argv=None, learners=None):
+    """Parse the flags, then train or test (learners: as parse takes them)."""
+    return runner.run(parse(program, argv, learners))

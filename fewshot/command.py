@@ -15,6 +15,7 @@ class Command:
     given: the dests the command line gave explicitly.
     flags: {dest: flags.Flag} of every flag of the run.
     program, argv: the program and the command line, to say how to resume.
+    learners: {algorithm name: the program's learner class} (the course's classes); others: the library's.
     """
     args: object
     given: set
@@ -24,6 +25,7 @@ class Command:
     log_dir: str
     program: str = 'python -m fewshot'
     argv: tuple = ()
+    learners: dict = dataclasses.field(default_factory=dict)
 
     def resume_line(self, step):
         """The command that resumes this run from a step's checkpoint."""
@@ -38,7 +40,8 @@ class Command:
         return ' '.join([program, *words, *log_dir, '--checkpoint_step', str(step)])
 
     def build_learner(self, args, device):
-        learner = self.algorithm.build_learner(args, self.dataset, device)
+        program_class = self.learners.get(self.algorithm.name)  # an algorithm no program subclasses needs no such argument
+        learner = self.algorithm.build_learner(args, self.dataset, device, *([program_class] if program_class else []))
         return contracts.check(learner, contracts.Learner, f'the learner of --algorithm {self.algorithm.name}')
 
     def build_sampler(self, split, args, seed, device):

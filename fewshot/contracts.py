@@ -149,8 +149,9 @@ class Algorithm:
         return False
 
     @required
-    def build_learner(self, args, dataset, device):
-        """The Learner, built with dataset.network and dataset.task."""
+    def build_learner(self, args, dataset, device, learner_class=None):
+        """The Learner, built with dataset.network and dataset.task; learner_class: the program's
+        subclass of the algorithm's learner (the course's, with its methods written out), or None."""
 
     @required
     def log_name(self, args, changed):

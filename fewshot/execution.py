@@ -108,6 +108,16 @@ class EncoderCalls:
         return per_task_calls(network, examples, per_call, self.layout.channels_last)
 
 
+def library_steps(args):
+    """Whether a run takes the library's faster ways to compute its steps (the fastest tuned; a
+    meta-batch's tasks at once): with --fast, or a flag that batches MAML's tasks past its
+    per-task methods (--vmap_tasks yes, --group_tasks yes). Otherwise the course's methods
+    compute every step as they are written, task by task, and an execution flag left at auto
+    takes the plain way (per-task encoder calls, contiguous images)."""
+    given = vars(args)
+    return bool(given.get('fast')) or 'yes' in (given.get('vmap_tasks'), given.get('group_tasks'))
+
+
 def image_layout_flag(args, dataset):
     """--channels_last as the learners take it: None (auto: timed), True or False; False when the
     dataset's examples are not images."""

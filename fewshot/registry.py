@@ -31,14 +31,6 @@ FAST_RECIPES = {
                                learn_inner_lrs=True, num_hidden_channels=32, precision='auto'),
 }
 
-# the course's learners, whose graded methods (ProtoNet._step; MAML._inner_loop, MAML._outer_step) every
-# program trains, validates and tests through; register a subclass here to run it instead
-LEARNERS = {
-    'protonet': 'protonet:ProtoNet',
-    'maml': 'maml:MAML',
-}
-
-
 def _load(path, contract, what):
     module, name = path.split(':')
     return contracts.check(getattr(importlib.import_module(module), name), contract, what)()
@@ -52,12 +44,6 @@ def dataset(name):
 def algorithm(name):
     """The registered Algorithm called name."""
     return _load(ALGORITHMS[name], contracts.Algorithm, f'algorithm {name!r}')
-
-
-def learner_class(name):
-    """The learner class registered as LEARNERS[name] (a course file's class)."""
-    module, cls = LEARNERS[name].split(':')
-    return getattr(importlib.import_module(module), cls)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -83,18 +83,18 @@ def test_the_flag_applies_to_images_only():
     assert '--channels_last' not in {name for flag in cli.run_flags(registry.algorithm('maml'), metabolism)
                                      for name in flag.names}  # nor offered where it does not apply
     assert protonet.ProtoNet(networks.FunctionalNet(networks.conv_features, networks.init_conv_params(1, 1, 2)),
-                             channels_last=None).calls.layout.channels_last  # a CPU's default
+                             channels_last=None, fast=True).calls.layout.channels_last  # a CPU's default
 
 
 def test_the_timed_ways_switch_the_layout_the_learners_use():
     encoder = networks.FunctionalNet(networks.conv_features, networks.init_conv_params(1, 1, 2))
-    learner = protonet.ProtoNet(encoder, channels_last=None)
+    learner = protonet.ProtoNet(encoder, channels_last=None, fast=True)
     learner.execution_options()['one batched encoder call, contiguous images']()
     assert learner.calls.tasks_per_call == execution.ALL_TASKS and learner.calls.layout.channels_last is False
     learner.execution_options()['per-task encoder calls, channels-last images']()
     assert learner.calls.tasks_per_call == 1 and learner.calls.layout.channels_last is True
     meta = maml.MAML(networks.init_conv_params(1, 1, 2, num_outputs=3), networks.conv_net, vmap_tasks=False,
-                     channels_last=None)  # the loop forced, the layout to be timed
+                     channels_last=None, fast=True)  # the loop forced, the layout to be timed
     assert list(meta.execution_options()) == ['channels-last images', 'contiguous images']
     meta.execution_options()['contiguous images']()
     assert meta.inner.layout.channels_last is False

@@ -59,12 +59,12 @@ class BaselineAlgorithm(contracts.Algorithm):
     name = 'baseline'
     needs_train_classes = True
 
-    def build_learner(self, args, dataset, device):
+    def build_learner(self, args, dataset, device, learner_class=None):
         """The dataset's network with a head over its num_train_classes training classes."""
         params, _ = dataset.network(args, num_outputs=dataset.num_train_classes)
         head = {k: params.pop(k) for k in ('head', 'head_bias')}
         _, features = dataset.network(args)
-        return Baseline(networks.FunctionalNet(features, params), head, device)
+        return (learner_class or Baseline)(networks.FunctionalNet(features, params), head, device)
 
     def log_name(self, args, changed):
         return (flags.task_log_name(args) + f'.lr_{args.learning_rate}'

@@ -123,7 +123,6 @@ class InnerLoop:
             # running statistics are updated in place: per-task loop only
             self.vmap_tasks = self.tunable = self.group_tunable = False
         self.meta_parameters = {k: v.to(self.device).requires_grad_() for k, v in params.items()}
-        self.histories = None  # a list: adapt() appends each history to it (the multi-step loss, task by task)
         self.adapted_keys = [k for k in params if self._adapts(k)]
         per_step = self.variants.learn_inner_lrs_per_step
         self.learn_inner_lrs = learn_inner_lrs or per_step
@@ -203,8 +202,6 @@ class InnerLoop:
             history.append(parameters)
         with torch.no_grad():
             metrics.append(self.task.metric(way.forward(self, images, parameters, self.num_inner_steps, train), labels))
-        if self.histories is not None:
-            self.histories.append(history)
         return history, torch.stack(metrics, dim=-1), gradients
 
     def adapt_tasks(self, images, labels, create_graph, train):

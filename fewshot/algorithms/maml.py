@@ -12,40 +12,80 @@ classification (Omniglot, metabolism) and regression (sinusoids):
 """
 import torch
 
-from fewshot import contracts, execution, flags, networks, registry, tasks
-from fewshot.algorithms import graded, inner_loop
+from fewshot import contracts, execution, flags, networks, tasks
+from fewshot.algorithms import inner_loop
 from fewshot.algorithms.inner_loop import InnerLoop, Variants
 from fewshot.errors import UserError
 from fewshot.flags import AUTO_YES_NO, TEST_TIME, Flag, auto_yes_no, non_negative_int, positive_float, positive_int
 
 
-GRADED = ('MAML._inner_loop', 'MAML._outer_step')
 GROUP_GRAPH_BYTES = 256 * 2 ** 20  # the most autograd graph grouped tasks hold at once, in their trial and training
+FAST_NOTICE = ('the library computes the steps (fewshot/algorithms/maml.py: the fastest way tuned, a meta-batch\'s '
+               "tasks at once where faster), tested equal to maml.py's MAML._inner_loop and _outer_step")
 
 
 class MAML(contracts.Learner):
-    """A MAML learner: the inner loop, the outer loss, and what the training loop needs."""
+    """A MAML learner: the meta-parameters and inner learning rates, the per-task definition of a
+    step (_inner_loop, _outer_step: the library's, through InnerLoop.adapt; maml.py's MAML writes
+    them out), and what the training loop needs.
+
+    By default every step goes task by task through _outer_step. fast: the library's ways to
+    compute the same numbers are offered to tuning (a meta-batch's tasks at once by vmap or as
+    grouped convolutions, channels-last images), and the program says so (notice).
+    Before each task's _outer_step the learner sets second_order (whether its inner loop builds
+    the graph of its gradients: not first_order, and from --anneal_derivative_order's step on)
+    and step_weights (the multi-step loss's weights of the query losses after inner steps 1..L,
+    or None for the last step's alone)."""
 
     key_metric = 'post_adapt_query'
 
     def __init__(self, params, forward, task=tasks.CLASSIFICATION, num_inner_steps=inner_loop.NUM_INNER_STEPS,
                  inner_lr=inner_loop.INNER_LR, learn_inner_lrs=False, first_order=False, device='cpu',
-                 vmap_tasks=None, variants=None, channels_last=False, group_tasks=False):
+                 vmap_tasks=None, variants=None, channels_last=False, group_tasks=False, fast=False):
         """params, forward: the network with its head, forward(params, x, fused_bn=..., norm=...) -> (M, outputs).
-        task: tasks.CLASSIFICATION or tasks.REGRESSION (the loss and the per-task metric)."""
+        task: tasks.CLASSIFICATION or tasks.REGRESSION (the loss and the per-task metric).
+        fast: False runs every step task by task, images contiguous (vmap_tasks, group_tasks and
+        channels_last left at None take that way)."""
+        if not fast:
+            vmap_tasks, group_tasks = bool(vmap_tasks), bool(group_tasks)
+            channels_last = bool(channels_last)
         self.inner = InnerLoop(params, forward, task, num_inner_steps, inner_lr, learn_inner_lrs, device,
                                vmap_tasks, variants, channels_last, group_tasks)
         self.device, self.task, self.variants = self.inner.device, task, self.inner.variants
         self.first_order = first_order
-        self._order = None  # the order task_metrics was asked for while it runs _outer_step (None: first_order's)
+        self.second_order = not first_order  # of the task _outer_step runs now (class docstring)
+        self.step_weights = None
         self.num_outputs = params['head'].shape[0] if 'head' in params else None
         self.lr_schedule = 'cosine' if self.variants.cosine_outer_lr else 'constant'
         self.lr_tag = 'outer_lr' if self.variants.cosine_outer_lr else None
         self.tasks_per_group = 0  # grouped tasks per call and backward (0: the meta-batch); see execution_options
-        self.notice = graded.notice(type(self), GRADED)
-        if self.notice:  # the faster ways compute what the shipped methods do: run the edited ones task by task
-            inner = self.inner
-            inner.vmap_tasks = inner.group_tasks = inner.tunable = inner.group_tunable = False
+        self.notice = FAST_NOTICE if fast and (self.inner.tunable or self.inner.group_tunable or
+                                               self.inner.vmap_tasks or self.inner.group_tasks) else None
+
+    # what the per-task definition reads
+    @property
+    def meta_parameters(self):
+        """{name: tensor}: the network's meta-learned parameters (theta)."""
+        return self.inner.meta_parameters
+
+    @property
+    def adapted_keys(self):
+        """The names of the parameters the inner loop adapts (all; the head alone with --anil)."""
+        return self.inner.adapted_keys
+
+    @property
+    def num_inner_steps(self):
+        return self.inner.num_inner_steps
+
+    def inner_lr(self, key, step):
+        """The inner learning rate of a parameter at an inner step (learned ones are tensors that train)."""
+        return self.inner.inner_lr(key, step)
+
+    def forward(self, images, parameters, step=0, train=False, differentiated_twice=False):
+        """(M, ...) examples of one task -> (M, outputs) under the given parameters; step and train
+        pick --per_step_bn's batch-norm row and statistics; differentiated_twice (a second-order
+        inner step's pass) keeps the images contiguous, whose double backward is faster."""
+        return self.inner.forward(images, parameters, step, train, differentiated_twice)
 
     def parameters(self):
         """The tensors the outer optimizer trains: meta-parameters, then learned inner LRs."""
@@ -66,21 +106,37 @@ class MAML(contracts.Learner):
         weights[-1] = 1 - weights[:-1].sum()
         return weights
 
-    @property
-    def second_order(self):
-        """Whether the inner loop builds the graph of its gradients when training (the course's
-        _inner_loop reads it): not first_order, or the order task_metrics was asked for."""
-        return not self.first_order if self._order is None else self._order
-
-    def _inner_loop(self, images, labels, train):
-        raise NotImplementedError('the per-task definition of MAML is the course\'s: maml.py\'s MAML._inner_loop')
+    # the library's per-task definition (maml.py's MAML writes it out)
+    def _inner_loop(self, images, labels, train, every_step=False):
+        """Adapt the meta-parameters to one task's support set (InnerLoop.adapt): (the adapted
+        parameters, or with every_step the L dicts after each inner step; L+1 support metrics,
+        before each step and after the last; the L dicts of inner-loop gradients)."""
+        history, metrics, gradients = self.inner.adapt(images, labels, create_graph=train and self.second_order,
+                                                       train=train)
+        return (history[1:] if every_step else history[-1]), metrics.tolist(), gradients
 
     def _outer_step(self, task_batch, train):
-        raise NotImplementedError('the per-task definition of MAML is the course\'s: maml.py\'s MAML._outer_step')
+        """Adapt to each task's support set and score the adapted parameters on its query set:
+        (query loss, pre-adapt support metric, post-adapt support metric, post-adapt query metric),
+        means over the tasks; with step_weights, each task's loss weighs its query losses after
+        every inner step."""
+        losses, pre_adapt_support, post_adapt_support, post_adapt_query = [], [], [], []
+        for images_support, labels_support, images_query, labels_query in task_batch:
+            steps, metrics, _ = self._inner_loop(images_support, labels_support, train, every_step=True)
+            scored = range(1, len(steps) + 1) if self.step_weights is not None else [len(steps)]
+            with torch.set_grad_enabled(train):
+                outputs = [self.forward(images_query, steps[step - 1], step, train) for step in scored]
+                losses.append(self._query_objective([self.task.loss(x, labels_query) for x in outputs],
+                                                    self.step_weights))
+            pre_adapt_support.append(metrics[0])
+            post_adapt_support.append(metrics[-1])
+            post_adapt_query.append(self.task.metric(outputs[-1], labels_query).item())
+        return (torch.stack(losses).mean(), sum(pre_adapt_support) / len(task_batch),
+                sum(post_adapt_support) / len(task_batch), sum(post_adapt_query) / len(task_batch))
 
     def task_metrics(self, task_batch, train, second_order=None, loss_weights=None):
-        """The outer loss and (B,) per-task metrics: task by task through the graded _outer_step,
-        or for all tasks at once by vmap or grouped tasks (the same numbers: tests/algorithms/
+        """The outer loss and (B,) per-task metrics: task by task through _outer_step, or (fast)
+        for all tasks at once by vmap or grouped tasks (the same numbers: tests/algorithms/
         test_maml.py, test_grouped_tasks.py).
 
         second_order: None follows first_order. loss_weights: (L,) weights of the
@@ -89,57 +145,39 @@ class MAML(contracts.Learner):
         if self.task is tasks.CLASSIFICATION and task_batch.labels_support.max() >= self.num_outputs:
             raise UserError(f'tasks have more classes than the {self.num_outputs}-way head this MAML was '
                             f'trained with; use --num_way {self.num_outputs}')
+        self.second_order = not self.first_order if second_order is None else second_order
+        self.step_weights = loss_weights if self.inner.num_inner_steps > 1 else None
         if not (self.inner.vmap_tasks or self.inner.group_tasks):
-            return self._through_outer_step(task_batch, train, second_order, loss_weights)
+            return self._task_by_task(task_batch, train)
         inner = self.inner
-        create_graph = train and (self.second_order if second_order is None else second_order)
+        create_graph = train and self.second_order
         history, support = inner.adapt_tasks(task_batch.images_support, task_batch.labels_support, create_graph, train)
         images_query, labels_query = task_batch.images_query, task_batch.labels_query
-        steps = range(1, inner.num_inner_steps + 1) if loss_weights is not None else [inner.num_inner_steps]
+        steps = range(1, inner.num_inner_steps + 1) if self.step_weights is not None else [inner.num_inner_steps]
         with torch.set_grad_enabled(train):
             outputs = [inner.forward_tasks(images_query, history[step]) for step in steps]
-            loss = self._query_objective([self.task.loss(x, labels_query) for x in outputs], loss_weights)
+            loss = self._query_objective([self.task.loss(x, labels_query) for x in outputs], self.step_weights)
         metrics = {'pre_adapt_support': support[:, 0], 'post_adapt_support': support[:, -1],
                    'post_adapt_query': self.task.metric(outputs[-1], labels_query)}
         return loss, self._with_pre_adapt_query(metrics, task_batch, train)
 
-    def _through_outer_step(self, task_batch, train, second_order, loss_weights):
-        """task_metrics task by task: each task's _outer_step (which adapts by _inner_loop); with
-        loss_weights, the query losses after the earlier inner steps are added to its loss, from
-        the history of the one adaptation _inner_loop made."""
+    def _task_by_task(self, task_batch, train):
+        """task_metrics one task at a time, each through _outer_step: (mean loss, (B,) metrics)."""
         losses, rows = [], []
-        self._order, self.inner.histories = second_order, []
-        try:
-            for index in range(len(task_batch)):
-                task = task_batch.select(slice(index, index + 1))
-                del self.inner.histories[:]
-                loss, *metrics = self._outer_step(task, train)
-                if loss_weights is not None and self.inner.num_inner_steps > 1:
-                    loss = self._query_objective([*self._earlier_query_losses(task, train), loss], loss_weights)
-                losses.append(loss)
-                rows.append(metrics)
-        finally:
-            self._order, self.inner.histories = None, None
+        for index in range(len(task_batch)):
+            loss, *metrics = self._outer_step(task_batch.select(slice(index, index + 1)), train)
+            losses.append(loss)
+            rows.append(metrics)
         columns = torch.tensor(rows, dtype=torch.float64, device=self.device).T
         metrics = dict(zip(('pre_adapt_support', 'post_adapt_support', 'post_adapt_query'), columns))
         return torch.stack(losses).mean(), self._with_pre_adapt_query(metrics, task_batch, train)
-
-    def _earlier_query_losses(self, task, train):
-        """The query losses of one task after inner steps 1..L-1, from _inner_loop's adaptation."""
-        if len(self.inner.histories) != 1:
-            raise UserError('--multi_step_loss needs MAML._inner_loop to adapt each task once through '
-                            f'self.inner.adapt (it adapted {len(self.inner.histories)} times); drop the flag')
-        history, (images_query, labels_query) = self.inner.histories[0], (task.images_query[0], task.labels_query[0])
-        with torch.set_grad_enabled(train):
-            return [self.task.loss(self.inner.forward(images_query, history[step], step, train), labels_query)
-                    for step in range(1, self.inner.num_inner_steps)]
 
     @staticmethod
     def _query_objective(losses, loss_weights):
         """The query losses after inner steps 1..L, weighted (MSL), or the last alone."""
         if loss_weights is None or len(losses) == 1:
             return losses[-1]
-        return loss_weights[-1] * losses[-1] + sum(w * x for w, x in zip(loss_weights[:-1].tolist(), losses[:-1]))
+        return sum(w * x for w, x in zip(loss_weights.tolist(), losses))
 
     def _with_pre_adapt_query(self, metrics, task_batch, train):
         """metrics with 'pre_adapt_query', the query metric of the meta-parameters, at evaluation
@@ -275,7 +313,8 @@ def inner_loop_options(args, dataset, device):
                 inner_lr=args.inner_lr, device=device,
                 vmap_tasks=auto_yes_no(args.vmap_tasks), variants=Variants.from_args(args),
                 channels_last=execution.image_layout_flag(args, dataset),
-                group_tasks=auto_yes_no(vars(args).get('group_tasks', 'no')))  # Reptile: per task
+                group_tasks=auto_yes_no(vars(args).get('group_tasks', 'no')),  # Reptile: per task
+                fast=execution.library_steps(args))
 
 
 class MAMLAlgorithm(contracts.Algorithm):
@@ -296,9 +335,9 @@ class MAMLAlgorithm(contracts.Algorithm):
     def recognizes_older(self, checkpoint):
         return 'meta_parameters' in checkpoint['learner']
 
-    def build_learner(self, args, dataset, device):
-        return registry.learner_class(self.name)(first_order=args.first_order, learn_inner_lrs=args.learn_inner_lrs,
-                                                 **inner_loop_options(args, dataset, device))
+    def build_learner(self, args, dataset, device, learner_class=None):
+        return (learner_class or MAML)(first_order=args.first_order, learn_inner_lrs=args.learn_inner_lrs,
+                                       **inner_loop_options(args, dataset, device))
 
     def log_name(self, args, changed):
         return inner_loop_log_name(args, args.learn_inner_lrs, changed)

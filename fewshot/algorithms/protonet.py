@@ -6,12 +6,13 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from fewshot import contracts, execution, flags, networks, registry, tasks
-from fewshot.algorithms import graded
+from fewshot import contracts, execution, flags, networks, tasks
 from fewshot.errors import UserError
 from fewshot.flags import TEST_TIME, Flag, positive_int
 
-TEST_VIEWS_SEED = 0  # the distorted copies of test-time augmentation: the same for every evaluation
+FAST_NOTICE = ("the library computes the steps (fewshot/algorithms/protonet.py: a meta-batch's tasks scored at once, "
+               "the fastest encoder calls and image layout tuned), tested equal to protonet.py's ProtoNet._step")
+TEST_VIEWS_SEED = 0  # the distorted copies of test-time augmentation: the same for every evaluation and task
 COSINE_SCALE = 10.0  # the learned scale's start: cosines in [-1, 1] times 10 give a softmax that can be confident
 
 
@@ -37,13 +38,16 @@ def prototype_logits(support, labels_support, query, num_way, cosine_scale=None)
 
 
 class ProtoNet(contracts.Learner):
-    """A ProtoNet learner: an encoder and the ProtoNet loss."""
+    """A ProtoNet learner: an encoder and the ProtoNet loss. By default every step goes through
+    _step (the library's: task_metrics' means; protonet.py's ProtoNet writes it out), evaluation
+    task by task; fast: task_metrics scores a meta-batch at once, and the ways to call the encoder
+    are offered to tuning."""
 
     key_metric = 'query'
     task = tasks.CLASSIFICATION
 
     def __init__(self, network, device='cpu', tasks_per_call=None, joint_batch_norm=False, channels_last=False,
-                 inductive=False, test_views=1, distort=None, train_inductive=False, metric='euclidean'):
+                 inductive=False, test_views=1, distort=None, train_inductive=False, metric='euclidean', fast=False):
         """network: maps (T*M, ...) examples of T tasks (num_tasks=T) to (T*M, D) embeddings.
         tasks_per_call, channels_last: how the encoder goes over a meta-batch (execution.EncoderCalls);
             None: the device's default, both ways offered to tuning.
@@ -54,7 +58,13 @@ class ProtoNet(contracts.Learner):
             so each query is classified on its own from the support set; train_inductive: loss() too.
         test_views, distort: evaluate() averages each image's embedding over the image and
             test_views - 1 copies distorted by distort(images, generator), drawn from a fixed seed.
-        metric: 'euclidean' (the paper's) or 'cosine' (cosine similarity times a learned scale)."""
+        metric: 'euclidean' (the paper's) or 'cosine' (cosine similarity times a learned scale).
+        fast: False steps through _step, tasks_per_call and channels_last left at None taking per-task
+            calls and contiguous images."""
+        if not fast:
+            tasks_per_call, channels_last = tasks_per_call or 1, bool(channels_last)
+        self.fast = fast
+        self.notice = FAST_NOTICE if fast else None
         self.device = torch.device(device)
         self._network = network.to(self.device)
         self.joint_batch_norm, self.inductive, self.train_inductive = joint_batch_norm, inductive, train_inductive
@@ -88,14 +98,8 @@ class ProtoNet(contracts.Learner):
         """(B, N*K, N) support logits and (B, N*Q, N) query logits of a TaskBatch; inductive: the
         queries normalised with the support set's batch-norm statistics; views: embeddings averaged
         over the images and views - 1 distorted copies."""
-        support, query = self.embed_task(task_batch.images_support, task_batch.images_query, inductive)
-        generator = torch.Generator().manual_seed(TEST_VIEWS_SEED)
-        for _ in range(views - 1):
-            images = [self.distort(x.cpu(), generator).to(x.device)
-                      for x in (task_batch.images_support, task_batch.images_query)]
-            extra_support, extra_query = self.embed_task(*images, inductive)
-            support, query = support + extra_support, query + extra_query
-        support, query = support / views, query / views
+        with self.scored(inductive, views):
+            support, query = self.embeddings(task_batch)
         num_way = int(task_batch.labels_support.max()) + 1
         labels = task_batch.labels_support
         return (prototype_logits(support, labels, support, num_way, self.cosine_scale),
@@ -112,15 +116,48 @@ class ProtoNet(contracts.Learner):
             'query': tasks.task_accuracy(query_logits, task_batch.labels_query)}
         return loss, accuracy
 
+    def _step(self, task_batch):
+        """One step's (loss, support accuracy, query accuracy), means over the tasks: the library's
+        definition, task_metrics' means (protonet.py's ProtoNet writes it out)."""
+        loss, accuracy = self.task_metrics(task_batch)
+        return loss, accuracy['support'].mean().item(), accuracy['query'].mean().item()
+
+    def embeddings(self, task_batch):
+        """(B, N*K, D) support and (B, N*Q, D) query embeddings, float32 or wider, as the step scores
+        them (scored(): --inductive, --test_views)."""
+        inductive, views = self._scoring
+        support, query = self.embed_task(task_batch.images_support, task_batch.images_query, inductive)
+        generators = [torch.Generator().manual_seed(TEST_VIEWS_SEED) for _ in range(len(task_batch))]  # a task's
+        for _ in range(views - 1):  # copies do not depend on the tasks evaluated with it
+            images = [torch.cat([self.distort(x[i:i + 1].cpu(), generator) for i, generator in enumerate(generators)])
+                      .to(x.device) for x in (task_batch.images_support, task_batch.images_query)]
+            extra_support, extra_query = self.embed_task(*images, inductive)
+            support, query = support + extra_support, query + extra_query
+        dtype = torch.promote_types(support.dtype, torch.float32)
+        return (support / views).to(dtype), (query / views).to(dtype)
+
     def loss(self, task_batch, step):
-        """The training objective (scalar) and (B,) per-task support and query accuracies."""
-        loss, accuracy = self.task_metrics(task_batch, self.train_inductive)
-        return loss, {k: v.detach() for k, v in accuracy.items()}
+        """The training objective (scalar) and (B,) per-task support and query accuracies: _step's,
+        each task given the means (fast: task_metrics')."""
+        if self.fast:
+            loss, accuracy = self.task_metrics(task_batch, self.train_inductive)
+            return loss, {k: v.detach() for k, v in accuracy.items()}
+        with self.scored(self.train_inductive, 1):
+            loss, support, query = self._step(task_batch)
+        like = dict(size=(len(task_batch),), device=self.device)
+        return loss, {'support': torch.full(fill_value=support, **like), 'query': torch.full(fill_value=query, **like)}
 
     @torch.no_grad()
     def evaluate(self, task_batch):
-        loss, accuracy = self.task_metrics(task_batch, self.inductive, self.test_views)
-        return {'loss': loss.expand(len(task_batch)), **accuracy}
+        """(B,) per-task loss and accuracies: _step task by task (fast: task_metrics at once)."""
+        if self.fast:
+            loss, accuracy = self.task_metrics(task_batch, self.inductive, self.test_views)
+            return {'loss': loss.expand(len(task_batch)), **accuracy}
+        with self.scored(self.inductive, self.test_views):
+            rows = [self._step(task_batch.select(slice(i, i + 1))) for i in range(len(task_batch))]
+        losses, support, query = zip(*rows)
+        return {'loss': torch.stack(losses), 'support': torch.tensor(support, device=self.device),
+                'query': torch.tensor(query, device=self.device)}
 
     @contextlib.contextmanager
     def scored(self, inductive, views):
@@ -148,37 +185,6 @@ class ProtoNet(contracts.Learner):
         if self.cosine_scale is not None:
             with torch.no_grad():
                 self.cosine_scale.copy_(state['cosine_scale'])
-
-
-class GradedProtoNet(ProtoNet):
-    """A ProtoNet trained, validated and tested through the graded _step its subclass defines
-    (protonet.py's ProtoNet): _step(task_batch) -> (loss, support accuracy, query accuracy), means
-    over the tasks. The shipped _step is task_metrics' means, so while it is the shipped one a
-    meta-batch is evaluated in one task_metrics; an edited one is called task by task."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.notice = graded.notice(type(self), ('ProtoNet._step',))
-
-    def _step(self, task_batch):
-        raise NotImplementedError("the ProtoNet step is the course's: protonet.py's ProtoNet._step")
-
-    def loss(self, task_batch, step):
-        """_step's loss, and its accuracies as (B,) metrics (each task given the mean)."""
-        with self.scored(self.train_inductive, 1):
-            loss, support, query = self._step(task_batch)
-        like = dict(size=(len(task_batch),), device=self.device)
-        return loss, {'support': torch.full(fill_value=support, **like), 'query': torch.full(fill_value=query, **like)}
-
-    @torch.no_grad()
-    def evaluate(self, task_batch):
-        if not self.notice:
-            return super().evaluate(task_batch)
-        with self.scored(self.inductive, self.test_views):
-            rows = [self._step(task_batch.select(slice(i, i + 1))) for i in range(len(task_batch))]
-        losses, support, query = zip(*rows)
-        return {'loss': torch.stack(losses), 'support': torch.tensor(support, device=self.device),
-                'query': torch.tensor(query, device=self.device)}
 
 
 ENCODER_CALLS = {'auto': None, 'per_task': 1, 'batched': execution.ALL_TASKS}
@@ -219,17 +225,17 @@ class ProtoNetAlgorithm(contracts.Algorithm):
     def recognizes_older(self, checkpoint):
         return 'network' in checkpoint['learner']
 
-    def build_learner(self, args, dataset, device):
+    def build_learner(self, args, dataset, device, learner_class=None):
+        """learner_class: protonet.py's ProtoNet (its _step), or None: the library's."""
         if args.test_views > 1 and dataset.distort is None:
             raise UserError(f'--test_views {args.test_views}: --dataset {dataset.name} has no distortions '
                             'to average over; leave it at 1')
         params, forward = dataset.network(args)
-        learner_class = registry.learner_class(self.name)
-        return learner_class(networks.FunctionalNet(forward, params), device,
-                             tasks_per_call=encoder_calls(args, dataset), joint_batch_norm=args.joint_batch_norm,
-                             channels_last=execution.image_layout_flag(args, dataset), inductive=args.inductive,
-                             train_inductive=args.train_inductive, test_views=args.test_views,
-                             distort=dataset.distort, metric=args.metric)
+        return (learner_class or ProtoNet)(
+            networks.FunctionalNet(forward, params), device, tasks_per_call=encoder_calls(args, dataset),
+            joint_batch_norm=args.joint_batch_norm, channels_last=execution.image_layout_flag(args, dataset),
+            inductive=args.inductive, train_inductive=args.train_inductive, test_views=args.test_views,
+            distort=dataset.distort, metric=args.metric, fast=execution.library_steps(args))
 
     def log_name(self, args, changed):
         return (flags.task_log_name(args) + f'.lr_{args.learning_rate}'

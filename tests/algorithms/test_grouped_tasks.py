@@ -78,7 +78,7 @@ def test_a_grouped_step_in_groups_is_the_same_step():
 
 def test_grouped_tasks_are_offered_where_a_group_of_the_trials_tasks_fits(monkeypatch):
     learner = maml.MAML(networks.init_conv_params(4, 1, 4, num_outputs=3), networks.conv_net,
-                                  vmap_tasks=False, channels_last=False, group_tasks=None)
+                                  vmap_tasks=False, channels_last=False, group_tasks=None, fast=True)
     sample = random_batch(num_tasks=4, dtype=torch.float32)
     one_task = learner.graph_bytes(sample)
     first_block = (6 + 9) * 4 * 28 * 28 * 4  # one task's 15 images through the first conv: fp32 bytes
@@ -100,7 +100,7 @@ def test_tuning_reads_the_gate_on_the_trials_tasks(tmp_path, monkeypatch):
     monkeypatch.setattr(tuning, 'seconds_per_step', lambda learner, batch, repeats=2: timed.append(
         (learner.inner.group_tasks, len(batch))) or (0.1 if learner.inner.group_tasks else 0.2))
     learner = maml.MAML(networks.init_conv_params(4, 1, 4, num_outputs=3), networks.conv_net,
-                                  vmap_tasks=False, channels_last=False, group_tasks=None)
+                                  vmap_tasks=False, channels_last=False, group_tasks=None, fast=True)
     sample = lambda: random_batch(num_tasks=6, dtype=torch.float32)  # noqa: E731
     assert tuning.choose(learner, sample, 'fits', str(tmp_path / 't.json')) == 'tasks as groups of one convolution'
     assert timed == [(False, tuning.TUNE_TASKS), (True, tuning.TUNE_TASKS)] and learner.inner.group_tasks
@@ -118,5 +118,5 @@ def test_group_tasks_refusals():
         maml.MAML(params, networks.conv_net, vmap_tasks=True, group_tasks=True)
     with pytest.raises(UserError, match='--group_tasks yes: --per_step_bn'):
         maml.MAML(params, networks.conv_net, group_tasks=True, variants=Variants(per_step_bn=True))
-    assert not maml.MAML(params, networks.conv_net, group_tasks=None,
+    assert not maml.MAML(params, networks.conv_net, group_tasks=None, fast=True,
                                    variants=Variants(per_step_bn=True)).inner.group_tunable

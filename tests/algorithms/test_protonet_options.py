@@ -76,12 +76,14 @@ def test_test_views_average_distorted_embeddings_and_one_view_changes_nothing():
                        ProtoNet(encoder).evaluate(batch)['query'])
     learner = ProtoNet(encoder, test_views=3, distort=augment.random_affine)
     _, logits = learner.logits(batch, views=3)
-    generator = torch.Generator().manual_seed(0)
-    views = [(batch.images_support, batch.images_query)]
-    views += [(augment.random_affine(batch.images_support, generator), augment.random_affine(batch.images_query, generator))
-              for _ in range(2)]
-    support = sum(torch.stack([encoder(s[t]) for t in range(2)]) for s, _ in views) / 3
-    query = sum(torch.stack([encoder(q[t]) for t in range(2)]) for _, q in views) / 3
+
+    def task_views(t):  # a task's copies come from a generator of its own: the same evaluated alone or batched
+        generator = torch.Generator().manual_seed(0)
+        support, query = batch.images_support[t:t + 1], batch.images_query[t:t + 1]
+        copies = [(support, query)] + [(augment.random_affine(support, generator),
+                                        augment.random_affine(query, generator)) for _ in range(2)]
+        return sum(encoder(s[0]) for s, _ in copies) / 3, sum(encoder(q[0]) for _, q in copies) / 3
+    support, query = map(torch.stack, zip(*[task_views(t) for t in range(2)]))
     expected = -torch.cdist(query, support) ** 2  # one support image per class: it is the prototype
     assert torch.allclose(logits, expected, atol=1e-8) and not torch.allclose(logits, plain[1])
 

@@ -21,7 +21,7 @@ def tiny_run(folder, log_dir, *flags):
 def test_bf16_runs_the_loop_under_autocast_and_fp32_does_not(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, 'cpu_has_bf16', lambda: True)  # emulated where not native: slow, same numbers
     folder = write_tables(tmp_path / 'data')
-    seen, real_loss, real_evaluate = {}, protonet.GradedProtoNet.loss, protonet.GradedProtoNet.evaluate
+    seen, real_loss, real_evaluate = {}, protonet.ProtoNet.loss, protonet.ProtoNet.evaluate
 
     def loss(self, batch, step):
         objective, metrics = real_loss(self, batch, step)
@@ -31,8 +31,8 @@ def test_bf16_runs_the_loop_under_autocast_and_fp32_does_not(tmp_path, monkeypat
     def evaluate(self, batch):
         seen.setdefault('evaluate', set()).add(torch.is_autocast_enabled('cpu'))
         return real_evaluate(self, batch)
-    monkeypatch.setattr(protonet.GradedProtoNet, 'loss', loss)  # the course's ProtoNet's
-    monkeypatch.setattr(protonet.GradedProtoNet, 'evaluate', evaluate)
+    monkeypatch.setattr(protonet.ProtoNet, 'loss', loss)  # the course's ProtoNet's
+    monkeypatch.setattr(protonet.ProtoNet, 'evaluate', evaluate)
     for precision, autocast in (('bf16', True), ('fp32', False)):
         seen.clear()
         tiny_run(folder, str(tmp_path / precision), '--precision', precision)

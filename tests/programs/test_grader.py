@@ -32,9 +32,17 @@ def broken(picked, k):  # the first query drawing repeats a support drawing
 tasks.task_batch_from_draws = broken
 ''',
     '2a-0-basic': '''
-from fewshot.algorithms import protonet
-real = protonet.prototype_logits
-protonet.prototype_logits = lambda *args: -real(*args)  # distances instead of negative distances
+import torch
+import protonet
+real = torch.Tensor.square
+def broken(self, batch):  # absolute differences summed instead of squared distances
+    torch.Tensor.square = torch.Tensor.abs
+    try:
+        return real_step(self, batch)
+    finally:
+        torch.Tensor.square = real
+real_step = protonet.ProtoNet._step
+protonet.ProtoNet._step = broken
 ''',
     '3a-0-basic': '''
 import maml

@@ -5,15 +5,15 @@ import statistics
 
 import torch
 
+import maml
 from fewshot import networks, runtime
-from fewshot import registry
 from fewshot.algorithms.maml import GROUP_GRAPH_BYTES
 from fewshot.datasets.omniglot.dataset import omniglot_sampler
 from fewshot.engine import loop
 from tools.bench.common import timed
 
 # the course's learners: what the programs train
-MAML = registry.learner_class('maml')
+MAML = maml.MAML
 
 # (name, hidden channels, queries per class, tasks per step, learned inner LRs, precision)
 CONFIGS = [('`--fast` (32 channels, 5 queries, 8 tasks)', 32, 5, 8, True, 'bf16'),
@@ -43,7 +43,7 @@ def bench_group_tasks(data_dir, repeats, device):
         torch.manual_seed(0)
         params = networks.init_conv_params(4, 1, channels, num_outputs=5)
         learners = [MAML(params, networks.conv_net, learn_inner_lrs=learn_lrs, device=device, vmap_tasks=False,
-                         channels_last=True, group_tasks=grouped) for grouped in (False, None)]
+                         channels_last=True, group_tasks=grouped, fast=True) for grouped in (False, None)]
         times = {False: [], True: []}
         with runtime.autocast(device, precision):
             graph = learners[1].graph_bytes(batches[0])

@@ -4,14 +4,16 @@ import itertools
 
 import torch
 
-from fewshot import networks, registry, runtime
+import maml
+import protonet
+from fewshot import networks, runtime
 from fewshot.datasets.omniglot.dataset import omniglot_sampler
 from fewshot.engine import distributed, loop
 from fewshot.flags import auto_yes_no
 from tools.bench.common import timed
 
 # the course's learners: what the programs train
-MAML, ProtoNet = registry.learner_class('maml'), registry.learner_class('protonet')
+MAML, ProtoNet = maml.MAML, protonet.ProtoNet  # the course's classes, what the programs train
 
 
 def timed_training_step(learner, sampler, args, device):
@@ -29,7 +31,7 @@ def child_protonet(args, device):
     sampler = omniglot_sampler('train', 5, 5, 15, args.data_dir, seed=0, device=device)
     encoder = networks.FunctionalNet(networks.conv_features, networks.init_conv_params(4, 1, 64))
     learner = ProtoNet(encoder, device, tasks_per_call=args.tasks_per_call,
-                                channels_last=auto_yes_no(args.channels_last))
+                                channels_last=auto_yes_no(args.channels_last), fast=True)
     return timed_training_step(learner, sampler, args, device)
 
 
@@ -40,7 +42,7 @@ def child_maml(args, device):
     learner = MAML(networks.init_conv_params(4, 1, 64, num_outputs=5), networks.conv_net,
                         num_inner_steps=args.inner_steps, inner_lr=args.inner_lr, learn_inner_lrs=bool(args.learn_inner_lrs),
                         first_order=bool(args.first_order), device=device, vmap_tasks=args.vmap == 'yes',
-                        channels_last=auto_yes_no(args.channels_last))
+                        channels_last=auto_yes_no(args.channels_last), fast=True)
     return timed_training_step(learner, sampler, args, device)
 
 
@@ -58,7 +60,7 @@ def child_maml_fixed(args, device):
     torch.manual_seed(0)
     learner = MAML(networks.init_conv_params(4, 1, 64, num_outputs=args.way), networks.conv_net,
                         num_inner_steps=args.inner_steps, inner_lr=args.inner_lr, device=device,
-                        vmap_tasks=args.vmap == 'yes', channels_last=auto_yes_no(args.channels_last))
+                        vmap_tasks=args.vmap == 'yes', channels_last=auto_yes_no(args.channels_last), fast=True)
     return fixed_batch_steps(learner, args, device)
 
 
@@ -69,7 +71,7 @@ def child_protonet_fixed(args, device):
     torch.manual_seed(0)
     encoder = networks.FunctionalNet(networks.conv_features, networks.init_conv_params(4, 1, 64))
     learner = ProtoNet(encoder, device, tasks_per_call=args.tasks_per_call,
-                                channels_last=auto_yes_no(args.channels_last))
+                                channels_last=auto_yes_no(args.channels_last), fast=True)
     return fixed_batch_steps(learner, args, device)
 
 

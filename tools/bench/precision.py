@@ -4,12 +4,14 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from fewshot import networks, registry, runtime
+import maml
+import protonet
+from fewshot import networks, runtime
 from fewshot.engine import loop
 from tools.bench.ours import fixed_batches
 
 # the course's learners: what the programs train
-MAML, ProtoNet = registry.learner_class('maml'), registry.learner_class('protonet')
+MAML, ProtoNet = maml.MAML, protonet.ProtoNet  # the course's classes, what the programs train
 
 
 def bench_bf16_gradients(data_dir, device):
@@ -20,9 +22,10 @@ def bench_bf16_gradients(data_dir, device):
     print('|---|---|---|---|---|')
     def maml_learner(steps, inner_lr):
         return MAML(networks.init_conv_params(4, 1, 64, num_outputs=5), networks.conv_net,
-                         num_inner_steps=steps, inner_lr=inner_lr, device=device, vmap_tasks=False)
+                         num_inner_steps=steps, inner_lr=inner_lr, device=device, vmap_tasks=False,
+                         fast=True)
     setups = [('ProtoNet 5w5s', 5, lambda: ProtoNet(networks.FunctionalNet(
-                   networks.conv_features, networks.init_conv_params(4, 1, 64)), device, tasks_per_call=1)),
+                   networks.conv_features, networks.init_conv_params(4, 1, 64)), device, tasks_per_call=1, fast=True)),
               ('MAML 5w1s, 1 step at 0.4', 1, lambda: maml_learner(1, 0.4)),
               ('MAML 5w1s, 5 steps at 0.04', 1, lambda: maml_learner(5, 0.04))]
     for name, shot, build in setups:

@@ -11,12 +11,14 @@ import subprocess
 import sys
 import tempfile
 
-from fewshot import cli, registry, runtime
+import maml
+import protonet
+from fewshot import cli, runtime
 from fewshot.engine import loop, tuning
 from tools.bench.common import run_child, timed
 
-FAST = {'protonet': ('ProtoNet 5w5s --fast', 'protonet.py', ['--fast', '--num_support', '5']),
-        'maml': ('MAML 5w1s --fast', 'maml.py', ['--fast'])}
+FAST = {'protonet': ('ProtoNet 5w5s --fast', protonet, ['--fast', '--num_support', '5']),
+        'maml': ('MAML 5w1s --fast', maml, ['--fast'])}
 
 
 def child_fast_step(args, device):
@@ -24,7 +26,7 @@ def child_fast_step(args, device):
     the recipe's learner, its tasks and the way to compute a step that tuning picks, in its precision."""
     threads, _ = runtime.choose_threads(args.threads if args.threads == 'auto' else int(args.threads))
     _, program, flags = FAST[args.algorithm]
-    command = cli.parse(registry.program(program), [*flags, '--data_dir', args.data_dir])
+    command = cli.parse(program.PROGRAM, [*flags, '--data_dir', args.data_dir], program.LEARNERS)
     runtime.tune_cpu_allocator()
     run = command.args
     runtime.seed_everything(0)

@@ -18,7 +18,8 @@ import os
 import numpy as np
 import torch
 
-from fewshot import cli, flags, registry, runtime
+import protonet
+from fewshot import cli, flags, runtime
 from fewshot.datasets.omniglot import lake_runs
 from fewshot.engine import checkpoints, runner
 from fewshot.errors import UserError, run_cli
@@ -28,8 +29,8 @@ from tools.lake.select import runs_file, spread
 def member_probabilities(log_dir, step, runs, extra=()):
     """(R, N, N) class probabilities of checkpoint `step` of log_dir for each test image of the runs
     in the zip `runs` (at the model's own image size), and (R, N) the test images' classes."""
-    command = cli.parse(registry.program('protonet.py'), ['--test', '--log_dir', log_dir, '--checkpoint_step', str(step),
-                                           '--lake_runs', runs, *extra])
+    argv = ['--test', '--log_dir', log_dir, '--checkpoint_step', str(step), '--lake_runs', runs, *extra]
+    command = cli.parse(protonet.PROGRAM, argv, protonet.LEARNERS)
     device = torch.device('cpu')
     with runtime.autocast(device, command.args.precision):
         learner, _, trained = runner.trained_learner(command, step, device)

@@ -11,7 +11,8 @@ are kept, an unfinished member resumes from its last checkpoint.
 import os
 import shlex
 
-from fewshot import cli, flags, registry
+import protonet
+from fewshot import flags
 from fewshot.errors import run_cli
 from tools.lake import build_runs, ensemble, select
 from tools.lake.select import runs_file
@@ -46,7 +47,7 @@ def main(argv=None):
     for name, member_flags in MEMBERS.items():
         log_dir = os.path.join(args.out, name)
         print(f'member {name}: {member_flags}', flush=True)
-        cli.main(registry.program('protonet.py'), [*COMMON.split(), *member_flags.split(), '--data_dir', args.data_dir, '--log_dir', log_dir,
+        protonet.main([*COMMON.split(), *member_flags.split(), '--data_dir', args.data_dir, '--log_dir', log_dir,
                        *shlex.split(args.train_flags)])
         step, _ = select.choose_step(log_dir, runs['val_runs.zip'])
         members.append(f'{log_dir}:{step}')

@@ -15,7 +15,8 @@ import re
 
 import numpy as np
 
-from fewshot import cli, flags, registry
+import protonet
+from fewshot import flags
 from fewshot.engine import checkpoints
 from fewshot.errors import run_cli
 
@@ -26,7 +27,7 @@ def run_errors(log_dir, step, runs, extra=()):
     """(R,) error rates in % of checkpoint `step` on the runs in the zip `runs`."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        cli.main(registry.program('protonet.py'), ['--test', '--log_dir', log_dir, '--checkpoint_step', str(step), '--lake_runs', runs, *extra])
+        protonet.main(['--test', '--log_dir', log_dir, '--checkpoint_step', str(step), '--lake_runs', runs, *extra])
     return np.array([float(e) for e in PER_RUN.findall(out.getvalue())])
 
 

@@ -83,12 +83,16 @@ def run(command: Command):
     try:
         with runtime.autocast(processes.device, args.precision), \
                 (faults.LogDirLock(log_dir) if writes else contextlib.nullcontext()):
-            return test(command, processes) if args.test else train(command, processes)
+            results = test(command, processes) if args.test else train(command, processes)
     except BaseException as error:
         files.remove_if_empty(created)  # a run that failed before writing anything leaves no empty log dir
+        if isinstance(error, SystemExit):  # stopped by a signal after finishing: saved, its status kept
+            processes.leave(error.code)
         if isinstance(error, flags.UserError) and not processes.is_main:
             raise SystemExit(2) from None  # rank 0 says why
         raise
+    processes.leave(0)
+    return results
 
 
 def test(command, processes):

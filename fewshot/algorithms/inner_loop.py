@@ -104,7 +104,8 @@ class InnerLoop:
         self.vmap_tasks = self.device.type != 'cpu' if vmap_tasks is None else vmap_tasks
         # on a CPU the loop, untimed: vmap's trial alone would hold more graph than the loop's training
         # (docs/benchmarks.md: the loop 2-2.4x faster with under half the memory on the CPUs measured)
-        self.tunable = vmap_tasks is None and self.device.type != 'cpu'
+        # a way given (--vmap_tasks or --group_tasks yes) is kept: tuning then times the layouts only
+        self.tunable = vmap_tasks is None and not group_tasks and self.device.type != 'cpu'
         self.layout = execution.ImageLayout(channels_last, self.device)
         self._network = forward
         self.per_step_bn = None
@@ -114,7 +115,7 @@ class InnerLoop:
         if group_tasks and vmap_tasks:
             raise UserError('--group_tasks yes and --vmap_tasks yes are two ways to batch tasks; choose one')
         self.group_tasks = bool(group_tasks)
-        self.group_tunable = group_tasks is None and self.grouped_network is not None
+        self.group_tunable = group_tasks is None and not vmap_tasks and self.grouped_network is not None
         if self.variants.per_step_bn:
             if group_tasks:
                 raise UserError('--group_tasks yes: --per_step_bn updates running statistics task by task; drop one')

@@ -120,3 +120,14 @@ def test_group_tasks_refusals():
         maml.MAML(params, networks.conv_net, group_tasks=True, variants=Variants(per_step_bn=True))
     assert not maml.MAML(params, networks.conv_net, group_tasks=None, fast=True,
                                    variants=Variants(per_step_bn=True)).inner.group_tunable
+
+
+def test_a_given_way_of_batching_tasks_is_kept_by_tuning():
+    """--vmap_tasks yes: tuning offers no other way of batching tasks (only the layouts), and its
+    sample is not run under the graph-measuring hooks that torch.func refuses."""
+    params = networks.init_conv_params(4, 1, 4, num_outputs=3, dtype=torch.float64)
+    learner = maml.MAML(params, networks.conv_net, vmap_tasks=True, group_tasks=None, fast=True)
+    assert not learner.inner.group_tunable and not learner.inner.tunable
+    for switch in learner.execution_options(random_batch(num_tasks=4)).values():
+        switch()
+        assert learner.inner.vmap_tasks and not learner.inner.group_tasks

@@ -1,8 +1,8 @@
 """Functional networks shared by the algorithms: parameters are a dict of
 tensors, the forward pass a plain function of (params, inputs).
 
-Batch norm always uses the statistics of the current batch (the course's
-transductive setting, no running statistics). With `num_tasks = B`, the
+Batch norm uses the statistics of the current batch (the course's
+transductive setting, no running statistics), but in RunningStatisticsNet. With `num_tasks = B`, the
 leading dimension holds B tasks of equal size and every task is normalised
 with its own statistics, exactly as if each task went through alone.
 """
@@ -26,6 +26,43 @@ class FunctionalNet(torch.nn.Module):
 
     def forward(self, x, num_tasks=1):
         return self.function(dict(self.params), x, num_tasks)
+
+
+class RunningStatisticsNet(FunctionalNet):
+    """A FunctionalNet whose batch norms keep running statistics (buffers running_mean{i},
+    running_var{i}; PyTorch's BatchNorm update: momentum 0.1, unbiased variance): inside
+    `training()` each block normalises with its batch statistics (each task's own, as
+    task_batch_norm) and updates the running ones with their mean over the tasks;
+    elsewhere it normalises with the running ones (eval mode, as Snell et al.'s code
+    evaluates). function must take norm=(x, i) -> x (conv_net, mlp_net)."""
+
+    MOMENTUM = 0.1
+
+    def __init__(self, function, params):
+        super().__init__(function, params)
+        self.blocks = sum(1 for k in params if k.startswith('bn') and k.endswith('_weight'))
+        for i in range(self.blocks):
+            channels = params[f'bn{i}_weight'].shape[0]
+            self.register_buffer(f'running_mean{i}', torch.zeros(channels, dtype=params[f'bn{i}_weight'].dtype))
+            self.register_buffer(f'running_var{i}', torch.ones(channels, dtype=params[f'bn{i}_weight'].dtype))
+
+    def forward(self, x, num_tasks=1):
+        params = dict(self.params)
+        return self.function(params, x, num_tasks, norm=lambda x, i: self.norm(params, x, i, num_tasks))
+
+    def norm(self, params, x, i, num_tasks):
+        """Block i's batch norm of (T*M, C, ...) activations of num_tasks tasks."""
+        weight, bias = params[f'bn{i}_weight'], params[f'bn{i}_bias']
+        mean, var = getattr(self, f'running_mean{i}'), getattr(self, f'running_var{i}')
+        if not is_training():
+            return F.batch_norm(x, mean, var, weight, bias, training=False, eps=BN_EPS)
+        with torch.no_grad():
+            grouped = x.detach().unflatten(0, (num_tasks, -1)).to(mean.dtype)  # (T, M, C, ...)
+            dims = [1] + list(range(3, grouped.dim()))
+            task_var, task_mean = torch.var_mean(grouped, dim=dims, correction=1)  # (T, C)
+            mean.lerp_(task_mean.mean(0), self.MOMENTUM)
+            var.lerp_(task_var.mean(0), self.MOMENTUM)
+        return task_batch_norm(x, weight, bias, num_tasks)
 
 
 def init_conv_params(num_blocks=4, in_channels=1, hidden_channels=64, num_outputs=None, dtype=torch.float32,

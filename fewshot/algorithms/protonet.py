@@ -176,6 +176,10 @@ class ProtoNet(contracts.Learner):
         finally:
             self.inductive = before
 
+    def buffers(self):
+        """The encoder's batch-norm running statistics (--running_statistics), else none."""
+        return list(self._network.buffers())
+
     def state(self):
         scale = {} if self.cosine_scale is None else {'cosine_scale': self.cosine_scale.detach().clone()}
         return {'network': self._network.state_dict(), **scale}
@@ -206,6 +210,10 @@ class ProtoNetAlgorithm(contracts.Algorithm):
                                           'training and cached (images only; other examples: batched)'),
         Flag('--joint_batch_norm', default=False, action='store_true',
              help="normalise a task's support and query images together (default: separately, as the course does)"),
+        Flag('--running_statistics', default=False, action='store_true', log_name=True, before_it_existed=False,
+             help='keep batch-norm running statistics while training (momentum 0.1) and normalise with them at '
+                  "validation and test, as Snell et al.'s code evaluates (default: each set's batch statistics, "
+                  'as the course does; --inductive then changes nothing)'),
         Flag('--inductive', default=False, action='store_true', log_name=True, at_test=TEST_TIME,
              resume_may_change=True,
              help="at validation and test, normalise each query image with its task's support statistics "
@@ -231,8 +239,9 @@ class ProtoNetAlgorithm(contracts.Algorithm):
             raise UserError(f'--test_views {args.test_views}: --dataset {dataset.name} has no distortions '
                             'to average over; leave it at 1')
         params, forward = dataset.network(args)
+        network = (networks.RunningStatisticsNet if args.running_statistics else networks.FunctionalNet)
         return (learner_class or ProtoNet)(
-            networks.FunctionalNet(forward, params), device, tasks_per_call=encoder_calls(args, dataset),
+            network(forward, params), device, tasks_per_call=encoder_calls(args, dataset),
             joint_batch_norm=args.joint_batch_norm, channels_last=execution.image_layout_flag(args, dataset),
             inductive=args.inductive, train_inductive=args.train_inductive, test_views=args.test_views,
             distort=dataset.distort, metric=args.metric, fast=execution.library_steps(args))

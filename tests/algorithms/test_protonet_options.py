@@ -1,4 +1,5 @@
-"""ProtoNet's options for Lake's challenge: inductive batch norm (each query on its own), test-time augmentation (--test_views), the cosine metric."""
+"""ProtoNet's options: inductive batch norm (each query on its own), test-time augmentation
+(--test_views), the cosine metric, running batch-norm statistics (--running_statistics)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -122,3 +123,62 @@ def test_the_cosine_scale_is_trained_and_kept_in_the_checkpoint(omniglot_dir, tm
     learner = ProtoNet(networks.FunctionalNet(forward, params), metric='cosine')
     learner.load_state(state['learner'])
     assert learner.cosine_scale == scale and learner.parameters()[-1] is learner.cosine_scale
+
+
+def torch_modules(encoder):
+    """The encoder as nn.Conv2d, nn.BatchNorm2d (momentum 0.1), ReLU and max-pool modules, same weights."""
+    layers = []
+    for i in range(4):
+        weight = encoder.params[f'conv{i}']
+        conv = torch.nn.Conv2d(weight.shape[1], weight.shape[0], 3, padding=1).double()
+        norm = torch.nn.BatchNorm2d(weight.shape[0], eps=networks.BN_EPS, momentum=0.1).double()
+        conv.weight.data, conv.bias.data = weight.data.clone(), encoder.params[f'conv{i}_bias'].data.clone()
+        norm.weight.data, norm.bias.data = (encoder.params[f'bn{i}_weight'].data.clone(),
+                                            encoder.params[f'bn{i}_bias'].data.clone())
+        layers += [conv, norm, torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+    return torch.nn.Sequential(*layers, torch.nn.Flatten())
+
+
+def test_running_statistics_train_and_evaluate_as_torch_batch_norm_modules():
+    """Two training calls of one task each, then an evaluation call: outputs and running statistics
+    as torch.nn.BatchNorm2d's in train() and eval() mode; with two tasks in one call the running
+    statistics move by the mean of what each task alone would move them by."""
+    torch.manual_seed(0)
+    params = networks.init_conv_params(4, 1, 5, dtype=torch.float64)
+    for name, value in params.items():
+        if name.startswith('bn'):
+            value.uniform_(0.5, 1.5) if name.endswith('weight') else value.uniform_(-0.3, 0.3)
+    encoder = networks.RunningStatisticsNet(networks.conv_features, params)
+    reference = torch_modules(encoder)
+    images = torch.rand(3, 6, 1, 28, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 3
+    reference.train()
+    for x in images[:2]:
+        with networks.training():
+            ours = encoder(x)
+        torch.testing.assert_close(ours, reference(x), rtol=1e-10, atol=1e-10)
+    for i, norm in enumerate(reference[1::4]):
+        torch.testing.assert_close(getattr(encoder, f'running_mean{i}'), norm.running_mean, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(getattr(encoder, f'running_var{i}'), norm.running_var, rtol=1e-10, atol=1e-12)
+    reference.eval()
+    torch.testing.assert_close(encoder(images[2]), reference(images[2]), rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(encoder(images[2]), networks.FunctionalNet(networks.conv_features, params)(images[2]))
+
+    together, alone = (networks.RunningStatisticsNet(networks.conv_features, params) for _ in range(2))
+    with networks.training():
+        together(images[:2].flatten(0, 1), num_tasks=2)
+        moved = []
+        for x in images[:2]:
+            single = networks.RunningStatisticsNet(networks.conv_features, params)
+            single(x)
+            moved.append(single.running_var3)
+    torch.testing.assert_close(together.running_var3, torch.stack(moved).mean(0), rtol=1e-10, atol=1e-12)
+
+
+def test_running_statistics_are_a_protonet_flag_kept_in_checkpoints():
+    from fewshot import cli
+    command = cli.parse(protonet.PROGRAM, ['--running_statistics', '--num_hidden_channels', '4'])
+    learner = command.build_learner(command.args, torch.device('cpu'))
+    assert {'running_mean0', 'running_var3'} <= set(learner.state()['network'])
+    assert len(learner.buffers()) == 8 and '.running_statistics_True' in command.log_dir
+    plain = cli.parse(protonet.PROGRAM, ['--num_hidden_channels', '4'])
+    assert plain.build_learner(plain.args, torch.device('cpu')).buffers() == []

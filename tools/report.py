@@ -289,10 +289,10 @@ def paper_figure(paper):
 
 def verdict(mean, paper):
     """Whether our mean reaches the paper's figure: within its 95% interval or above, or within
-    PAPER_TOLERANCE points where it gives none; else by how much it falls short."""
+    PAPER_TOLERANCE points where it gives none; else by how much it falls below that floor."""
     figure, interval = paper
     floor = figure - (PAPER_TOLERANCE if interval is None else interval)
-    return 'yes' if round(mean, 1) >= round(floor, 1) else f'no: {floor - mean:.1f} points short'
+    return 'yes' if round(mean, 1) >= round(floor, 1) else f'no: {floor - mean:.1f} points below {floor:.1f}'
 
 
 def write_papers_report(args):

@@ -33,6 +33,9 @@ VARIANTS = {
     'snell_batch_norm': (['--joint_batch_norm', '--running_statistics'],
                          'both: training mode over the concatenated batch, evaluation with running statistics, '
                          'as their code does'),
+    'batch_norm_uniform_init': (['--batch_norm_init', 'uniform'], 'batch-norm weights drawn from U(0, 1) at the '
+                                                                  "start: PyTorch's default when their code was "
+                                                                  'written (before 1.0)'),
     'float32': (['--precision', 'fp32'], 'float32 throughout (their precision) instead of bfloat16'),
     'validation_queries_15': (['--num_query', '15'], '15 queries a class at validation (training unchanged)'),
 }
@@ -65,7 +68,7 @@ def write_index(args):
         '# ProtoNet: today\'s recipe against Snell et al.\'s code, one difference at a time', '',
         'Made by `python -m tools.protonet_ablation ' + ' '.join(portable(sys.argv[1:])) + '`: each variant trains '
         f'{EPISODES} episodes and validates 20-way 1-shot (5 queries a class unless said) on {VAL_TASKS} tasks of '
-        "Vinyals et al.'s validation characters every {VAL_INTERVAL} episodes. No test class was drawn.", '',
+        f"Vinyals et al.'s validation characters every {VAL_INTERVAL} episodes. No test class was drawn.", '',
         '| variant | what it changes | best validation, 20-way 1-shot % (episode) | last validation % (episode) '
         '| training minutes |', '|---|---|---|---|---|', *rows, ''])
     path = os.path.join(args.out, 'index.md')

@@ -66,12 +66,13 @@ class RunningStatisticsNet(FunctionalNet):
 
 
 def init_conv_params(num_blocks=4, in_channels=1, hidden_channels=64, num_outputs=None, dtype=torch.float32,
-                     positions=1):
+                     positions=1, batch_norm_init='ones'):
     """Parameters of [conv3x3 -> BN -> ReLU -> maxpool2] x num_blocks (+ linear head on the
     hidden_channels * positions flattened features: positions = H * W left after the pools).
 
     Conv and linear weights use PyTorch's default (Kaiming-uniform) init,
-    biases 0; BN weight 1, bias 0. Keys: conv{i}, conv{i}_bias, bn{i}_weight,
+    biases 0; BN bias 0 and BN weight 1, or with batch_norm_init='uniform' drawn from U(0, 1)
+    (PyTorch's default before version 1.0). Keys: conv{i}, conv{i}_bias, bn{i}_weight,
     bn{i}_bias, and head, head_bias when num_outputs is given.
     """
     params = {}
@@ -81,7 +82,8 @@ def init_conv_params(num_blocks=4, in_channels=1, hidden_channels=64, num_output
         torch.nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
         params[f'conv{i}'] = weight
         params[f'conv{i}_bias'] = torch.zeros(hidden_channels, dtype=dtype)
-        params[f'bn{i}_weight'] = torch.ones(hidden_channels, dtype=dtype)
+        params[f'bn{i}_weight'] = (torch.rand if batch_norm_init == 'uniform' else torch.ones)(hidden_channels,
+                                                                                               dtype=dtype)
         params[f'bn{i}_bias'] = torch.zeros(hidden_channels, dtype=dtype)
         channels = hidden_channels
     if num_outputs is not None:

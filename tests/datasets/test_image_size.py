@@ -38,8 +38,8 @@ def test_image_size_reaches_the_network_the_checkpoint_and_the_test(omniglot_dir
     monkeypatch.setattr(omniglot_dataset, 'omniglot_sampler', lambda *a, **k: seen.append(a[9]) or real(*a, **k))
     protonet.main(['--test', '--num_test_tasks', '1', '--log_dir', str(tmp_path), '--data_dir', omniglot_dir])
     assert seen == [56] and 'Accuracy over 1 test tasks' in capsys.readouterr().out
-    params, forward = omniglot_dataset.Omniglot().network(type('A', (), {'num_hidden_channels': 3, 'image_size': 84}),
-                                                          num_outputs=20)
+    shape = type('A', (), {'num_hidden_channels': 3, 'image_size': 84, 'batch_norm_init': 'ones'})
+    params, forward = omniglot_dataset.Omniglot().network(shape, num_outputs=20)
     assert forward(params, torch.zeros(2, 1, 84, 84)).shape == (2, 20) and params['head'].shape == (20, 3 * 25)
 
 

@@ -216,3 +216,17 @@ def test_test_draws_the_trained_tasks(omniglot_dir, tmp_path, capsys, split, cla
     with open(tmp_path / 'test.csv') as f:
         row = next(csv.DictReader(f))
     assert (row['num_way'], row['num_support'], row['num_query'], row['tasks_from']) == ('5', '1', '3', where)
+
+
+@pytest.mark.parametrize('init', ['ones', 'uniform'])
+def test_batch_norm_weights_start_at_one_or_uniform_on_0_1(init):
+    args = type('A', (), {'num_hidden_channels': 64, 'image_size': 28, 'batch_norm_init': init})
+    torch.manual_seed(0)
+    params, _ = omniglot_dataset.Omniglot().network(args)
+    for i in range(4):
+        weight = params[f'bn{i}_weight']
+        if init == 'ones':
+            assert torch.equal(weight, torch.ones(64))
+        else:  # 64 draws of U(0, 1): mean 0.5 and std 0.29, give or take about 0.04
+            assert 0 <= weight.min() and weight.max() < 1 and 0.35 < weight.mean() < 0.65 and weight.std() > 0.2
+        assert torch.equal(params[f'bn{i}_bias'], torch.zeros(64))

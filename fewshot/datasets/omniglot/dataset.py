@@ -143,6 +143,10 @@ class Omniglot(contracts.Dataset):
                   '2003), with --augment_affine in the same resampling'),
         Flag('--num_hidden_channels', type=positive_int, default=64, log_name=True,
              help='channels of each conv block'),
+        Flag('--batch_norm_init', choices=('ones', 'uniform'), default='ones', log_name=True,
+             before_it_existed='ones', shapes_step=False,
+             help="the conv blocks' batch-norm weights at the start: 1, or drawn from U(0, 1) as PyTorch "
+                  'drew them before version 1.0 (the code of the 2017 papers)'),
         Flag('--lake_runs', nargs='?', const='', metavar='PATH', shapes_step=False, group=TEST,
              help="with --test: score Lake et al.'s 20 one-shot runs instead of sampled tasks; PATH is "
                   'all_runs.zip or its folder (none: all_runs.zip in --data_dir, downloaded if absent)'),
@@ -175,5 +179,6 @@ class Omniglot(contracts.Dataset):
         (T*M, hidden * P) features (P = 1 at 28x28, 9 at 56x56, 25 at 84x84), or (T*M, num_outputs)
         logits through a linear head."""
         params = networks.init_conv_params(4, 1, args.num_hidden_channels, num_outputs=num_outputs,
-                                           positions=features_per_channel(args.image_size))
+                                           positions=features_per_channel(args.image_size),
+                                           batch_norm_init=args.batch_norm_init)
         return params, networks.conv_features if num_outputs is None else networks.conv_net

@@ -38,6 +38,9 @@ VARIANTS = {
                                                                   'written (before 1.0)'),
     'float32': (['--precision', 'fp32'], 'float32 throughout (their precision) instead of bfloat16'),
     'validation_queries_15': (['--num_query', '15'], '15 queries a class at validation (training unchanged)'),
+    'snell_code': (['--joint_batch_norm', '--running_statistics', '--batch_norm_init', 'uniform', '--precision', 'fp32',
+                    '--num_query', '15'], 'every difference above at once: their batch norm, U(0, 1) batch-norm '
+                                          'weights, float32, 15 validation queries'),
 }
 
 

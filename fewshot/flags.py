@@ -225,6 +225,11 @@ COMMON = (
          help='tasks evaluated by --test'),
     Flag('--csv', type=str, default=None, resume_may_change=True, shapes_step=False, group=TEST,
          help='with --test: also append the results to this CSV file'),
+    Flag('--init_from', type=str, default=None, metavar='CHECKPOINT', shapes_step=False, before_it_existed=None,
+         help='start training from the weights of this checkpoint (a state*.pt file, or a log dir: its best '
+              'step) instead of a random initialisation, with a fresh optimizer and step count; the '
+              "algorithm, dataset and network must be the same (MAML's inner learning rates: the checkpoint's "
+              'where both runs learn them, else --inner_lr)'),
     Flag('--num_val_tasks', type=positive_int, default=64, shapes_step=False, help='tasks at each validation'),
     Flag('--val_interval', type=positive_int, default=50, resume_may_change=True, shapes_step=False,
          before_it_existed=50, help='validate every this many steps (and at the last)'),

@@ -207,3 +207,46 @@ def resume(checkpoint, learner, optimizer, generator):
     # else: an older Reptile checkpoint carries an unused Adam; Reptile's SGD keeps no state
     set_rng_state(checkpoint['rng'], generator)
     return checkpoint['step'] + 1
+
+
+def initialise(learner, args):
+    """Load the weights of checkpoint args.init_from (a state*.pt file, or a log dir: its best step)
+    into a learner about to train, which must be of the same algorithm, dataset and tensor shapes
+    (else a UserError naming what differs). Inner learning rates are the checkpoint's only where
+    both runs learn them; else this run's --inner_lr. Returns the file read."""
+    source = args.init_from
+    if not os.path.exists(source) or os.path.isdir(source) and not saved_steps(source):
+        raise UserError(f'--init_from {source}: no such file, or a folder without checkpoints (state*.pt); give '
+                        'a checkpoint or the log dir of a run that has saved one')
+    file = path(source, best_step(source)) if os.path.isdir(source) else source
+    checkpoint = translate(read(file))
+    written = (checkpoint['args'].get('algorithm'), checkpoint['args'].get('dataset'))
+    if written != (args.algorithm, args.dataset):
+        raise UserError(f'--init_from {file} was written by {written[0]} on {written[1]} tasks, not {args.algorithm} '
+                        f'on {args.dataset}; give a checkpoint of this algorithm and dataset')
+    state = checkpoint['learner']
+    if 'inner_lrs' in state and not (checkpoint['args'].get('learn_inner_lrs') and getattr(args, 'learn_inner_lrs', False)):
+        state = {**state, 'inner_lrs': learner.state()['inner_lrs']}
+    theirs, ours = tensor_shapes(state), tensor_shapes(learner.state())
+    differ = sorted(name for name in theirs.keys() | ours.keys() if theirs.get(name) != ours.get(name))
+    if differ:
+        raise UserError(f"--init_from {file}: its weights do not fit this run's network ({', '.join(differ[:3])} "
+                        'differ); train with the network flags it was trained with')
+    learner.load_state(state)
+    return file
+
+
+def tensor_shapes(state, prefix=''):
+    """{'meta_parameters/conv0': (64, 1, 3, 3), ...}: the shape of every tensor in a nested learner state."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: tuple(state.shape)}
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return {}
+    shapes = {}
+    for key, value in items:
+        shapes.update(tensor_shapes(value, f'{prefix}/{key}' if prefix else str(key)))
+    return shapes

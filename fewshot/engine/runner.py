@@ -169,6 +169,10 @@ def set_up_and_train(command, processes, resumed, interruption):
     recorded = argparse.Namespace(**{**vars(args), 'threads': set_threads(args, processes)})  # what checkpoints keep
     runtime.seed_everything(args.seed)
     learner = command.build_learner(args, device)
+    if resumed is None and args.init_from is not None:
+        source = checkpoints.initialise(learner, args)
+        if processes.is_main:
+            print(f'starting from the weights of {source}', flush=True)
     if processes.is_main:
         say_notice(learner)
     optimizer = loop.build_optimizer(learner, args.learning_rate, args.weight_decay)

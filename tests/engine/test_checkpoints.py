@@ -83,7 +83,7 @@ def test_namespace_of_an_older_checkpoint_is_translated():
         'data_dir': 'D', 'learning_rate': 0.1, 'dataset': 'metabolism', 'features': 'morgan',
         'validation_protocol': 'halves', 'dropout': 0.0, 'label_order': 'random',  # as trained, whatever today's
         'train_num_way': None, 'train_num_query': None, 'val_interval': 50,  # defaults; newer flags as before them
-        'target_tasks': 0, 'metric': 'euclidean', 'running_statistics': False}
+        'target_tasks': 0, 'metric': 'euclidean', 'running_statistics': False, 'init_from': None}
     older_maml = checkpoints.translate({'learner': {'meta_parameters': {}, 'optimizer': {}},
                                         'args': {'outer_lr': 0.2, 'dataset': 'sinusoid'}, 'metric_kind': 'loss'})
     assert older_maml['args'] == {'outer_lr': 0.2, 'dataset': 'sinusoid', 'algorithm': 'maml'}

@@ -3,25 +3,28 @@ difference at a time, at a fixed budget, judged on the validation classes alone.
 
     python -m tools.protonet_ablation --data_dir D/omniglot             # every variant, then the table
     python -m tools.protonet_ablation --data_dir D/omniglot --only joint_batch_norm
+    python -m tools.protonet_ablation --data_dir D/omniglot --only recipe batch_norm_uniform_init --seed 1
 
 Each variant trains the papers' first ProtoNet recipe (60-way 1-shot episodes, 5 queries a
 class, Adam 1e-3 halved every 2000 episodes, bf16, the 1028 training characters in four
 rotations) for EPISODES episodes with its flags changed, and validates 20-way 1-shot on
 VAL_TASKS tasks of the validation characters every VAL_INTERVAL. No test class is drawn.
-Runs resume where they stopped; OUT/index.md gets one row per variant that has run.
+--seed S (default 0) repeats variants with another initialisation and other training
+episodes (runs/NAME.seed_S). Runs resume where they stopped; OUT/index.md gets one row per
+variant and seed that has run.
 """
 import os
 import sys
 
 from fewshot.errors import UserError, run_cli
-from fewshot.flags import ArgumentParser, HelpWithDefaults
+from fewshot.flags import ArgumentParser, HelpWithDefaults, seed as seed_flag
 from tools.report_figures import validation_clock
 from tools.report_jobs import portable, run_command
 
 EPISODES, VAL_INTERVAL, VAL_TASKS = 3000, 500, 1000
 RECIPE = ['--split', 'vinyals', '--augment_rotations', '--num_support', '1', '--train_num_way', '60',
           '--train_num_query', '5', '--num_way', '20', '--num_query', '5', '--batch_size', '1',
-          '--lr_halving_steps', '2000', '--precision', 'auto', '--seed', '0']
+          '--lr_halving_steps', '2000', '--precision', 'auto']
 # name -> (flags changed from RECIPE, what Snell et al.'s code does that this variant takes)
 VARIANTS = {
     'recipe': ([], "today's recipe: the support and the query images normalised apart, each by its own batch "
@@ -44,16 +47,20 @@ VARIANTS = {
 }
 
 
-def command(name, args):
+def command(name, args, seed=0):
     flags, _ = VARIANTS[name]
-    return ['python', 'protonet.py', *RECIPE, *flags, '--num_train_iterations', str(EPISODES), '--val_interval',
-            str(VAL_INTERVAL), '--num_val_tasks', str(VAL_TASKS), '--log_dir', os.path.join(args.out, 'runs', name),
-            '--data_dir', args.data_dir]
+    return ['python', 'protonet.py', *RECIPE, '--seed', str(seed), *flags, '--num_train_iterations', str(EPISODES),
+            '--val_interval', str(VAL_INTERVAL), '--num_val_tasks', str(VAL_TASKS), '--log_dir',
+            log_dir_of(name, args, seed), '--data_dir', args.data_dir]
 
 
-def row(name, args):
-    """'| name | what | best validation (episode) | at the end | minutes |', or None before it has run."""
-    log_dir = os.path.join(args.out, 'runs', name)
+def log_dir_of(name, args, seed):
+    return os.path.join(args.out, 'runs', name + (f'.seed_{seed}' if seed else ''))
+
+
+def row(name, args, seed):
+    """'| name | seed | what | best validation (episode) | at the end | minutes |', or None before it has run."""
+    log_dir = log_dir_of(name, args, seed)
     if not os.path.isdir(log_dir):
         return None
     minutes, points = validation_clock(log_dir)
@@ -61,19 +68,22 @@ def row(name, args):
         return None
     best_step, best, _ = max(points, key=lambda point: point[1])
     last_step, last, _ = points[-1]
-    return (f'| `{name}` | {VARIANTS[name][1]} | {100 * best:.1f} ({best_step + 1}) | {100 * last:.1f} '
+    return (f'| `{name}` | {seed} | {VARIANTS[name][1]} | {100 * best:.1f} ({best_step + 1}) | {100 * last:.1f} '
             f'({last_step + 1}) | {minutes:.0f} |')
 
 
 def write_index(args):
-    rows = [line for line in (row(name, args) for name in VARIANTS) if line]
+    seeds = sorted({0, *(int(folder.rsplit('.seed_', 1)[1]) for folder in os.listdir(os.path.join(args.out, 'runs'))
+                         if '.seed_' in folder)}) if os.path.isdir(os.path.join(args.out, 'runs')) else [0]
+    rows = [line for line in (row(name, args, seed) for name in VARIANTS for seed in seeds) if line]
     text = '\n'.join([
         '# ProtoNet: today\'s recipe against Snell et al.\'s code, one difference at a time', '',
-        'Made by `python -m tools.protonet_ablation ' + ' '.join(portable(sys.argv[1:])) + '`: each variant trains '
+        'Made by `python -m tools.protonet_ablation --data_dir D --only NAME ... [--seed S]`, a few variants at a '
+        'time (the latest: `' + ' '.join(portable(sys.argv[1:])) + '`): each variant trains '
         f'{EPISODES} episodes and validates 20-way 1-shot (5 queries a class unless said) on {VAL_TASKS} tasks of '
         f"Vinyals et al.'s validation characters every {VAL_INTERVAL} episodes. No test class was drawn.", '',
-        '| variant | what it changes | best validation, 20-way 1-shot % (episode) | last validation % (episode) '
-        '| training minutes |', '|---|---|---|---|---|', *rows, ''])
+        '| variant | seed | what it changes | best validation, 20-way 1-shot % (episode) | last validation % '
+        '(episode) | training minutes |', '|---|---|---|---|---|---|', *rows, ''])
     path = os.path.join(args.out, 'index.md')
     with open(path, 'w') as file:
         file.write(text)
@@ -85,6 +95,7 @@ def parse_args(argv):
     parser.add_argument('--data_dir', required=True, help="Omniglot's folder (images_background.zip and the rest)")
     parser.add_argument('--out', default='reports/protonet_ablation', help='where the runs and index.md go')
     parser.add_argument('--only', nargs='+', choices=list(VARIANTS), help='train these variants alone')
+    parser.add_argument('--seed', type=seed_flag, default=0, help='the runs\' --seed (0: runs/NAME, else runs/NAME.seed_S)')
     return parser.parse_args(argv)
 
 
@@ -93,7 +104,7 @@ def main(argv=None):
     if not os.path.isdir(args.data_dir):
         raise UserError(f'--data_dir {args.data_dir}: no such folder; give the folder holding Omniglot')
     for name in args.only or VARIANTS:
-        run_command(command(name, args))
+        run_command(command(name, args, args.seed))
     write_index(args)
 
 

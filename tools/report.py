@@ -29,112 +29,8 @@ from fewshot.engine import checkpoints
 from tools.report_figures import (plot_curves, plot_k_sweep, quick_note, read_csv, read_curve, results_table,
                                   validation_clock)
 from tools.report_jobs import portable, run_command, run_commands, visible_gpus
-
-K_SWEEP = [1, 2, 4, 6, 8, 10]
-
-# name -> (script, flags, training steps in the quick protocol, in the full and fast ones)
-EXPERIMENTS = {
-    'protonet_5w5s': ('protonet.py', ['--num_support', '5'], 300, 5000),
-    'protonet_5w1s': ('protonet.py', ['--num_support', '1'], 300, 5000),
-    'maml_inner_lr_0.4': ('maml.py', ['--inner_lr', '0.4'], 200, 15000),
-    'maml_inner_lr_0.04': ('maml.py', ['--inner_lr', '0.04'], 200, 15000),
-    'maml_inner_lr_0.04_5_steps': ('maml.py', ['--inner_lr', '0.04', '--num_inner_steps', '5'], 200, 15000),
-    'maml_learned_inner_lrs_0.4': ('maml.py', ['--inner_lr', '0.4', '--learn_inner_lrs'], 200, 15000),
-    'maml_first_order': ('maml.py', ['--inner_lr', '0.4', '--first_order'], 100, 15000),
-    'maml_adagrad_5_steps': ('maml.py', ['--inner_lr', '0.4', '--inner_optimizer', 'adagrad',
-                                         '--num_inner_steps', '5'], 60, 15000),
-    'maml_anneal_derivative_order': ('maml.py', ['--inner_lr', '0.4', '--anneal_derivative_order', '50'], 100, 15000),
-    'metabolism_protonet': ('run_metabolism.py', [], 2000, 8000),
-    'metabolism_maml': ('run_metabolism.py', ['--algorithm', 'maml'], 2000, 8000),
-}
-# figure file -> (title, caption, [(experiment, label)])
-COMPARISONS = {
-    'protonet_val.png': ('ProtoNet, 5-way, validation query accuracy',
-                         'ProtoNet trained 5-way 5-shot vs 5-way 1-shot (15 queries, 16 tasks per step).',
-                         [('protonet_5w5s', '5-shot'), ('protonet_5w1s', '1-shot')]),
-    'maml_inner_lr.png': ('MAML 5w1s: inner learning rate',
-                          'MAML 5-way 1-shot, one inner step, inner LR 0.4 vs 0.04.',
-                          [('maml_inner_lr_0.4', 'inner LR 0.4'), ('maml_inner_lr_0.04', 'inner LR 0.04')]),
-    'maml_inner_steps.png': ('MAML 5w1s: inner steps at LR 0.04',
-                             'MAML 5-way 1-shot, inner LR 0.04, 1 vs 5 inner steps.',
-                             [('maml_inner_lr_0.04', '1 step'), ('maml_inner_lr_0.04_5_steps', '5 steps')]),
-    'maml_learned_lrs.png': ('MAML 5w1s: learned vs fixed inner LRs',
-                             'MAML 5-way 1-shot, one inner step; fixed inner LR 0.4 vs learned per-tensor LRs '
-                             'starting at 0.4.',
-                             [('maml_inner_lr_0.4', 'fixed 0.4'), ('maml_learned_inner_lrs_0.4', 'learned')]),
-    'maml_ntu_variants.png': ('MAML 5w1s: the NTU report\'s variants',
-                              'Second-order MAML (inner LR 0.4, 1 step) against first-order MAML, a 5-step '
-                              'Adagrad inner loop (eps 0.7) and derivative-order annealing (first-order for the '
-                              'first 50 steps in the quick protocol). The full protocol anneals for 50 steps too.',
-                              [('maml_inner_lr_0.4', 'MAML'), ('maml_first_order', 'first-order'),
-                               ('maml_adagrad_5_steps', 'Adagrad, 5 steps'),
-                               ('maml_anneal_derivative_order', 'annealed order')]),
-    'metabolism_val.png': ('TDC metabolism, 2-way 5-shot, validation query accuracy',
-                           'ProtoNet vs MAML (one inner step, LR 0.1) on the MLP encoder; held-out assays\' '
-                           'validation halves.',
-                           [('metabolism_protonet', 'ProtoNet'), ('metabolism_maml', 'MAML')]),
-}
-
-# The papers' Omniglot protocols (docs/results.md cites each setting): Vinyals et al.'s split with
-# rotations; ProtoNet (Snell et al., 2017) trains 60-way episodes with 5 queries per class, one
-# episode per step, Adam at 1e-3 halved every 2000 episodes; MAML (Finn et al., 2017) trains with
-# K queries per class, 32 tasks per step and one inner step of 0.4 (5-way) or 16 tasks and five
-# steps of 0.1 (20-way).
-VINYALS = ['--split', 'vinyals', '--augment_rotations']
-PROTONET_PAPER = [*VINYALS, '--num_way', '60', '--num_query', '5', '--batch_size', '1', '--lr_halving_steps', '2000']
-MAML_5WAY_PAPER = [*VINYALS, '--batch_size', '32', '--inner_lr', '0.4', '--num_inner_steps', '1']
-MAML_20WAY_PAPER = [*VINYALS, '--num_way', '20', '--batch_size', '16', '--inner_lr', '0.1', '--num_inner_steps', '5']
-PAPER_EXPERIMENTS = {
-    'protonet_60w1s': ('protonet.py', [*PROTONET_PAPER, '--num_support', '1'], 1500, 30000),
-    'protonet_60w5s': ('protonet.py', [*PROTONET_PAPER, '--num_support', '5'], 600, 30000),
-    'maml_5w1s': ('maml.py', [*MAML_5WAY_PAPER, '--num_support', '1', '--num_query', '1'], 200, 60000),
-    'maml_5w5s': ('maml.py', [*MAML_5WAY_PAPER, '--num_support', '5', '--num_query', '5'], 100, 60000),
-    'maml_20w1s': ('maml.py', [*MAML_20WAY_PAPER, '--num_support', '1', '--num_query', '1'], 60, 60000),
-    'maml_20w5s': ('maml.py', [*MAML_20WAY_PAPER, '--num_support', '5', '--num_query', '5'], 25, 60000),
-}
-# the papers' table: (algorithm, N, K) -> (experiment, test queries per class, test tasks, test flags,
-# (paper's %, its 95% interval or None: Snell et al. give none))
-PAPER_TESTS = {
-    ('ProtoNet', 5, 1): ('protonet_60w1s', 5, 1000, [], (98.8, None)),
-    ('ProtoNet', 5, 5): ('protonet_60w5s', 5, 1000, [], (99.7, None)),
-    ('ProtoNet', 20, 1): ('protonet_60w1s', 5, 1000, [], (96.0, None)),
-    ('ProtoNet', 20, 5): ('protonet_60w5s', 5, 1000, [], (98.9, None)),
-    ('MAML', 5, 1): ('maml_5w1s', 1, 600, ['--num_inner_steps', '3'], (98.7, 0.4)),
-    ('MAML', 5, 5): ('maml_5w5s', 5, 600, ['--num_inner_steps', '3'], (99.9, 0.1)),
-    ('MAML', 20, 1): ('maml_20w1s', 1, 600, ['--num_inner_steps', '5'], (95.8, 0.3)),
-    ('MAML', 20, 5): ('maml_20w5s', 5, 600, ['--num_inner_steps', '5'], (98.9, 0.2)),
-}
-PAPER_TOLERANCE = 0.5  # points below a figure given without an interval that still reach it
-
-# The papers' entries at full strength on a CPU (--fast), name -> (script, flags, training steps). Each
-# recipe trains to its paper's objective in its final phase and validates, on Vinyals et al.'s validation
-# classes, in the hardest test setting its model serves; --target_accuracy (the paper's figure, confirmed on
-# 600 other validation tasks) stops it early, else the test takes the best validation step. Chosen on
-# validation classes only; docs/results.md gives each one's validation curve, time and test figure.
-PROTONET_EPISODES = ['--train_num_way', '60', '--train_num_query', '5', '--num_way', '20', '--num_query', '5',
-                     '--batch_size', '1', '--lr_halving_steps', '2000', '--precision', 'auto']
-PROTONET_FAST = [*VINYALS, *PROTONET_EPISODES, '--val_interval', '500', '--num_val_tasks', '200']
-MAML_FAST = [*VINYALS, '--train_num_query', '5', '--num_query', '5', '--batch_size', '8', '--learning_rate', '0.003',
-             '--cosine_outer_lr', '--precision', 'auto', '--val_interval', '250', '--num_val_tasks', '200']
-MAML_20WAY_FAST = [*MAML_FAST, '--num_way', '20', '--inner_lr', '0.1', '--num_inner_steps', '5', '--learn_inner_lrs',
-                   '--anneal_derivative_order', '2000']
-# 5-way MAML tasks as groups of one convolution: the library's way, the fastest here (docs/results.md)
-MAML_5WAY_CPU = ['--group_tasks', 'yes']
-# Snell et al.'s final retraining on train and val for the validated length; validated at its last step only,
-# so that the test takes that step (its validation classes are trained on)
-PROTONET_TRAINVAL = ['--split', 'vinyals_trainval', '--augment_rotations', *PROTONET_EPISODES, '--val_interval', '8000']
-PAPER_FAST = {
-    'protonet_60w1s': ('protonet.py', [*PROTONET_TRAINVAL, '--num_support', '1'], 8000),
-    'protonet_60w5s': ('protonet.py', [*PROTONET_FAST, '--num_support', '5', '--target_accuracy', '0.989'], 8000),
-    'maml_5w1s': ('maml.py', [*MAML_FAST, *MAML_5WAY_CPU, '--num_support', '1', '--inner_lr', '0.4',
-                              '--num_inner_steps', '1', '--target_accuracy', '0.987'], 17000),
-    'maml_5w5s': ('maml.py', [*MAML_FAST, *MAML_5WAY_CPU, '--num_support', '5', '--inner_lr', '0.4',
-                              '--num_inner_steps', '1', '--target_accuracy', '0.999'], 2500),
-    'maml_20w1s': ('maml.py', [*MAML_20WAY_FAST, '--num_support', '1', '--target_accuracy', '0.958'], 4000),
-    'maml_20w5s': ('maml.py', [*MAML_20WAY_FAST, '--num_support', '5', '--target_accuracy', '0.989'], 3000),
-}
-# the homework report with --fast: the full protocol's runs, in bfloat16 where the CPU has it
-HOMEWORK_FAST = ['--precision', 'auto']
+from tools.report_recipes import (COMPARISONS, EXPERIMENTS, FAST_BORROWS, HOMEWORK_FAST, K_SWEEP, PAPER_EXPERIMENTS,
+                                   PAPER_FAST, PAPER_TESTS, PAPER_TOLERANCE)
 
 
 def experiments(args):
@@ -253,8 +149,9 @@ def paper_table(args):
     lines = ['| algorithm | N-way | K-shot | trained by | steps: tested / trained | training time | validation at the '
              "figure | trained on | test Q | test tasks | accuracy % (mean ± 95% CI) | paper % | reaches the paper |",
              '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
-    ended = {name: has_ended(command_line(name, args)) for name, *_ in PAPER_TESTS.values()}
-    for (algorithm, way, shot), (name, queries, num_tasks, flags, paper) in PAPER_TESTS.items():
+    tests = cell_tests(args)
+    ended = {name: has_ended(command_line(name, args)) for name, *_ in tests.values()}
+    for (algorithm, way, shot), (name, queries, num_tasks, flags, paper) in tests.items():
         cell = f'| {algorithm} | {way} | {shot} | `{name}` |'
         if not ended[name]:
             lines.append(f'{cell} not run | | | | {queries} | {num_tasks} | | {paper_figure(paper)} | |')
@@ -266,6 +163,12 @@ def paper_table(args):
         lines.append(f'{cell} {training_facts(name, args)} | {queries} | {num_tasks} | {mean:.1f} ± {ci95:.1f} | '
                      f'{paper_figure(paper)} | {verdict(mean, paper)} |')
     return '\n'.join(lines)
+
+
+def cell_tests(args):
+    """PAPER_TESTS, with the models --fast's cells take from other entries (FAST_BORROWS) in place."""
+    borrows = FAST_BORROWS if args.fast else {}
+    return {cell: (borrows.get(cell, name), *test) for cell, (name, *test) in PAPER_TESTS.items()}
 
 
 def training_facts(name, args):
@@ -391,7 +294,7 @@ class HelpWithRecipes(HelpWithDefaults, argparse.RawDescriptionHelpFormatter):
 
 def papers_fast_epilog():
     """--help's last lines: the papers' CPU recipes (PAPER_FAST), one command each."""
-    return "--protocol papers --fast trains (PAPER_FAST in tools/report.py):\n" + '\n'.join(
+    return "--protocol papers --fast trains (PAPER_FAST in tools/report_recipes.py):\n" + '\n'.join(
         f'  {name}: python {script} {" ".join(flags)} --num_train_iterations {steps}'
         for name, (script, flags, steps) in PAPER_FAST.items())
 

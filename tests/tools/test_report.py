@@ -6,7 +6,7 @@ import pytest
 from fewshot import cli
 from fewshot.errors import UserError
 from fewshot.engine import checkpoints
-from tools import report, report_jobs
+from tools import report, report_jobs, report_recipes
 
 
 def write_events(log_dir, tag, points, mtime=None):
@@ -180,6 +180,19 @@ def test_papers_table_tests_each_cell_as_its_paper(tmp_path, monkeypatch):
     assert name == 'maml_5w1s' and flags[-4:] == ['--num_test_tasks', '600', '--num_inner_steps', '3']
 
 
+def test_a_fast_cell_tests_the_model_validation_took_from_another_entry(tmp_path, monkeypatch):
+    calls = {}
+    monkeypatch.setattr(report, 'test_experiment', lambda name, args, csv_name, flags: calls.setdefault(
+        csv_name, (name, flags)) and [{'mean': '0.99', 'ci95': '0.001'}])
+    monkeypatch.setattr(report, 'has_ended', lambda command: True)
+    monkeypatch.setattr(report, 'training_facts', lambda name, args: '7 / 9 | 3 min | no | CPU')
+    lines = report.paper_table(report.parse_args(['--protocol', 'papers', '--fast', '--out', str(tmp_path)]))
+    assert '| MAML | 5 | 5 | `maml_5w1s` | 7 / 9 |' in lines
+    name, flags = calls['maml_5w1s_5w5s.csv']
+    assert name == 'maml_5w1s' and flags[:6] == ['--num_way', '5', '--num_support', '5', '--num_query', '5']
+    assert 'maml_5w5s_5w5s.csv' not in calls
+
+
 @pytest.mark.parametrize('mean, paper, said', [(98.3, (98.7, 0.4), 'yes'), (98.2, (98.7, 0.4), 'no: 0.1 points below 98.3'),
                                                (95.5, (96.0, None), 'yes'), (95.44, (96.0, None), 'no: 0.1 points below 95.5'),
                                                (99.9, (98.9, 0.2), 'yes')])
@@ -191,9 +204,13 @@ def test_the_cpu_recipes_validate_where_their_hardest_cell_is_tested_and_stop_at
     import maml
     import protonet
     served = {}
-    for (_, way, shot), (name, _, _, _, (figure, _)) in report.PAPER_TESTS.items():
-        served[name] = max(served.get(name, (0, 0, 0)), (way, shot, figure))
-    assert set(served) == set(report.PAPER_FAST)
+    for cell, (name, _, _, _, (figure, _)) in report.PAPER_TESTS.items():
+        if cell not in report.FAST_BORROWS:  # a model another cell borrows validates in its own cells
+            served[name] = max(served.get(name, (0, 0, 0)), (*cell[1:], figure))
+    assert set(served) == set(report.PAPER_FAST) and set(report.FAST_BORROWS.values()) <= set(report.PAPER_FAST)
+    fast = report.parse_args(['--protocol', 'papers', '--fast'])
+    assert {cell: test[0] for cell, test in report.cell_tests(fast).items() if cell in report.FAST_BORROWS} == \
+        report.FAST_BORROWS
     for name, (script, flags, steps) in report.PAPER_FAST.items():
         assert '--test' not in flags and '--checkpoint_step' not in flags
         args = cli.parse(protonet.PROGRAM if script == 'protonet.py' else maml.PROGRAM, flags).args
@@ -215,7 +232,7 @@ def test_an_unknown_entry_is_refused_in_one_line():
 def tiny_papers_table(monkeypatch, tmp_path, data_dir):
     """report.py --protocol papers --fast with two tiny entries (4-channel networks, a few steps) and
     the table's two cells they serve; the other flags of the command."""
-    tiny = [*report.VINYALS, '--num_hidden_channels', '4', '--num_query', '2', '--num_val_tasks', '4',
+    tiny = [*report_recipes.VINYALS, '--num_hidden_channels', '4', '--num_query', '2', '--num_val_tasks', '4',
             '--val_interval', '2', '--batch_size', '1']
     monkeypatch.setattr(report, 'PAPER_FAST', {
         'protonet_60w1s': ('protonet.py', tiny, 4),

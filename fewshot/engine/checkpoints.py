@@ -225,7 +225,8 @@ def initialise(learner, args):
         raise UserError(f'--init_from {file} was written by {written[0]} on {written[1]} tasks, not {args.algorithm} '
                         f'on {args.dataset}; give a checkpoint of this algorithm and dataset')
     state = checkpoint['learner']
-    if 'inner_lrs' in state and not (checkpoint['args'].get('learn_inner_lrs') and getattr(args, 'learn_inner_lrs', False)):
+    both_learn = checkpoint['args'].get('learn_inner_lrs') and getattr(args, 'learn_inner_lrs', False)
+    if 'inner_lrs' in state and not both_learn:  # fixed inner learning rates: this run's --inner_lr
         state = {**state, 'inner_lrs': learner.state()['inner_lrs']}
     theirs, ours = tensor_shapes(state), tensor_shapes(learner.state())
     differ = sorted(name for name in theirs.keys() | ours.keys() if theirs.get(name) != ours.get(name))

@@ -95,7 +95,8 @@ def parse_args(argv):
     parser.add_argument('--data_dir', required=True, help="Omniglot's folder (images_background.zip and the rest)")
     parser.add_argument('--out', default='reports/protonet_ablation', help='where the runs and index.md go')
     parser.add_argument('--only', nargs='+', choices=list(VARIANTS), help='train these variants alone')
-    parser.add_argument('--seed', type=seed_flag, default=0, help='the runs\' --seed (0: runs/NAME, else runs/NAME.seed_S)')
+    parser.add_argument('--seed', type=seed_flag, default=0,
+                        help="the runs' --seed (0: in runs/NAME, else in runs/NAME.seed_S)")
     return parser.parse_args(argv)
 
 

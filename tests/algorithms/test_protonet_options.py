@@ -119,7 +119,8 @@ def test_the_cosine_scale_is_trained_and_kept_in_the_checkpoint(omniglot_dir, tm
     state = torch.load(tmp_path / 'state1.pt', weights_only=False)
     scale = state['learner']['cosine_scale']
     assert state['args']['metric'] == 'cosine' and float(scale) != COSINE_SCALE
-    params, forward = omniglot_dataset.Omniglot().network(type('A', (), {'num_hidden_channels': 3, 'image_size': 28}))
+    shape = type('A', (), {'num_hidden_channels': 3, 'image_size': 28, 'batch_norm_init': 'ones'})
+    params, forward = omniglot_dataset.Omniglot().network(shape)
     learner = ProtoNet(networks.FunctionalNet(forward, params), metric='cosine')
     learner.load_state(state['learner'])
     assert learner.cosine_scale == scale and learner.parameters()[-1] is learner.cosine_scale

@@ -72,10 +72,15 @@ def row(name, args, seed):
             f'({last_step + 1}) | {minutes:.0f} |')
 
 
+def seeds_run(args):
+    """0 and the S of every runs/NAME.seed_S folder, in order."""
+    runs = os.path.join(args.out, 'runs')
+    folders = os.listdir(runs) if os.path.isdir(runs) else []
+    return sorted({0, *(int(folder.rsplit('.seed_', 1)[1]) for folder in folders if '.seed_' in folder)})
+
+
 def write_index(args):
-    seeds = sorted({0, *(int(folder.rsplit('.seed_', 1)[1]) for folder in os.listdir(os.path.join(args.out, 'runs'))
-                         if '.seed_' in folder)}) if os.path.isdir(os.path.join(args.out, 'runs')) else [0]
-    rows = [line for line in (row(name, args, seed) for name in VARIANTS for seed in seeds) if line]
+    rows = [line for line in (row(name, args, seed) for name in VARIANTS for seed in seeds_run(args)) if line]
     text = '\n'.join([
         '# ProtoNet: today\'s recipe against Snell et al.\'s code, one difference at a time', '',
         'Made by `python -m tools.protonet_ablation --data_dir D --only NAME ... [--seed S]`, a few variants at a '

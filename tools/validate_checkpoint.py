@@ -9,7 +9,6 @@ tasks take the trained N, K, Q and --batch_size unless given. The tasks are the 
 drawn with the seed every validation uses, so the trained shape gives the run's own validation tasks.
 Prints one line: the mean key metric and its 95% confidence interval.
 """
-import argparse
 import importlib
 import sys
 
@@ -30,12 +29,11 @@ def validation_line(command):
     if 'batch_size' not in command.given:  # tasks are drawn a meta-batch at a time: the run's batches
         tasks.batch_size = trained['batch_size']
     tasks.threads = runner.set_threads(tasks, distributed.ONE)
-    shape = argparse.Namespace(**{**vars(tasks), 'num_val_tasks': args.num_val_tasks})
-    sampler = command.build_sampler('val', shape, evaluation.VAL_SEED, device)
+    tasks.num_val_tasks = tasks.num_test_tasks = args.num_val_tasks  # tasks_line counts num_test_tasks
+    sampler = command.build_sampler('val', tasks, evaluation.VAL_SEED, device)
     with runtime.autocast(device, tasks.precision):
-        metrics = evaluation.validate(learner, sampler, shape)
-    what = evaluation.tasks_line(argparse.Namespace(**{**vars(shape), 'num_test_tasks': args.num_val_tasks}),
-                                 shape.num_support, sampler, learner.task)
+        metrics = evaluation.validate(learner, sampler, tasks)
+    what = evaluation.tasks_line(tasks, tasks.num_support, sampler, learner.task)
     return (f'checkpoint step {step} of {command.log_dir}, {learner.key_metric} over {what}: '
             f'mean {metrics[learner.key_metric]:.4f}, 95% confidence interval {metrics["ci95"]:.4f}')
 

@@ -121,7 +121,7 @@ def this_machine(device):
 
 def test_experiment(name, args, csv_name, extra_flags):
     """Test the best checkpoint of an experiment; the CSV is reused while newer than the checkpoints.
-    extra_flags come last, so they may replace --num_test_tasks."""
+    --num_test_tasks is the report's unless extra_flags give their own."""
     script = experiments(args)[name][0]
     log_dir = os.path.join(args.out, 'runs', name)
     table = os.path.join(args.out, 'tests', csv_name)
@@ -131,8 +131,9 @@ def test_experiment(name, args, csv_name, extra_flags):
     os.makedirs(os.path.dirname(table), exist_ok=True)
     if os.path.exists(table):
         os.remove(table)
+    task_count = [] if '--num_test_tasks' in extra_flags else ['--num_test_tasks', str(args.num_test_tasks)]
     run_command(['python', script, '--test', '--log_dir', log_dir, '--device', args.device, '--csv', table,
-                 '--num_test_tasks', str(args.num_test_tasks), *data_flags(script, args), *extra_flags])
+                 *task_count, *data_flags(script, args), *extra_flags])
     return read_csv(table)
 
 

@@ -180,6 +180,20 @@ def test_papers_table_tests_each_cell_as_its_paper(tmp_path, monkeypatch):
     assert name == 'maml_5w1s' and flags[-4:] == ['--num_test_tasks', '600', '--num_inner_steps', '3']
 
 
+def test_a_test_command_names_its_task_count_once(tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(report, 'run_command', commands.append)
+    monkeypatch.setattr(report, 'read_csv', lambda table: [])
+    args = report.parse_args(['--protocol', 'papers', '--out', str(tmp_path), '--num_test_tasks', '600'])
+    os.makedirs(tmp_path / 'runs' / 'maml_5w1s')
+    (tmp_path / 'runs' / 'maml_5w1s' / 'state9.pt').write_bytes(b'')
+    report.test_experiment('maml_5w1s', args, 'a.csv', ['--num_test_tasks', '1000'])
+    report.test_experiment('maml_5w1s', args, 'b.csv', [])
+    counts = [command[command.index('--num_test_tasks') + 1:] for command in commands]
+    assert [command.count('--num_test_tasks') for command in commands] == [1, 1]
+    assert counts[0][0] == '1000' and counts[1][0] == '600'
+
+
 def test_a_fast_cell_tests_the_model_validation_took_from_another_entry(tmp_path, monkeypatch):
     calls = {}
     monkeypatch.setattr(report, 'test_experiment', lambda name, args, csv_name, flags: calls.setdefault(

@@ -189,9 +189,8 @@ def test_a_test_command_names_its_task_count_once(tmp_path, monkeypatch):
     (tmp_path / 'runs' / 'maml_5w1s' / 'state9.pt').write_bytes(b'')
     report.test_experiment('maml_5w1s', args, 'a.csv', ['--num_test_tasks', '1000'])
     report.test_experiment('maml_5w1s', args, 'b.csv', [])
-    counts = [command[command.index('--num_test_tasks') + 1:] for command in commands]
-    assert [command.count('--num_test_tasks') for command in commands] == [1, 1]
-    assert counts[0][0] == '1000' and counts[1][0] == '600'
+    task_counts = [command[command.index('--num_test_tasks') + 1] for command in commands]
+    assert [command.count('--num_test_tasks') for command in commands] == [1, 1] and task_counts == ['1000', '600']
 
 
 def test_a_fast_cell_tests_the_model_validation_took_from_another_entry(tmp_path, monkeypatch):
